@@ -1,0 +1,26 @@
+"""Exceptions a user can act on. The CLI prints their message without a traceback."""
+from __future__ import annotations
+
+
+class EdgeslimError(Exception):
+    """Base class: the message says what was wrong, where, and what to do."""
+
+
+class DataError(EdgeslimError):
+    """A dataset is missing, corrupt, or has the wrong shape."""
+
+
+class ConfigError(EdgeslimError):
+    """A config/recipe key or value is invalid."""
+
+
+class CheckpointError(EdgeslimError):
+    """A checkpoint or saved model is missing, corrupt, or from another architecture."""
+
+
+class UnsupportedModelError(EdgeslimError):
+    """The dependency graph met an operation it cannot prune through."""
+
+
+class ExportError(EdgeslimError):
+    """ONNX export failed or onnxruntime disagrees with PyTorch."""

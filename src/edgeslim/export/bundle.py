@@ -1,0 +1,189 @@
+"""``edgeslim.save`` / ``edgeslim.load``: compressed models without pickling.
+
+One ``.safetensors`` file holds the weights; its metadata holds a JSON manifest:
+the architecture (zoo name + kwargs, an import path the user names, or a plain
+torch.nn spec), the layers that compression replaced (as torch.nn specs, see
+``modspec.py``), the pruning plans, and a SHA-256 of the weights. Loading
+rebuilds the original architecture, swaps in the replaced layers, and loads the
+weights; nothing in the file can name code to run (import paths run only when
+the caller passes ``allow_import=True``).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .. import __version__
+from ..errors import CheckpointError
+from ..io import atomic_path
+from . import modspec
+
+FORMAT = "edgeslim-bundle/1"
+
+
+def _weights_digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key]
+        h.update(key.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _arch_of(model: nn.Module, arch: dict | None) -> dict:
+    if arch is not None:
+        return arch
+    if getattr(model, "edgeslim_arch", None):
+        return {"zoo": model.edgeslim_arch["name"], "kwargs": model.edgeslim_arch["kwargs"]}
+    try:
+        return {"spec": modspec.describe(model)}
+    except TypeError as exc:
+        raise CheckpointError(
+            f"cannot save a {type(model).__name__}: it is neither an edgeslim zoo model nor built "
+            f"from plain torch.nn layers ({exc}). Fix: pass arch={{'import': 'package.module:factory', "
+            "'kwargs': {...}}} naming the function that builds it, or deploy with export_onnx()."
+        ) from None
+
+
+def _build_arch(arch: dict, factory: Callable[..., nn.Module] | None, allow_import: bool) -> nn.Module:
+    if factory is not None:
+        return factory(**arch.get("kwargs", {}))
+    if "zoo" in arch:
+        from ..models import create_model
+
+        kwargs = dict(arch.get("kwargs", {}))
+        return create_model(arch["zoo"], **kwargs)
+    if "spec" in arch:
+        return modspec.build(arch["spec"])
+    if "import" in arch:
+        if not allow_import:
+            raise CheckpointError(
+                f"this model is built by {arch['import']!r}; importing code named in a file is off by "
+                "default. Fix: load(path, allow_import=True) if you trust the file, or pass factory=."
+            )
+        module_name, _, fn_name = arch["import"].partition(":")
+        return getattr(importlib.import_module(module_name), fn_name)(**arch.get("kwargs", {}))
+    raise CheckpointError(f"manifest architecture {arch!r} has none of the keys zoo/spec/import")
+
+
+def _replacements(ref: nn.Module, cur: nn.Module, prefix: str = "") -> list[list]:
+    """Top-down list of [path, spec] for every submodule of ``cur`` that differs from ``ref``."""
+    out = []
+    ref_children = dict(ref.named_children())
+    for name, child in cur.named_children():
+        path = f"{prefix}{name}"
+        other = ref_children.get(name)
+        if other is not None and modspec.same_config(other, child):
+            out += _replacements(other, child, path + ".")
+            continue
+        try:
+            out.append([path, modspec.describe(child, path)])
+        except TypeError as exc:
+            raise CheckpointError(
+                f"cannot save: layer {path!r} was changed into something edgeslim cannot rebuild "
+                f"({exc}). Deploy it with export_onnx() instead."
+            ) from None
+    return out
+
+
+def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, name, module)
+
+
+def save(model: nn.Module, path: str | Path, *, arch: dict | None = None,
+         extra: dict | None = None) -> Path:
+    """Write ``model`` (pruned, merged, or plain) to one safetensors file.
+
+    Args:
+        model: the model; zoo models know their architecture, others need ``arch``.
+        path: destination (``.safetensors`` recommended); written atomically.
+        arch: ``{"import": "pkg.module:factory", "kwargs": {...}}`` for a model that is
+            not from the zoo and not a plain torch.nn tree.
+        extra: JSON-serialisable metadata stored alongside (e.g. accuracy).
+    """
+    arch = _arch_of(model, arch)
+    allow = "import" in arch  # the caller named the factory, so importing it is their choice
+    replacements = _replacements(_build_arch(arch, None, allow), model)
+    ref_keys = set(_apply(_build_arch(arch, None, allow), replacements).state_dict())
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    manifest = {
+        "format": FORMAT, "edgeslim_version": __version__, "arch": arch,
+        "replacements": replacements, "extra_buffers": sorted(set(tensors) - ref_keys),
+        "plans": getattr(model, "edgeslim_plans", []), "sha256": _weights_digest(tensors),
+        "extra": extra or {},
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"edgeslim": json.dumps(manifest)})
+    return path
+
+
+def _apply(model: nn.Module, replacements: list[list]) -> nn.Module:
+    for path, spec in replacements:
+        _set_submodule(model, path, modspec.build(spec))
+    return model
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The JSON manifest of a saved model (raises CheckpointError with the fix)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no saved model at {path}: check the path (edgeslim.save writes one file)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        manifest = json.loads(meta["edgeslim"])
+    except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as exc:
+        raise CheckpointError(
+            f"{path} is not an edgeslim model file ({type(exc).__name__}: {exc}); it is corrupt or was "
+            "written by another tool. Re-create it with edgeslim.save(model, path)."
+        ) from None
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: unknown format {manifest.get('format')!r} (expected {FORMAT})")
+    return manifest
+
+
+def load(path: str | Path, *, factory: Callable[..., nn.Module] | None = None,
+         allow_import: bool = False, map_location: str = "cpu") -> nn.Module:
+    """Rebuild a model written by :func:`save`; nothing is unpickled.
+
+    Raises:
+        CheckpointError: missing or corrupt file, weights that do not match the
+            architecture, or weights changed after saving (SHA-256 mismatch).
+    """
+    manifest = read_manifest(path)
+    model = _apply(_build_arch(manifest["arch"], factory, allow_import), manifest["replacements"])
+    try:
+        tensors = load_file(str(path), device=map_location)
+    except SafetensorError as exc:
+        raise CheckpointError(f"{path}: weights unreadable ({exc}); the file is corrupt") from None
+    if _weights_digest({k: v.cpu() for k, v in tensors.items()}) != manifest["sha256"]:
+        raise CheckpointError(f"{path}: weights do not match the manifest's SHA-256; the file was "
+                              "modified after saving. Re-export it from the original model.")
+    for key in manifest.get("extra_buffers", []):
+        owner, _, name = key.rpartition(".")
+        (model.get_submodule(owner) if owner else model).register_buffer(name, tensors[key])
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not fit the architecture {manifest['arch']} (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}); the file was saved from a different model."
+        )
+    if "zoo" in manifest["arch"]:
+        model.edgeslim_arch = {"name": manifest["arch"]["zoo"], "kwargs": manifest["arch"]["kwargs"]}
+    model.edgeslim_plans = manifest.get("plans", [])
+    return model.eval()

@@ -1,0 +1,291 @@
+"""Slicers: one small class per layer type that knows two things about it.
+
+``trace`` says how the layer moves channel labels (see ``channels.py``) and
+which of its tensor dimensions follow which labels; ``slice_`` cuts its tensors
+in place given the positions to keep. Adding a layer type is one class here
+plus ``SLICERS.register`` (Torch-Pruning's "pruner per layer" idea, smaller).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    from .trace import TraceContext
+
+Label = list[int]
+
+
+def _take(param: torch.Tensor | None, dim: int, keep: Sequence[int] | None) -> torch.Tensor | None:
+    """``param`` restricted to positions ``keep`` along ``dim`` (None keeps everything)."""
+    if param is None or keep is None:
+        return None if param is None else param.detach().clone()
+    idx = torch.as_tensor(list(keep), dtype=torch.long, device=param.device)
+    return param.detach().index_select(dim, idx).clone()
+
+
+def _n(keep: Sequence[int] | None, current: int) -> int:
+    return current if keep is None else len(keep)
+
+
+def _set_param(module: nn.Module, name: str, value: torch.Tensor | None) -> None:
+    old = getattr(module, name, None)
+    if value is None or old is None:
+        return
+    if isinstance(old, nn.Parameter):
+        setattr(module, name, nn.Parameter(value, requires_grad=old.requires_grad))
+    else:
+        setattr(module, name, value)
+
+
+class Slicer:
+    """Base class. ``kind`` names the role for reports; ``cost`` feeds the planner."""
+
+    kind = "module"
+
+    def trace(self, ctx: "TraceContext", path: str, module: nn.Module, in_label: Label | None,
+              out_shape: Sequence[int]) -> Label | None:
+        raise NotImplementedError
+
+    def slice_(self, module: nn.Module, in_keep: list[int], out_keep: list[int]) -> None:
+        raise NotImplementedError
+
+    def cost(self, module: nn.Module, n_in: int, n_out: int, out_shape: Sequence[int]) -> tuple[int, int]:
+        """(MACs, params) of the layer with ``n_in`` input and ``n_out`` output channels."""
+        return 0, 0
+
+
+SLICERS: Registry[type] = Registry("slicer")
+_BY_TYPE: dict[type, Slicer] = {}
+
+
+def register_slicer(*types: type) -> "callable":
+    """Register a Slicer class for the given nn.Module types."""
+
+    def deco(cls: type) -> type:
+        SLICERS.register(cls.__name__)(cls)
+        for t in types:
+            _BY_TYPE[t] = cls()
+        return cls
+
+    return deco
+
+
+def slicer_for(module: nn.Module) -> Slicer | None:
+    for klass in type(module).__mro__:
+        if klass in _BY_TYPE:
+            return _BY_TYPE[klass]
+    return None
+
+
+def _spatial(shape: Sequence[int]) -> int:
+    n = 1
+    for s in shape[2:]:
+        n *= int(s)
+    return n
+
+
+@register_slicer(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+class ConvSlicer(Slicer):
+    """Standard, depthwise and grouped convolutions.
+
+    groups == 1: input channels follow the input label, output channels are a
+    new prunable space. Depthwise (groups == in == out): output channel i *is*
+    input channel i, so both follow the input label. Other grouped convs
+    (ResNeXt, depthwise with a channel multiplier): channels are locked, since
+    removing one would break the group structure.
+    """
+
+    kind = "conv"
+
+    def trace(self, ctx, path, module, in_label, out_shape):
+        conv: nn.Conv2d = module
+        if conv.groups == 1:
+            ctx.consume(path, in_label)
+            return ctx.produce(path, conv.out_channels)
+        if conv.groups == conv.in_channels == conv.out_channels:
+            ctx.consume(path, in_label)
+            return in_label
+        ctx.lock(in_label)
+        ctx.consume(path, in_label)
+        return ctx.produce(path, conv.out_channels, locked=True)
+
+    def slice_(self, module, in_keep, out_keep):
+        conv: nn.Conv2d = module
+        if conv.groups == 1:
+            w = _take(_take(conv.weight, 0, out_keep), 1, in_keep)
+            conv.in_channels, conv.out_channels = _n(in_keep, conv.in_channels), _n(out_keep, conv.out_channels)
+        elif conv.groups == conv.in_channels == conv.out_channels:
+            w = _take(conv.weight, 0, out_keep)
+            conv.in_channels = conv.out_channels = conv.groups = _n(out_keep, conv.out_channels)
+        else:
+            return  # locked
+        _set_param(conv, "weight", w)
+        _set_param(conv, "bias", _take(conv.bias, 0, out_keep))
+
+    def cost(self, module, n_in, n_out, out_shape):
+        conv: nn.Conv2d = module
+        k = int(torch.tensor(conv.kernel_size).prod())
+        groups = n_in if conv.groups == conv.in_channels == conv.out_channels else conv.groups
+        per_out = (n_in // max(groups, 1)) * k
+        params = n_out * per_out + (n_out if conv.bias is not None else 0)
+        return n_out * per_out * _spatial(out_shape), params
+
+
+@register_slicer(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+class ConvTransposeSlicer(Slicer):
+    """Transposed convolutions (weight layout [in, out/groups, k...]); groups == 1 only."""
+
+    kind = "conv_transpose"
+
+    def trace(self, ctx, path, module, in_label, out_shape):
+        ctx.consume(path, in_label)
+        if module.groups != 1:
+            ctx.lock(in_label)
+            return ctx.produce(path, module.out_channels, locked=True)
+        return ctx.produce(path, module.out_channels)
+
+    def slice_(self, module, in_keep, out_keep):
+        if module.groups != 1:
+            return
+        _set_param(module, "weight", _take(_take(module.weight, 0, in_keep), 1, out_keep))
+        _set_param(module, "bias", _take(module.bias, 0, out_keep))
+        module.in_channels, module.out_channels = _n(in_keep, module.in_channels), _n(out_keep, module.out_channels)
+
+    def cost(self, module, n_in, n_out, out_shape):
+        k = int(torch.tensor(module.kernel_size).prod())
+        params = n_in * n_out * k + (n_out if module.bias is not None else 0)
+        return n_in * n_out * k * _spatial(out_shape), params
+
+
+@register_slicer(nn.Linear)
+class LinearSlicer(Slicer):
+    """Fully-connected layers on [N, features] inputs (after flatten the label
+    repeats each channel H*W times, so a channel's whole block of columns goes)."""
+
+    kind = "linear"
+
+    def trace(self, ctx, path, module, in_label, out_shape):
+        if len(out_shape) != 2:
+            ctx.unsupported(path, "nn.Linear on a tensor with more than 2 dims")
+        ctx.consume(path, in_label)
+        return ctx.produce(path, module.out_features)
+
+    def slice_(self, module, in_keep, out_keep):
+        _set_param(module, "weight", _take(_take(module.weight, 0, out_keep), 1, in_keep))
+        _set_param(module, "bias", _take(module.bias, 0, out_keep))
+        module.in_features, module.out_features = _n(in_keep, module.in_features), _n(out_keep, module.out_features)
+
+    def cost(self, module, n_in, n_out, out_shape):
+        return n_in * n_out, n_in * n_out + (n_out if module.bias is not None else 0)
+
+
+@register_slicer(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d,
+                 nn.InstanceNorm2d, nn.InstanceNorm3d)
+class NormSlicer(Slicer):
+    """Per-channel normalisation: affine terms and running statistics follow the input."""
+
+    kind = "norm"
+
+    def trace(self, ctx, path, module, in_label, out_shape):
+        ctx.consume(path, in_label)
+        return in_label
+
+    def slice_(self, module, in_keep, out_keep):
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            _set_param(module, name, _take(getattr(module, name, None), 0, out_keep))
+        module.num_features = _n(out_keep, module.num_features)
+
+    def cost(self, module, n_in, n_out, out_shape):
+        return n_out * _spatial(out_shape), (2 * n_out if module.affine else 0)
+
+
+@register_slicer(nn.GroupNorm)
+class GroupNormSlicer(Slicer):
+    """GroupNorm: prunable when it has 1 group (LayerNorm-like) or one group per
+    channel (InstanceNorm-like); otherwise its channels are locked."""
+
+    kind = "norm"
+
+    def trace(self, ctx, path, module, in_label, out_shape):
+        ctx.consume(path, in_label)
+        if module.num_groups not in (1, module.num_channels):
+            ctx.lock(in_label)
+        return in_label
+
+    def slice_(self, module, in_keep, out_keep):
+        if module.num_groups not in (1, module.num_channels):
+            return
+        per_channel = module.num_groups == module.num_channels
+        for name in ("weight", "bias"):
+            _set_param(module, name, _take(getattr(module, name), 0, out_keep))
+        module.num_channels = _n(out_keep, module.num_channels)
+        if per_channel:
+            module.num_groups = module.num_channels
+
+    def cost(self, module, n_in, n_out, out_shape):
+        return n_out * _spatial(out_shape), (2 * n_out if module.affine else 0)
+
+
+@register_slicer(nn.PReLU)
+class PReLUSlicer(Slicer):
+    """PReLU: one slope per channel (sliced) or one shared slope (untouched)."""
+
+    kind = "activation"
+
+    def trace(self, ctx, path, module, in_label, out_shape):
+        if module.num_parameters > 1:
+            ctx.consume(path, in_label)
+        return in_label
+
+    def slice_(self, module, in_keep, out_keep):
+        if module.num_parameters > 1:
+            _set_param(module, "weight", _take(module.weight, 0, out_keep))
+            module.num_parameters = _n(out_keep, module.num_parameters)
+
+    def cost(self, module, n_in, n_out, out_shape):
+        return 0, (n_out if module.num_parameters > 1 else 1)
+
+
+_PASS_THROUGH = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
+    nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softmax, nn.LogSoftmax, nn.Identity, nn.Dropout,
+    nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.MaxPool1d, nn.MaxPool2d,
+    nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+    nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.Hardtanh,
+    nn.Softplus, nn.LocalResponseNorm, nn.CELU, nn.Tanhshrink,
+)
+
+
+@register_slicer(*_PASS_THROUGH)
+class PassThroughSlicer(Slicer):
+    """Parameter-free channel-wise layers: the output keeps the input's channels."""
+
+    kind = "elementwise"
+
+    def trace(self, ctx, path, module, in_label, out_shape):
+        if in_label is not None and len(out_shape) >= 2 and out_shape[1] != len(in_label):
+            ctx.unsupported(path, f"{type(module).__name__} changed the channel count")
+        return in_label
+
+    def slice_(self, module, in_keep, out_keep):
+        return None
+
+
+@register_slicer(nn.Flatten)
+class FlattenSlicer(Slicer):
+    """nn.Flatten: handled like torch.flatten (labels repeat per spatial position)."""
+
+    kind = "reshape"
+
+    def trace(self, ctx, path, module, in_label, out_shape):
+        return ctx.flatten_label(path, in_label, module.start_dim, out_shape)
+
+    def slice_(self, module, in_keep, out_keep):
+        return None

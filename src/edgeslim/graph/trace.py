@@ -1,0 +1,436 @@
+"""Trace a model with torch.fx and propagate channel labels through every node.
+
+Module calls are handled by slicers (``slicers.py``); functions and tensor
+methods by the small handlers below, dispatched by a table keyed by the
+function object or method name. An operation that is not in the table raises
+``UnsupportedModelError`` naming the node and its module path (or, with
+``on_unsupported="lock"``, freezes the channels around it), so a model is never
+pruned through something we do not understand.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..errors import UnsupportedModelError
+from .channels import ElementTable
+from .slicers import Label, Slicer, slicer_for
+
+OnUnsupported = Literal["error", "lock"]
+
+
+class _Unsupported(Exception):
+    """Raised inside a handler; turned into a user-facing error or a lock."""
+
+
+@dataclass
+class ModuleRecord:
+    """What tracing learned about one leaf module."""
+
+    path: str
+    module: nn.Module
+    slicer: Slicer | None
+    in_label: Label | None = None
+    out_label: Label | None = None
+    out_shape: tuple[int, ...] = ()
+    ignored: bool = False
+
+
+@dataclass
+class TraceContext:
+    """Mutable state of one trace; slicers call its methods."""
+
+    table: ElementTable = field(default_factory=ElementTable)
+    records: dict[str, ModuleRecord] = field(default_factory=dict)
+    node: fx.Node | None = None
+
+    def produce(self, path: str, size: int, locked: bool = False) -> Label:
+        rec = self.records.get(path)
+        if rec is not None and rec.out_label is not None and len(rec.out_label) == size:
+            return rec.out_label  # a module called twice produces the same channels
+        return self.table.new_space(size, path, locked)
+
+    def consume(self, path: str, label: Label | None) -> None:
+        rec = self.records[path]
+        if label is None:
+            return
+        if rec.in_label is None:
+            rec.in_label = list(label)
+        elif len(rec.in_label) == len(label):
+            self.table.union_labels(rec.in_label, label)
+        else:
+            raise _Unsupported(f"module {path!r} is called on inputs with different channel counts")
+
+    def lock(self, label: Label | None) -> None:
+        if label is not None:
+            self.table.lock(label)
+
+    def unsupported(self, path: str, reason: str) -> None:
+        raise _Unsupported(reason)
+
+    def flatten_label(self, where: str, label: Label | None, start_dim: int,
+                      out_shape: Sequence[int]) -> Label | None:
+        if label is None:
+            return None
+        if start_dim >= 2 or start_dim <= -len(out_shape):
+            return label
+        if start_dim != 1 or len(out_shape) != 2 or out_shape[1] % len(label):
+            raise _Unsupported("flatten must start at dim 1 (or later)")
+        rep = out_shape[1] // len(label)
+        return [e for e in label for _ in range(rep)]
+
+
+# ----------------------------------------------------------------------------------------
+# helpers on fx nodes
+
+def _meta_shape(node: Any) -> tuple[int, ...] | None:
+    if not isinstance(node, fx.Node):
+        return None
+    meta = node.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    return tuple(int(s) for s in shape) if shape is not None else None
+
+
+def _tensor_args(node: fx.Node) -> list[fx.Node]:
+    args = list(node.args) + list(node.kwargs.values())
+    return [a for a in args if isinstance(a, fx.Node) and _meta_shape(a) is not None]
+
+
+def _first_tensor(node: fx.Node) -> fx.Node:
+    args = _tensor_args(node)
+    if not args:
+        raise _Unsupported("no tensor input")
+    return args[0]
+
+
+def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+Labels = dict[fx.Node, Any]
+Handler = Callable[[TraceContext, fx.Node, Labels], Any]
+
+
+def _pass(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
+    """Channel-wise op: output channel i is input channel i."""
+    src = _first_tensor(node)
+    label, out = labels.get(src), _meta_shape(node)
+    if label is not None and (out is None or len(out) < 2 or out[1] != len(label)):
+        raise _Unsupported("the channel dimension changed")
+    return label
+
+
+def _binary(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
+    """Elementwise add/sub/mul/div with broadcasting: equal channel dims are coupled."""
+    out = _meta_shape(node)
+    if out is None:
+        return None
+    if len(out) < 2:
+        return None
+    coupled: list[Label] = []
+    for arg in _tensor_args(node):
+        shape, label = _meta_shape(arg), labels.get(arg)
+        offset = len(out) - len(shape)
+        dim = 1 - offset  # which of the arg's dims lines up with the output's channel dim
+        if dim < 0 or shape[dim] == 1:
+            continue  # broadcast over channels: no coupling
+        if offset != 0 or label is None:
+            raise _Unsupported("a per-channel constant without a channel label")
+        coupled.append(label)
+    for other in coupled[1:]:
+        ctx.table.union_labels(coupled[0], other)
+    return coupled[0] if coupled else None
+
+
+def _cat(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
+    tensors = node.args[0] if node.args else node.kwargs["tensors"]
+    dim = _arg(node, 1, "dim", 0)
+    out = _meta_shape(node)
+    dim = dim % len(out)
+    parts = [labels.get(t) for t in tensors]
+    if any(p is None for p in parts):
+        raise _Unsupported("concatenation of a tensor without channel labels")
+    if dim == 1:
+        return [e for p in parts for e in p]
+    for p in parts[1:]:
+        ctx.table.union_labels(parts[0], p)
+    return parts[0]
+
+
+def _view_like(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
+    """view/reshape/flatten/squeeze/unsqueeze: fine while dims 0-1 survive, or a flatten."""
+    src = _first_tensor(node)
+    label, ins, out = labels.get(src), _meta_shape(src), _meta_shape(node)
+    if label is None or out is None:
+        return None
+    if len(out) >= 2 and len(ins) >= 2 and out[:2] == ins[:2]:
+        return label
+    if len(out) == 2 and out[0] == ins[0] and len(ins) > 2:
+        return ctx.flatten_label(node.name, label, 1, out)
+    raise _Unsupported(f"reshape from {list(ins)} to {list(out)} mixes channels")
+
+
+def _reduce(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
+    """mean/sum/amax: keep the label when the channel dim survives, drop it otherwise."""
+    src = _first_tensor(node)
+    label, ins, out = labels.get(src), _meta_shape(src), _meta_shape(node)
+    if label is None or out is None or len(out) < 2:
+        return None
+    dims = _arg(node, 1, "dim", None)
+    dims = [dims] if isinstance(dims, int) else list(dims or range(len(ins)))
+    if 1 in [d % len(ins) for d in dims]:
+        return None
+    if out[1] != len(label):
+        raise _Unsupported("reduction moved the channel dimension")
+    return label
+
+
+def _split(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
+    src = _first_tensor(node)
+    label, ins = labels.get(src), _meta_shape(src)
+    dim = _arg(node, 2, "dim", 0) % len(ins)
+    metas = node.meta.get("tensor_meta")
+    if label is None:
+        return tuple(None for _ in metas)
+    if dim != 1:
+        return tuple(label for _ in metas)
+    out, start = [], 0
+    for m in metas:
+        n = int(m.shape[1])
+        out.append(label[start:start + n])
+        start += n
+    return tuple(out)
+
+
+def _getitem(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
+    src, index = node.args
+    label = labels.get(src)
+    if isinstance(label, tuple):
+        return label[index]
+    if label is None or _meta_shape(src) is None:
+        return None
+    index = index if isinstance(index, tuple) else (index,)
+    full = slice(None)
+    if not index or index[0] != full:
+        raise _Unsupported("indexing over the batch dimension")
+    if len(index) == 1 or index[1] is Ellipsis:
+        return label
+    if isinstance(index[1], slice):
+        return label[index[1]]
+    raise _Unsupported("indexing the channel dimension with a non-slice")
+
+
+def _permute(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
+    src = _first_tensor(node)
+    ins, out = _meta_shape(src), _meta_shape(node)
+    if labels.get(src) is None:
+        return None
+    if out is not None and len(out) >= 2 and out[:2] == ins[:2] and node.target in ("transpose", torch.transpose):
+        d0, d1 = (a % len(ins) for a in node.args[1:3])
+        if min(d0, d1) >= 2:
+            return labels[src]
+    raise _Unsupported("permute/transpose moves the channel dimension")
+
+
+def _no_label(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
+    return None
+
+
+def _softmax(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
+    return _pass(ctx, node, labels)
+
+
+_UNARY = [
+    torch.relu, torch.relu_, F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu,
+    F.mish, F.hardswish, F.hardsigmoid, F.hardtanh, F.sigmoid, torch.sigmoid, torch.tanh,
+    F.tanh, torch.exp, torch.abs, torch.neg, operator.neg, torch.sqrt, torch.clamp, torch.clip,
+    F.dropout, F.dropout2d, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d,
+    F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d, F.adaptive_max_pool2d, F.interpolate, F.upsample, F.softmax,
+    F.log_softmax, torch.softmax, torch.log_softmax, F.softplus, torch.square, operator.pos,
+]
+_UNARY_METHODS = [
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clip",
+    "contiguous", "clone", "detach", "float", "half", "bfloat16", "to", "type_as", "exp",
+    "abs", "neg", "sqrt", "softmax", "log_softmax", "square", "pow", "mul_scalar",
+]
+_BINARY = [operator.add, operator.iadd, operator.sub, operator.isub, operator.mul,
+           operator.imul, operator.truediv, operator.itruediv, torch.add, torch.sub, torch.mul,
+           torch.div, torch.maximum, torch.minimum, torch.true_divide]
+_BINARY_METHODS = ["add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "expand_as"]
+
+HANDLERS: dict[Any, Handler] = {}
+HANDLERS.update({f: _pass for f in _UNARY})
+HANDLERS.update({m: _pass for m in _UNARY_METHODS})
+HANDLERS.update({f: _binary for f in _BINARY})
+HANDLERS.update({m: _binary for m in _BINARY_METHODS})
+HANDLERS.update({f: _cat for f in (torch.cat, torch.concat, torch.concatenate)})
+HANDLERS.update({f: _view_like for f in (torch.flatten, torch.reshape, torch.squeeze,
+                                         torch.unsqueeze, "view", "reshape", "flatten",
+                                         "squeeze", "unsqueeze", "expand", "view_as")})
+HANDLERS.update({f: _reduce for f in (torch.mean, torch.sum, torch.amax, torch.amin, "mean",
+                                      "sum", "amax", "amin")})
+HANDLERS.update({f: _split for f in (torch.split, torch.chunk, "split", "chunk")})
+HANDLERS.update({f: _permute for f in (torch.transpose, "transpose", torch.permute, "permute")})
+HANDLERS.update({f: _no_label for f in (getattr, "size", "dim", "numel", len)})
+HANDLERS[operator.getitem] = _getitem
+
+
+def register_handler(target: Any) -> Callable[[Handler], Handler]:
+    """Teach the tracer a new function or tensor method (``"name"``)."""
+
+    def deco(fn: Handler) -> Handler:
+        HANDLERS[target] = fn
+        return fn
+
+    return deco
+
+
+# ----------------------------------------------------------------------------------------
+
+def _module_path(node: fx.Node) -> str:
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack") or {}
+    return next(reversed(stack.values()))[0] if stack else "<top level>"
+
+
+def _all_labels(value: Any) -> list[Label]:
+    if isinstance(value, (tuple, list)) and value and not isinstance(value[0], int):
+        return [lab for v in value for lab in _all_labels(v)]
+    return [value] if value else []
+
+
+def _fresh_locked(ctx: TraceContext, node: fx.Node) -> Any:
+    shape = _meta_shape(node)
+    if shape is not None and len(shape) >= 2:
+        return ctx.table.new_space(shape[1], node.name, locked=True)
+    return None
+
+
+def _is_ignored(path: str, ignore: Sequence[str]) -> bool:
+    return any(path == p or path.startswith(p + ".") for p in ignore)
+
+
+def _visit_module(ctx: TraceContext, node: fx.Node, labels: Labels, gm: fx.GraphModule,
+                  ignore: Sequence[str]) -> Any:
+    path = str(node.target)
+    module = gm.get_submodule(path)
+    src = _tensor_args(node)
+    in_label = labels.get(src[0]) if src else None
+    in_shape = _meta_shape(src[0]) if src else None
+    if in_label is None and in_shape is not None and len(in_shape) >= 2:
+        in_label = ctx.table.new_space(in_shape[1], f"{path}:input", locked=True)
+    out_shape = _meta_shape(node) or ()
+    rec = ctx.records.setdefault(path, ModuleRecord(path, module, slicer_for(module)))
+    rec.out_shape = out_shape
+    if _is_ignored(path, ignore) or rec.slicer is None:
+        if rec.slicer is None and not _is_ignored(path, ignore):
+            raise _Unsupported(f"no slicer for layer type {type(module).__name__}")
+        rec.ignored = True
+        for s in src:
+            ctx.lock(labels.get(s))
+        ctx.consume(path, in_label)
+        out = rec.out_label or _fresh_locked(ctx, node)
+        ctx.lock(out)
+        rec.out_label = out
+        return out
+    out = rec.slicer.trace(ctx, path, module, in_label, out_shape)
+    if rec.out_label is not None and out is not None and rec.out_label is not out:
+        ctx.table.union_labels(rec.out_label, out)
+    rec.out_label = out
+    return out
+
+
+def _visit(ctx: TraceContext, node: fx.Node, labels: Labels, gm: fx.GraphModule,
+           ignore: Sequence[str]) -> Any:
+    if node.op == "placeholder":
+        return _fresh_locked(ctx, node)
+    if node.op == "get_attr":
+        return _fresh_locked(ctx, node)
+    if node.op == "output":
+        for lab in _all_labels([labels.get(a) for a in _flat_nodes(node.args)]):
+            ctx.lock(lab)
+        return None
+    if node.op == "call_module":
+        return _visit_module(ctx, node, labels, gm, ignore)
+    handler = HANDLERS.get(node.target)
+    if handler is None:
+        name = getattr(node.target, "__name__", str(node.target))
+        raise _Unsupported(f"operation {name!r} is not known to edgeslim's tracer")
+    return handler(ctx, node, labels)
+
+
+def _flat_nodes(args: Any) -> list[fx.Node]:
+    out: list[fx.Node] = []
+    fx.node.map_arg(args, out.append)
+    return out
+
+
+def trace_labels(model: nn.Module, example_inputs: tuple, ignore: Sequence[str] = (),
+                 on_unsupported: OnUnsupported = "error") -> tuple[TraceContext, fx.GraphModule]:
+    """Trace ``model`` and propagate labels; returns the context and the fx graph."""
+    gm = symbolic_trace(model, leaves=ignore)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*example_inputs)
+    finally:
+        model.train(was_training)
+    ctx = TraceContext()
+    labels: Labels = {}
+    for node in gm.graph.nodes:
+        ctx.node = node
+        try:
+            labels[node] = _visit(ctx, node, labels, gm, ignore)
+        except _Unsupported as exc:
+            if on_unsupported == "error" and not _is_ignored(_module_path(node), ignore):
+                raise UnsupportedModelError(
+                    f"cannot prune through node {node.name!r} ({node.op} {getattr(node.target, '__name__', node.target)}) "
+                    f"in module {_module_path(node)!r}: {exc}. Fix: leave that part alone with "
+                    f"ignore=[{_module_path(node)!r}] (a module path), or pass on_unsupported='lock' "
+                    "to freeze every channel that touches it."
+                ) from None
+            for s in _tensor_args(node):
+                ctx.lock(labels.get(s))
+            labels[node] = _fresh_locked(ctx, node)
+    return ctx, gm
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer that keeps the modules named in ``leaves`` opaque (not traced into)."""
+
+    def __init__(self, leaves: Sequence[str]) -> None:
+        super().__init__()
+        self.leaves = tuple(leaves)
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return _is_ignored(qualname, self.leaves) or super().is_leaf_module(m, qualname)
+
+
+def symbolic_trace(model: nn.Module, leaves: Sequence[str] = ()) -> fx.GraphModule:
+    """torch.fx trace with a clear error when the model has data-dependent control flow.
+
+    Modules whose path is in ``leaves`` are not traced into, so a block with
+    Python control flow can be excluded from pruning by naming it.
+    """
+    try:
+        tracer = _Tracer(leaves)
+        graph = tracer.trace(model)
+        return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    except Exception as exc:  # fx raises many types (TraceError, TypeError, ...)
+        raise UnsupportedModelError(
+            f"torch.fx could not trace {type(model).__name__}: {exc}. edgeslim needs a traceable "
+            "forward (no Python control flow on tensor values). Fix: move data-dependent branches "
+            "into a leaf module and list its path in ignore=, or make the branch static."
+        ) from exc

@@ -1,0 +1,30 @@
+"""Structured (channel) pruning, EasiEdge ADMM pruning and unstructured weight pruning."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .api import PruneConfig, plain_finetune, prune, prune_
+from .importance import IMPORTANCES, Importance, ImportanceContext, get_importance
+from .planner import Budget, Constraints, plan_removal
+from .surgery import apply_plan, plan_to_removal, prune_channels_, removal_to_plan
+
+# Modules that pull in more machinery load on first use.
+_LAZY = {
+    "admm_prune": "edgeslim.prune.admm",
+    "prune_weights": "edgeslim.prune.unstructured",
+    "iterative_prune_weights": "edgeslim.prune.unstructured",
+    "MaskEnforcer": "edgeslim.prune.unstructured",
+}
+
+__all__ = [
+    "prune", "prune_", "PruneConfig", "plain_finetune", "IMPORTANCES", "Importance",
+    "ImportanceContext", "get_importance", "Budget", "Constraints", "plan_removal", "apply_plan",
+    "plan_to_removal", "prune_channels_", "removal_to_plan", *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'edgeslim.prune' has no attribute {name!r}")

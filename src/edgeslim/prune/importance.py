@@ -1,0 +1,199 @@
+"""Importance criteria: one small class each, registered by name.
+
+A criterion scores the output channels of every producer layer (conv/linear)
+or normalisation layer; ``DependencyGraph.class_scores`` then averages the
+scores of the layers a channel couples. Lower score = pruned first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..graph import DependencyGraph
+from ..registry import Registry
+
+Normalize = Literal["mean", "max", "none"]
+
+
+@dataclass
+class ImportanceContext:
+    """What data-driven criteria need.
+
+    Attributes:
+        calib_data: an iterable of ``(x, y)`` batches (anything ``edgeslim.data.as_loader``
+            accepts); required by ``taylor`` and the information-gain criteria.
+        max_batches: how many calibration batches to use.
+        loss_fn: ``loss_fn(logits, y)``; cross-entropy by default.
+        seed: for the ``random`` baseline.
+    """
+
+    calib_data: Any = None
+    max_batches: int = 8
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    seed: int = 0
+
+    def batches(self, model: nn.Module, who: str) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        if self.calib_data is None:
+            raise ConfigError(
+                f"criterion {who!r} is data-driven: pass calib_data= (a DataLoader, an edgeslim "
+                "TensorLoader, or a tuple (X, Y) of tensors)"
+            )
+        from ..data import as_loader
+
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        for i, (x, y) in enumerate(as_loader(self.calib_data)):
+            if i >= self.max_batches:
+                break
+            yield x.to(device), y.to(device)
+
+
+class Importance:
+    """Base class. Subclasses implement ``scores``; ``normalize`` makes layers comparable
+    in a global ranking (``"mean"``: divide each layer's scores by their mean)."""
+
+    normalize: Normalize = "mean"
+
+    def scores(self, graph: DependencyGraph, model: nn.Module,
+               ctx: ImportanceContext) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def __call__(self, graph: DependencyGraph, model: nn.Module,
+                 ctx: ImportanceContext | None = None) -> np.ndarray:
+        """One score per channel class (NaN where nothing scored it)."""
+        raw = self.scores(graph, model, ctx or ImportanceContext())
+        return graph.class_scores({p: _normalise(s, self.normalize) for p, s in raw.items()})
+
+
+def _normalise(s: torch.Tensor, how: Normalize) -> torch.Tensor:
+    s = s.detach().float()
+    if how == "none":
+        return s
+    ref = s.mean() if how == "mean" else s.max()
+    return s / ref if ref > 0 else s
+
+
+IMPORTANCES: Registry[type] = Registry("importance criterion")
+
+
+def _filter_weight(module: nn.Module) -> torch.Tensor | None:
+    """The weight reshaped to [out_channels, -1]."""
+    w = getattr(module, "weight", None)
+    if w is None:
+        return None
+    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        w = w.transpose(0, 1)
+    return w.detach().flatten(1)
+
+
+class _NormImportance(Importance):
+    p: float = 1.0
+
+    def scores(self, graph, model, ctx):
+        out = {}
+        for rec in graph.producers():
+            w = _filter_weight(rec.module)
+            if w is not None and rec.out_label is not None and w.shape[0] == len(rec.out_label):
+                out[rec.path] = w.abs().pow(self.p).mean(1).pow(1.0 / self.p)
+        return out
+
+
+@IMPORTANCES.register("l1")
+class L1Importance(_NormImportance):
+    """Mean absolute weight of each filter: the L1 norm divided by the fan-in
+    (Li et al., "Pruning Filters for Efficient ConvNets", ICLR 2017), so filters of
+    layers with different fan-in compare fairly in a global ranking. Data-independent:
+    the default of the knowledge-transfer pipeline (Chen et al. 2020)."""
+
+    p = 1.0
+
+
+@IMPORTANCES.register("l2")
+class L2Importance(_NormImportance):
+    """Root-mean-square weight of each filter (the L2 norm divided by sqrt(fan-in))."""
+
+    p = 2.0
+
+
+@IMPORTANCES.register("bn_scale")
+class BNScaleImportance(Importance):
+    """|gamma| of the BatchNorm after each conv (Liu et al., "Learning Efficient
+    Convolutional Networks through Network Slimming", ICCV 2017). Channels with no
+    BatchNorm get no score and are kept."""
+
+    normalize: Normalize = "none"
+
+    def scores(self, graph, model, ctx):
+        return {r.path: r.module.weight.detach().abs() for r in graph.records.values()
+                if isinstance(r.module, nn.modules.batchnorm._BatchNorm) and r.module.affine
+                and not r.ignored}
+
+
+@IMPORTANCES.register("random")
+class RandomImportance(Importance):
+    """Uniform random scores: the baseline every criterion must beat."""
+
+    normalize: Normalize = "none"
+
+    def scores(self, graph, model, ctx):
+        g = torch.Generator().manual_seed(ctx.seed)
+        return {r.path: torch.rand(len(r.out_label), generator=g) for r in graph.producers()
+                if r.out_label is not None}
+
+
+def capture_activations(model: nn.Module, paths: list[str], retain_grad: bool = True):
+    """Register forward hooks that store each module's output (with grad retained)."""
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+    for path in paths:
+        module = model.get_submodule(path)
+
+        def hook(_m, _i, out, path=path):
+            if retain_grad and out.requires_grad:
+                out.retain_grad()
+            store[path] = out
+
+        handles.append(module.register_forward_hook(hook))
+    return store, handles
+
+
+@IMPORTANCES.register("taylor")
+class TaylorImportance(Importance):
+    """First-order Taylor estimate of the loss change when a channel is removed:
+    |sum over positions of a * dL/da|, averaged over calibration batches
+    (Molchanov et al., "Pruning Convolutional Neural Networks for Resource Efficient
+    Inference", ICLR 2017)."""
+
+    def scores(self, graph, model, ctx):
+        paths = [r.path for r in graph.producers() if r.out_label is not None]
+        loss_fn = ctx.loss_fn or F.cross_entropy
+        totals: dict[str, torch.Tensor] = {}
+        was_training = model.training
+        model.eval()
+        store, handles = capture_activations(model, paths)
+        try:
+            for x, y in ctx.batches(model, "taylor"):
+                model.zero_grad(set_to_none=True)
+                loss_fn(model(x), y).backward()
+                for p in paths:
+                    a = store[p]
+                    contrib = (a * a.grad).flatten(2).sum(2) if a.dim() > 2 else a * a.grad
+                    totals[p] = totals.get(p, 0) + contrib.abs().mean(0).detach()
+        finally:
+            for h in handles:
+                h.remove()
+            model.zero_grad(set_to_none=True)
+            model.train(was_training)
+        return totals
+
+
+def get_importance(criterion: "str | Importance") -> Importance:
+    """A registered criterion by name, or an ``Importance`` instance as is."""
+    if isinstance(criterion, Importance):
+        return criterion
+    return IMPORTANCES.get(criterion)()
