@@ -1,8 +1,9 @@
 """``edgeslim.save`` / ``edgeslim.load``: compressed models without pickling.
 
 One ``.safetensors`` file holds the weights; its metadata holds a JSON manifest:
-the architecture (zoo name + kwargs, an import path the user names, or a plain
-torch.nn spec), the layers that compression replaced (as torch.nn specs, see
+the architecture (zoo name + kwargs, an import path the user names, a plain
+torch.nn spec, or for any other traceable model its torch.fx graph as data, see
+``fxgraph.py``), the layers that compression replaced (as torch.nn specs, see
 ``modspec.py``), the pruning plans, and a SHA-256 of the weights. Loading
 rebuilds the original architecture, swaps in the replaced layers, and loads the
 weights; nothing in the file can name code to run (import paths run only when
@@ -17,14 +18,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.fx as fx
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .. import __version__
-from ..errors import CheckpointError
+from ..errors import CheckpointError, EdgeslimError
+from ..graph.trace import symbolic_trace
 from ..io import atomic_path
-from . import modspec
+from . import fxgraph, modspec
 
 FORMAT = "edgeslim-bundle/1"
 
@@ -40,19 +43,37 @@ def _weights_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _arch_of(model: nn.Module, arch: dict | None) -> dict:
+def _arch_of(model: nn.Module, arch: dict | None) -> tuple[dict, nn.Module]:
+    """The architecture record, and the module whose weights are stored."""
     if arch is not None:
-        return arch
+        return arch, model
+    if isinstance(model, fx.GraphModule):
+        return {"fx": _fx_json(model)}, model
     if getattr(model, "edgeslim_arch", None):
-        return {"zoo": model.edgeslim_arch["name"], "kwargs": model.edgeslim_arch["kwargs"]}
+        return {"zoo": model.edgeslim_arch["name"], "kwargs": model.edgeslim_arch["kwargs"]}, model
     try:
-        return {"spec": modspec.describe(model)}
-    except TypeError as exc:
+        return {"spec": modspec.describe(model)}, model
+    except TypeError:
+        return _traced_arch(model)
+
+
+def _traced_arch(model: nn.Module) -> tuple[dict, nn.Module]:
+    try:
+        gm = symbolic_trace(model)
+    except EdgeslimError as exc:
         raise CheckpointError(
-            f"cannot save a {type(model).__name__}: it is neither an edgeslim zoo model nor built "
-            f"from plain torch.nn layers ({exc}). Fix: pass arch={{'import': 'package.module:factory', "
-            "'kwargs': {...}}} naming the function that builds it, or deploy with export_onnx()."
+            f"cannot save a {type(model).__name__}: it is not an edgeslim zoo model, not plain "
+            f"torch.nn layers, and not traceable ({exc}). Fix: pass arch={{'import': "
+            "'package.module:factory', 'kwargs': {...}}, or deploy with export_onnx()."
         ) from None
+    return {"fx": _fx_json(gm)}, gm
+
+
+def _fx_json(gm: fx.GraphModule) -> dict:
+    try:
+        return fxgraph.graph_to_json(gm)
+    except TypeError as exc:
+        raise CheckpointError(f"cannot save this model's graph: {exc}. Deploy it with export_onnx().") from None
 
 
 def _build_arch(arch: dict, factory: Callable[..., nn.Module] | None, allow_import: bool) -> nn.Module:
@@ -73,7 +94,7 @@ def _build_arch(arch: dict, factory: Callable[..., nn.Module] | None, allow_impo
             )
         module_name, _, fn_name = arch["import"].partition(":")
         return getattr(importlib.import_module(module_name), fn_name)(**arch.get("kwargs", {}))
-    raise CheckpointError(f"manifest architecture {arch!r} has none of the keys zoo/spec/import")
+    raise CheckpointError(f"manifest architecture has none of the keys zoo/spec/import/fx: {list(arch)}")
 
 
 def _replacements(ref: nn.Module, cur: nn.Module, prefix: str = "") -> list[list]:
@@ -113,11 +134,21 @@ def save(model: nn.Module, path: str | Path, *, arch: dict | None = None,
             not from the zoo and not a plain torch.nn tree.
         extra: JSON-serialisable metadata stored alongside (e.g. accuracy).
     """
-    arch = _arch_of(model, arch)
-    allow = "import" in arch  # the caller named the factory, so importing it is their choice
-    replacements = _replacements(_build_arch(arch, None, allow), model)
-    ref_keys = set(_apply(_build_arch(arch, None, allow), replacements).state_dict())
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    arch, source = _arch_of(model, arch)
+    replacements: list = []
+    if "fx" not in arch:
+        allow = "import" in arch  # the caller named the factory, so importing it is their choice
+        try:
+            replacements = _replacements(_build_arch(arch, None, allow), model)
+        except CheckpointError:
+            if "import" in arch:
+                raise
+            arch, source = _traced_arch(model)  # layers were swapped for custom ones: save the graph
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in source.state_dict().items()}
+    if "fx" in arch:
+        ref_keys = set(tensors)
+    else:
+        ref_keys = set(_apply(_build_arch(arch, None, "import" in arch), replacements).state_dict())
     manifest = {
         "format": FORMAT, "edgeslim_version": __version__, "arch": arch,
         "replacements": replacements, "extra_buffers": sorted(set(tensors) - ref_keys),
@@ -166,11 +197,14 @@ def load(path: str | Path, *, factory: Callable[..., nn.Module] | None = None,
             architecture, or weights changed after saving (SHA-256 mismatch).
     """
     manifest = read_manifest(path)
-    model = _apply(_build_arch(manifest["arch"], factory, allow_import), manifest["replacements"])
     try:
         tensors = load_file(str(path), device=map_location)
     except SafetensorError as exc:
         raise CheckpointError(f"{path}: weights unreadable ({exc}); the file is corrupt") from None
+    if "fx" in manifest["arch"]:
+        model = fxgraph.graph_from_json(manifest["arch"]["fx"], tensors)
+    else:
+        model = _apply(_build_arch(manifest["arch"], factory, allow_import), manifest["replacements"])
     if _weights_digest({k: v.cpu() for k, v in tensors.items()}) != manifest["sha256"]:
         raise CheckpointError(f"{path}: weights do not match the manifest's SHA-256; the file was "
                               "modified after saving. Re-export it from the original model.")
