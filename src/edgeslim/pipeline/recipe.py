@@ -1,0 +1,254 @@
+"""Recipes: a typed, validated list of compression stages (YAML at the boundary only).
+
+A recipe file looks like::
+
+    name: kt-lenet5-mnist
+    model: {name: lenet5}
+    data: {name: mnist, batch_size: 128}
+    stages:
+      - train: {epochs: 3, lr: 0.05}
+      - lighten: {}
+      - distill: {losses: "kd:0.9,hint:1.0,ce:0.1", epochs: 3}
+      - prune: {ratio: 0.5, steps: 2, finetune: kd}
+      - export: {}
+
+Every stage has a dataclass config; unknown stages or keys are errors that name
+the key and suggest the closest valid one (``edgeslim.config.from_dict``).
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from ..config import from_dict, to_dict
+from ..errors import ConfigError
+from ..registry import Registry
+
+
+@dataclass
+class ModelSpec:
+    """The starting model: a zoo name, optionally with weights (edgeslim.save file)."""
+
+    name: str = "lenet5"
+    num_classes: int = 10
+    kwargs: dict = field(default_factory=dict)
+    checkpoint: Optional[str] = None
+
+
+@dataclass
+class DataSpec:
+    """The dataset and how it is batched (``name``: mnist, cifar10 or a folder path)."""
+
+    name: str = "mnist"
+    batch_size: int = 128
+    train_subset: Optional[int] = None
+    test_subset: Optional[int] = None
+    augment: Optional[bool] = None
+    calib_batches: int = 4
+
+
+@dataclass
+class TrainStage:
+    epochs: int = 3
+    lr: float = 0.05
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class LoadStage:
+    path: str = ""
+
+
+@dataclass
+class LightenStage:
+    width_mult: float = 1.0
+    keep_first_conv: bool = True
+    head: Literal["gap_linear", "conv", "keep"] = "gap_linear"
+    exclude: list = field(default_factory=list)
+
+
+@dataclass
+class DistillStage:
+    losses: str = "kd:0.9,ce:0.1"
+    T: float = 4.0
+    epochs: int = 3
+    lr: float = 0.05
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    weight_decay: float = 5e-4
+
+
+@dataclass
+class PruneStage:
+    method: Literal["structured", "easiedge", "unstructured"] = "structured"
+    criterion: str = "l1"
+    planner: Literal["global", "layerwise"] = "global"
+    ratio: Optional[float] = None
+    target_flops: Optional[float] = None
+    target_params: Optional[float] = None
+    target_filters: Optional[float] = None
+    sparsity: Optional[float] = None
+    scope: Literal["global", "layer"] = "global"
+    steps: int = 1
+    round_to: int = 1
+    finetune: Literal["none", "plain", "kd"] = "plain"
+    finetune_epochs: int = 1
+    finetune_lr: float = 0.01
+    admm_epochs: int = 2
+    rho: float = 1e-3
+
+
+@dataclass
+class FinetuneStage:
+    mode: Literal["plain", "kd"] = "plain"
+    epochs: int = 1
+    lr: float = 0.01
+    T: float = 4.0
+
+
+@dataclass
+class MergeStage:
+    mode: Literal["exact", "streamline"] = "exact"
+    rebirth_steps: int = 200
+    retrain_epochs: int = 0
+    lr: float = 0.01
+
+
+@dataclass
+class QuantizeStage:
+    backend: Literal["onnxruntime", "torch"] = "onnxruntime"
+    calib_batches: int = 4
+
+
+@dataclass
+class ExportStage:
+    opset: int = 17
+    tol: float = 1e-4
+
+
+@dataclass
+class ProfileStage:
+    threads: int = 1
+    runs: int = 50
+
+
+STAGE_CONFIGS: Registry[type] = Registry("stage")
+for _name, _cls in [("train", TrainStage), ("load", LoadStage), ("lighten", LightenStage),
+                    ("distill", DistillStage), ("prune", PruneStage), ("finetune", FinetuneStage),
+                    ("merge", MergeStage), ("quantize", QuantizeStage), ("export", ExportStage),
+                    ("profile", ProfileStage)]:
+    STAGE_CONFIGS.register(_name)(_cls)
+
+
+@dataclass
+class Stage:
+    kind: str
+    config: Any
+
+
+@dataclass
+class Recipe:
+    name: str = "recipe"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    latency_runs: int = 30
+    stages: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out = to_dict(self)
+        out["stages"] = [{s.kind: to_dict(s.config)} for s in self.stages]
+        return out
+
+
+def _parse_stage(i: int, item: Any) -> Stage:
+    where = f"stages[{i}]"
+    if isinstance(item, str):
+        item = {item: {}}
+    if not isinstance(item, dict) or len(item) != 1:
+        raise ConfigError(f"{where} must be a mapping with one stage name, e.g. '- prune: {{ratio: 0.5}}'")
+    (kind, body), = item.items()
+    if kind not in STAGE_CONFIGS:
+        close = difflib.get_close_matches(str(kind), STAGE_CONFIGS.names(), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{where}: unknown stage {kind!r}.{hint} Valid: {', '.join(STAGE_CONFIGS.names())}")
+    cfg = from_dict(STAGE_CONFIGS.get(kind), body or {}, where=f"{where}.{kind}")
+    _check_values(kind, cfg, f"{where}.{kind}")
+    return Stage(kind, cfg)
+
+
+def _check_values(kind: str, cfg: Any, where: str) -> None:
+    for name in ("ratio", "sparsity"):
+        v = getattr(cfg, name, None)
+        if v is not None and not 0 <= v < 1:
+            raise ConfigError(f"{where}.{name}={v} must lie in [0, 1)")
+    for name in ("target_flops", "target_params", "target_filters", "width_mult"):
+        v = getattr(cfg, name, None)
+        if v is not None and not 0 < v <= (1 if name != "target_filters" else 0.999):
+            raise ConfigError(f"{where}.{name}={v} must lie in (0, 1]")
+    for name in ("epochs", "finetune_epochs", "admm_epochs", "steps", "calib_batches", "runs",
+                 "rebirth_steps", "retrain_epochs"):
+        v = getattr(cfg, name, None)
+        if v is not None and v < 0:
+            raise ConfigError(f"{where}.{name}={v} must be >= 0")
+    if kind == "prune":
+        targets = {"structured": ("ratio", "target_flops", "target_params"),
+                   "easiedge": ("target_filters", "target_flops"),
+                   "unstructured": ("sparsity",)}[cfg.method]
+        given = [t for t in targets if getattr(cfg, t) is not None]
+        if len(given) != 1:
+            raise ConfigError(f"{where}: method {cfg.method!r} needs exactly one of {', '.join(targets)}")
+
+
+def _check_order(stages: list[Stage]) -> None:
+    """Reject orders that make no sense (and say why)."""
+    seen: list[str] = []
+    for i, s in enumerate(stages):
+        if s.kind in ("train", "load") and any(k not in ("train", "load") for k in seen):
+            raise ConfigError(f"stages[{i}] {s.kind!r} must come before any compression stage")
+        if s.kind == "distill" and not any(k in ("lighten", "prune", "merge") for k in seen):
+            raise ConfigError(f"stages[{i}] 'distill' needs a teacher: put it after 'lighten' (or prune/merge); "
+                              "the model before the first compression stage is the teacher")
+        if s.kind == "finetune" and s.config.mode == "kd" and not any(
+                k in ("lighten", "prune", "merge") for k in seen):
+            raise ConfigError(f"stages[{i}] 'finetune' with mode kd needs an earlier compression stage "
+                              "(its input model becomes the teacher)")
+        if s.kind == "quantize" and "quantize" in seen:
+            raise ConfigError(f"stages[{i}]: the model is already quantized")
+        if "quantize" in seen and s.kind not in ("export", "profile"):
+            raise ConfigError(f"stages[{i}] {s.kind!r} cannot follow 'quantize': an int8 model is "
+                              "final; only export/profile may come after it")
+        seen.append(s.kind)
+
+
+def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: a recipe must be a mapping with keys name, model, data, stages")
+    body = dict(data)
+    raw_stages = body.pop("stages", None)
+    if not raw_stages:
+        raise ConfigError(f"{where}: 'stages' is missing or empty; list at least one stage")
+    recipe = from_dict(Recipe, body, where=where)
+    recipe.stages = [_parse_stage(i, item) for i, item in enumerate(raw_stages)]
+    _check_order(recipe.stages)
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a YAML recipe (``yaml.safe_load``; errors name file and key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} not found; shipped recipes are in the repository's recipes/ folder")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_recipe(data, where=str(path))

@@ -1,0 +1,199 @@
+"""One handler per recipe stage, registered by name. Each mutates a ``RunState``."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+from . import recipe as R
+
+
+@dataclass
+class RunState:
+    """What flows from stage to stage."""
+
+    recipe: R.Recipe
+    run_dir: Path
+    device: str
+    train: Any
+    test: Any
+    calib: Any
+    example: torch.Tensor
+    model: nn.Module
+    teacher: Optional[nn.Module] = None
+    quantized: Any = None
+    artifacts: dict = field(default_factory=dict)
+    stage_dir: Path = Path(".")
+    progress: bool = True
+
+    def train_options(self, **extra: Any) -> dict:
+        """TrainConfig fields shared by every training stage."""
+        return {"device": self.device, "seed": self.recipe.seed, "progress": self.progress,
+                "batch_size": self.recipe.data.batch_size} | extra
+
+    def ensure_teacher(self) -> None:
+        """The model before the first compression stage teaches later kd stages."""
+        if self.teacher is None:
+            self.teacher = copy.deepcopy(self.model).eval()
+
+
+Handler = Callable[[RunState, Any], None]
+STAGES: Registry[Handler] = Registry("stage")
+
+
+@STAGES.register("train")
+def _train(state: RunState, cfg: R.TrainStage) -> None:
+    from ..config import to_dict
+    from ..train import TrainConfig, Trainer
+
+    opts = state.train_options(out_dir=str(state.stage_dir / "train"), resume=True, **to_dict(cfg))
+    Trainer(state.model, TrainConfig(**opts)).fit(state.train, state.test)
+
+
+@STAGES.register("load")
+def _load(state: RunState, cfg: R.LoadStage) -> None:
+    from ..export import load
+
+    state.model = load(cfg.path)
+
+
+@STAGES.register("lighten")
+def _lighten(state: RunState, cfg: R.LightenStage) -> None:
+    from ..transforms.lighten import lighten
+
+    state.ensure_teacher()
+    state.model = lighten(state.model.cpu(), state.example.cpu(), width_mult=cfg.width_mult,
+                          keep_first_conv=cfg.keep_first_conv, head=cfg.head, exclude=tuple(cfg.exclude))
+
+
+@STAGES.register("distill")
+def _distill(state: RunState, cfg: R.DistillStage) -> None:
+    from ..distill import distill
+
+    opts = state.train_options(out_dir=str(state.stage_dir / "train"), resume=True, lr=cfg.lr,
+                               optimizer=cfg.optimizer, weight_decay=cfg.weight_decay)
+    state.model = distill(state.model, state.teacher, state.train, losses=cfg.losses, epochs=cfg.epochs,
+                          T=cfg.T, val_data=state.test, **opts)
+
+
+def _finetune_callback(state: RunState, mode: str, epochs: int, lr: float) -> Any:
+    if mode == "none" or epochs == 0:
+        return None
+    opts = state.train_options(lr=lr)
+    if mode == "kd":
+        from ..distill import kd_finetune
+
+        state.ensure_teacher()
+        return kd_finetune(state.teacher, epochs, state.train, **opts)
+    from ..prune import plain_finetune
+
+    return plain_finetune(epochs, state.train, **opts)
+
+
+def _prune_structured(state: RunState, cfg: R.PruneStage) -> None:
+    from ..prune import prune_
+
+    tune = _finetune_callback(state, cfg.finetune, cfg.finetune_epochs, cfg.finetune_lr)
+    prune_(state.model, state.example, criterion=cfg.criterion, planner=cfg.planner, ratio=cfg.ratio,
+           target_flops=cfg.target_flops, target_params=cfg.target_params, steps=cfg.steps,
+           finetune=tune, round_to=cfg.round_to, calib_data=state.calib)
+
+
+def _prune_easiedge(state: RunState, cfg: R.PruneStage) -> None:
+    from ..prune.admm import admm_prune
+
+    finetune = "plain" if cfg.finetune == "none" else cfg.finetune
+    state.model = admm_prune(
+        state.model, state.example, state.train, target_filters=cfg.target_filters,
+        target_flops=cfg.target_flops, criterion=cfg.criterion, rho=cfg.rho, admm_epochs=cfg.admm_epochs,
+        finetune_epochs=cfg.finetune_epochs if cfg.finetune != "none" else 0, finetune=finetune,
+        val_data=state.test, **state.train_options(lr=cfg.finetune_lr))
+
+
+def _prune_unstructured(state: RunState, cfg: R.PruneStage) -> None:
+    from ..prune.unstructured import MaskEnforcer, prune_weights
+    from ..train import TrainConfig, Trainer
+
+    state.model = prune_weights(state.model, sparsity=cfg.sparsity, scope=cfg.scope)
+    if cfg.finetune != "none" and cfg.finetune_epochs > 0:
+        opts = state.train_options(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr)
+        Trainer(state.model, TrainConfig(**opts), callbacks=[MaskEnforcer(state.model)]).fit(state.train)
+
+
+@STAGES.register("prune")
+def _prune(state: RunState, cfg: R.PruneStage) -> None:
+    state.ensure_teacher()
+    {"structured": _prune_structured, "easiedge": _prune_easiedge,
+     "unstructured": _prune_unstructured}[cfg.method](state, cfg)
+
+
+@STAGES.register("finetune")
+def _finetune(state: RunState, cfg: R.FinetuneStage) -> None:
+    tune = _finetune_callback(state, cfg.mode, cfg.epochs, cfg.lr)
+    if tune is not None:
+        tune(state.model, 0)
+
+
+@STAGES.register("merge")
+def _merge(state: RunState, cfg: R.MergeStage) -> None:
+    from ..transforms.fold import fold_batchnorm
+
+    state.ensure_teacher()
+    model = state.model.cpu().eval()
+    if cfg.mode == "exact":
+        from ..transforms.merge import merge_linear_chains
+
+        state.model = merge_linear_chains(fold_batchnorm(model, state.example.cpu()), state.example.cpu())
+        return
+    from ..transforms.merge import streamline_merge
+
+    state.model = streamline_merge(model, state.example.cpu(), state.calib, steps=cfg.rebirth_steps)
+    if cfg.retrain_epochs:
+        from ..train import TrainConfig, Trainer
+
+        opts = state.train_options(epochs=cfg.retrain_epochs, lr=cfg.lr)
+        Trainer(state.model, TrainConfig(**opts)).fit(state.train)
+
+
+@STAGES.register("quantize")
+def _quantize(state: RunState, cfg: R.QuantizeStage) -> None:
+    from ..quant import quantize
+
+    path = state.run_dir / "model.int8.onnx"
+    state.quantized = quantize(state.model.cpu().eval(), state.example.cpu(), state.calib,
+                               backend=cfg.backend, num_batches=cfg.calib_batches, path=path)
+    state.artifacts["int8_onnx"] = str(path)
+
+
+@STAGES.register("export")
+def _export(state: RunState, cfg: R.ExportStage) -> None:
+    from ..export import export_onnx
+
+    path = state.run_dir / "model.onnx"
+    diff = export_onnx(state.model.cpu().eval(), state.example.cpu(), path, tol=cfg.tol, opset=cfg.opset)
+    state.artifacts.update(onnx=str(path), onnx_max_abs_diff=diff)
+    _write_deploy(state)
+
+
+def _write_deploy(state: RunState) -> None:
+    try:
+        from ..report import write_deploy_md
+    except ImportError:  # report package optional at this layer
+        return
+    ds = getattr(state.train, "dataset", None)
+    write_deploy_md(state.run_dir, tuple(state.example.shape[1:]), getattr(ds, "mean", None),
+                    getattr(ds, "std", None), class_names=getattr(ds, "classes", None))
+
+
+@STAGES.register("profile")
+def _profile(state: RunState, cfg: R.ProfileStage) -> None:
+    from ..report import channels_per_layer, per_layer_latency
+
+    state.artifacts["layer_latency"] = per_layer_latency(state.model.cpu().eval(), state.example.cpu(),
+                                                         threads=cfg.threads)
+    state.artifacts["channels"] = channels_per_layer(state.model)
