@@ -1,0 +1,213 @@
+"""CIFAR-10, from the standard pickled batches or from class-per-folder JPEG archives.
+
+A. Krizhevsky, "Learning Multiple Layers of Features from Tiny Images",
+Technical Report, University of Toronto, 2009.
+
+Two on-disk forms are read, tried in this order:
+
+* ``cifar-10-batches-py/`` (``data_batch_1..5``, ``test_batch``), the
+  original lossless release. Those files are Python pickles, and unpickling
+  can run arbitrary code, so they are read with ``RestrictedUnpickler``, which
+  can rebuild numpy arrays and plain containers and nothing else.
+* ``train.tar.gz`` / ``test.tar.gz`` holding ``<split>/<class>/<index>.jpg``
+  (the JPEG copy shipped with edgeslim's data). ``<index>`` is the image's
+  position in the original order, so images are sorted by it; the decoded
+  arrays are cached on disk (``edgeslim.data.cache``).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from edgeslim.data.base import DATASETS, ArrayDataset, check_split, missing_data_error
+from edgeslim.data.cache import Arrays, cached_arrays
+from edgeslim.data.folder import ARCHIVE_SUFFIXES, ImageEntry, read_class_images
+from edgeslim.errors import DataError
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+# The usual statistics of the lossless training set; the JPEG copy differs by
+# < 0.002, and a fixed normalisation keeps models portable between the copies.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR10_COUNTS = {"train": 50_000, "test": 10_000}
+#: Sub-folders of the data folder searched, in order ("" = the folder itself).
+CIFAR10_SUBDIRS = ("cifar10", "cifar-10", "CIFAR10", "")
+BATCHES_DIR = "cifar-10-batches-py"
+BATCH_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+# ---------------------------------------------------------------- pickled batches
+
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's array-rebuilding function
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that can rebuild numpy arrays and builtin containers only.
+
+    Any other global a pickle names (``os.system``, ``builtins.eval``, a
+    class) is refused with ``pickle.UnpicklingError`` before it is imported.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refusing to unpickle global {module}.{name}: CIFAR batches hold only numpy "
+                "arrays, lists and dicts"
+            ) from None
+
+
+def load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one CIFAR batch file into uint8 images ``[n, 3, 32, 32]`` and int64 labels."""
+    try:
+        # latin1 lets Python 3 read the Python 2 pickles of the original release
+        batch = RestrictedUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, OSError) as exc:
+        raise DataError(f"CIFAR batch {path} cannot be read safely: {exc}") from exc
+    if not isinstance(batch, dict):
+        raise DataError(f"CIFAR batch {path} holds a {type(batch).__name__}, expected a dict")
+    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    data, labels = batch.get("data"), np.asarray(batch.get("labels", []), dtype=np.int64)
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        shape = getattr(data, "shape", None)
+        raise DataError(f"CIFAR batch {path}: 'data' must be an array [n, 3072], got {shape}")
+    if len(labels) != len(data) or (labels.size and not 0 <= labels.min() <= labels.max() <= 9):
+        raise DataError(
+            f"CIFAR batch {path}: {len(data)} images but {len(labels)} labels (must be 0-9)"
+        )
+    return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels
+
+
+def read_batches(folder: Path, split: str) -> Arrays:
+    """Concatenate the batch files of ``split`` found in ``folder``."""
+    parts = [load_batch(folder / name) for name in BATCH_FILES[split]]
+    return {
+        "images": np.concatenate([p[0] for p in parts]),
+        "labels": np.concatenate([p[1] for p in parts]),
+    }
+
+
+# ---------------------------------------------------------------- JPEG archives
+
+
+def _by_index(entry: ImageEntry) -> tuple:
+    """Sort key: the file's numeric index (its position in the original order)."""
+    stem = entry.name.rsplit(".", 1)[0]
+    if not stem.isdigit():
+        raise DataError(f"CIFAR image {entry.where} is not named <index>.jpg")
+    return (int(stem), entry.cls)
+
+
+def read_cifar_archive(archive: Path, split: str) -> Arrays:
+    """Decode ``<split>/<class>/<index>.jpg`` from a tar archive, ordered by index.
+
+    Labels follow ``CIFAR10_CLASSES``; the result is cached on disk, keyed by
+    the archive's path, size and mtime, so the JPEGs are decoded only once.
+    """
+
+    def build() -> Arrays:
+        return read_class_images(
+            archive,
+            split,
+            classes=CIFAR10_CLASSES,
+            order=_by_index,
+            description=f"decoding CIFAR-10 {split} (once; cached)",
+        )
+
+    return cached_arrays(archive, f"cifar10-{split}", build)
+
+
+# ---------------------------------------------------------------- finding the files
+
+
+class CifarSource(Protocol):
+    """One on-disk form of CIFAR-10."""
+
+    def expected(self, split: str) -> list[str]: ...
+
+    def find(self, folder: Path, split: str) -> Path | None: ...
+
+    def read(self, path: Path, split: str) -> Arrays: ...
+
+
+class _Batches:
+    """The original ``cifar-10-batches-py`` folder."""
+
+    def expected(self, split: str) -> list[str]:
+        return [f"{BATCHES_DIR}/{n}" for n in BATCH_FILES[split]]
+
+    def find(self, folder: Path, split: str) -> Path | None:
+        for d in (folder / BATCHES_DIR, folder):
+            if all((d / n).is_file() for n in BATCH_FILES[split]):
+                return d
+        return None
+
+    def read(self, path: Path, split: str) -> Arrays:
+        return read_batches(path, split)
+
+
+class _JpegArchive:
+    """``<split>.tar.gz`` archives of class-per-folder JPEGs."""
+
+    def expected(self, split: str) -> list[str]:
+        return [f"{split}.tar.gz (JPEGs as {split}/<class>/<index>.jpg)"]
+
+    def find(self, folder: Path, split: str) -> Path | None:
+        hits = [folder / f"{split}{s}" for s in ARCHIVE_SUFFIXES]
+        return next((p for p in hits if p.is_file()), None)
+
+    def read(self, path: Path, split: str) -> Arrays:
+        return read_cifar_archive(path, split)
+
+
+#: Forms tried in order: the lossless batches first.
+CIFAR10_SOURCES: tuple[CifarSource, ...] = (_Batches(), _JpegArchive())
+
+
+@DATASETS.register("cifar10")
+def load_cifar10(data_dir: Path, split: str = "train") -> ArrayDataset:
+    """Load one CIFAR-10 split as uint8 images ``[N, 3, 32, 32]`` and int64 labels."""
+    check_split("cifar10", split)
+    folders = [data_dir / sub if sub else data_dir for sub in CIFAR10_SUBDIRS]
+    for folder in folders:
+        for source in CIFAR10_SOURCES:
+            path = source.find(folder, split)
+            if path is not None:
+                return _to_dataset(source.read(path, split), path, split)
+    expected = [f for source in CIFAR10_SOURCES for f in source.expected(split)]
+    raise missing_data_error(
+        f"CIFAR-10 ({split} split)", expected, folders, note="Either form is enough."
+    )
+
+
+def _to_dataset(arrays: Arrays, path: Path, split: str) -> ArrayDataset:
+    images, labels = arrays["images"], arrays["labels"]
+    if images.shape[1:] != (3, 32, 32) or len(images) != CIFAR10_COUNTS[split]:
+        raise DataError(
+            f"CIFAR-10 {split} from {path}: {len(images)} images of {images.shape[1:]}, expected "
+            f"{CIFAR10_COUNTS[split]} of (3, 32, 32); the files are incomplete, replace them"
+        )
+    return ArrayDataset(
+        images=torch.from_numpy(np.ascontiguousarray(images)),
+        labels=torch.from_numpy(labels.astype(np.int64)),
+        classes=list(CIFAR10_CLASSES),
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+        name="cifar10",
+        augment="crop_flip",
+    )

@@ -1,0 +1,57 @@
+"""LeNet-5 (LeCun, Bottou, Bengio, Haffner. *Gradient-based learning applied to
+document recognition*, Proc. IEEE 1998), in its common modern form: ReLU and
+max pooling instead of scaled tanh and subsampling, full C3 connectivity.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgeslim.models.factory import register_model
+from edgeslim.models.utils import init_weights
+
+
+class LeNet5(nn.Module):
+    """conv5x5(6)-ReLU-maxpool2-conv5x5(16)-ReLU-maxpool2-fc120-ReLU-fc84-ReLU-fc.
+
+    A 28x28 input (MNIST) gets padding 2 on the first convolution, so both 28x28
+    and the original 32x32 produce 16x5x5 features before the classifier.
+
+    Args:
+        num_classes: classifier outputs.
+        in_channels: input channels (1 for MNIST).
+        input_size: input height = width; 28 pads the first conv by 2.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28) -> None:
+        super().__init__()
+        pad = 2 if input_size == 28 else 0
+        side = ((input_size + 2 * pad - 4) // 2 - 4) // 2
+        if side < 1:
+            raise ValueError(f"LeNet5 needs input_size >= 16, got {input_size}")
+        self.default_input_size = (in_channels, input_size, input_size)
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, 5, padding=pad),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(16 * side * side, 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+            nn.Linear(84, num_classes),
+        )
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+@register_model("lenet5")
+def lenet5(num_classes: int = 10, in_channels: int = 1, input_size: int = 28) -> LeNet5:
+    """LeNet-5 for 28x28 (MNIST, default) or 32x32 inputs."""
+    return LeNet5(num_classes=num_classes, in_channels=in_channels, input_size=input_size)

@@ -1,0 +1,189 @@
+"""The model zoo: every registered model builds, runs, trains, exports and rebuilds."""
+from __future__ import annotations
+
+import inspect
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from edgeslim.errors import ConfigError
+from edgeslim.export import export_onnx
+from edgeslim.models import MODELS, create_model, list_models
+from edgeslim.registry import RegistryError
+
+ALL_MODELS = list_models()
+# Small-but-real variants keep the per-model tests fast on 2 CPU cores.
+SMALL_ARGS = {"width_mult": 0.25, "growth_rate": 4}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP threads contend badly."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def small_kwargs(name: str) -> dict:
+    params = inspect.signature(MODELS.get(name)).parameters
+    return {k: v for k, v in SMALL_ARGS.items() if k in params}
+
+
+def calibrate_bn_(model: nn.Module, x: torch.Tensor, seed: int = 0) -> None:
+    """Random BN affine terms and running statistics measured on ``x``, as in a trained model.
+
+    Random running statistics would not match the activations and make deep
+    residual nets blow up; measured ones keep every BN output normalised.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in norms:
+        m.weight.data = torch.rand(m.num_features, generator=gen) + 0.5
+        m.bias.data = (torch.rand(m.num_features, generator=gen) - 0.5) * 0.2
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: one pass gives the batch statistics
+    model.train()
+    with torch.no_grad():
+        model(x)
+    for m in norms:
+        m.momentum = 0.1
+
+
+def test_registry_lists_the_zoo() -> None:
+    expected = {"lenet5", "vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet32",
+                "resnet56", "resnet110", "mobilenetv2", "densenet_cifar"}
+    assert expected <= set(ALL_MODELS)
+    assert list_models("resnet*") == ["resnet110", "resnet20", "resnet32", "resnet56"]
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_small_model_forward_backward(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=7, **small_kwargs(name))
+    x = torch.randn(2, *model.default_input_size)
+    out = model(x)
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+    nn.functional.cross_entropy(out, torch.tensor([1, 3])).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"no gradient reaches {missing}"
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_small_model_onnx_parity(name: str, tmp_path) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, **small_kwargs(name))
+    x = torch.randn(2, *model.default_input_size)
+    calibrate_bn_(model, torch.randn(8, *model.default_input_size))
+    diff = export_onnx(model, x, tmp_path / f"{name}.onnx", tol=1e-4)
+    assert 0.0 <= diff <= 1e-4
+    assert (tmp_path / f"{name}.onnx").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_default_width_forward_shape(name: str) -> None:
+    model = create_model(name).eval()
+    assert len(model.default_input_size) == 3
+    with torch.inference_mode():
+        out = model(torch.randn(1, *model.default_input_size))
+    assert out.shape == (1, 10)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_arch_record_rebuilds_the_same_model(name: str) -> None:
+    model = create_model(name, num_classes=5, **small_kwargs(name))
+    arch = json.loads(json.dumps(model.edgeslim_arch))
+    assert arch["name"] == name and arch["kwargs"]["num_classes"] == 5
+    assert set(arch["kwargs"]) == set(inspect.signature(MODELS.get(name)).parameters)
+    rebuilt = create_model(arch["name"], **arch["kwargs"])
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in rebuilt.state_dict().items()}
+    assert rebuilt.edgeslim_arch == arch
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_in_channels(name: str) -> None:
+    model = create_model(name, in_channels=2, **small_kwargs(name))
+    assert model.default_input_size[0] == 2
+    assert model(torch.randn(2, *model.default_input_size)).shape == (2, 10)
+
+
+def test_unknown_model_lists_valid_names() -> None:
+    with pytest.raises(RegistryError) as info:
+        create_model("resnet21")
+    message = str(info.value)
+    assert "resnet20" in message and "vgg16" in message and "densenet_cifar" in message
+
+
+def test_unknown_argument_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="width_mult"):
+        create_model("lenet5", width_mult=2.0)
+
+
+def _convs(model: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def count_params_of(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("input_size", [28, 32])
+def test_lenet5_input_sizes(input_size: int) -> None:
+    model = create_model("lenet5", input_size=input_size)
+    assert model.features[0].padding == ((2, 2) if input_size == 28 else (0, 0))
+    assert model.classifier[0].in_features == 16 * 5 * 5
+    assert model(torch.randn(2, 1, input_size, input_size)).shape == (2, 10)
+    assert count_params_of(model) == (25 * 6 + 6) + (6 * 25 * 16 + 16) + (400 * 120 + 120) \
+        + (120 * 84 + 84) + (84 * 10 + 10)
+
+
+@pytest.mark.parametrize("depth", [20, 32, 56, 110])
+def test_resnet_depth_and_option_b_shortcuts(depth: int) -> None:
+    model = create_model(f"resnet{depth}")
+    convs = _convs(model)
+    projections = [c for c in convs if c.kernel_size == (1, 1)]
+    # depth = 1 stem conv + 2 convs per block + 1 fc; plus 2 projection shortcuts
+    assert len(convs) - len(projections) + 1 == depth
+    assert [(c.in_channels, c.out_channels, c.stride) for c in projections] == [
+        (16, 32, (2, 2)), (32, 64, (2, 2))]
+
+
+def test_vgg16_structure_and_width() -> None:
+    model = create_model("vgg16")
+    convs = _convs(model)
+    assert len(convs) == 13
+    assert all(c.kernel_size == (3, 3) for c in convs)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 13
+    assert [type(m) for m in model.classifier] == [nn.Linear]
+    assert model.classifier[0].in_features == 512
+    narrow = create_model("vgg16", width_mult=0.5, classifier="mlp")
+    assert [c.out_channels for c in _convs(narrow)][:3] == [32, 32, 64]
+    assert [type(m) for m in narrow.classifier] == [nn.Linear, nn.ReLU, nn.Linear]
+
+
+def test_mobilenetv2_depthwise_and_cifar_strides() -> None:
+    model = create_model("mobilenetv2").eval()
+    depthwise = [c for c in _convs(model) if c.groups > 1]
+    assert depthwise and all(c.groups == c.in_channels == c.out_channels for c in depthwise)
+    assert any(isinstance(m, nn.ReLU6) for m in model.modules())
+    with torch.inference_mode():
+        feats = model.features(torch.randn(1, 3, 32, 32))
+    assert feats.shape == (1, 1280, 4, 4)  # 8x downsampling on CIFAR
+
+
+def test_densenet_concatenates_channels() -> None:
+    growth, layers = 12, 6
+    model = create_model("densenet_cifar", growth_rate=growth, block_config=[layers] * 3)
+    channels = 2 * growth
+    for _ in range(2):  # two blocks followed by a transition halving the channels
+        channels = (channels + layers * growth) // 2
+    assert model.classifier.in_features == channels + layers * growth
+    block = model.features[0]
+    x = torch.randn(1, 2 * growth, 8, 8)
+    assert block(x).shape == (1, 2 * growth + layers * growth, 8, 8)
+    assert torch.equal(block[0](x)[:, : 2 * growth], x)  # the input passes through the concat
