@@ -48,7 +48,7 @@ def _arch_of(model: nn.Module, arch: dict | None) -> tuple[dict, nn.Module]:
     if arch is not None:
         return arch, model
     if isinstance(model, fx.GraphModule):
-        return {"fx": _fx_json(model)}, model
+        return _traced_arch(model)  # re-tracing flattens custom container modules into torch.nn leaves
     if getattr(model, "edgeslim_arch", None):
         return {"zoo": model.edgeslim_arch["name"], "kwargs": model.edgeslim_arch["kwargs"]}, model
     try:

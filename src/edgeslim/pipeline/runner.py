@@ -133,7 +133,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, *, data_dir: Any = None, res
         if on_stage:
             on_stage(i, stage.kind, saved["completed"][-1]["metrics"])
     save(state.model, run_dir / "model.safetensors")
-    _report(run_dir, saved, state)
+    _report(run_dir, saved)
     return saved
 
 
@@ -171,10 +171,15 @@ def save_yaml_dict(recipe: Recipe, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
 
 
-def _report(run_dir: Path, saved: dict, state: RunState | None = None) -> dict:
+def _report(run_dir: Path, saved: dict) -> dict:
     from ..report import write_report
 
-    rows = [{"stage": e["stage"]} | e["metrics"] for e in saved["completed"]]
-    extra = {} if state is None else {k: state.artifacts.get(k) for k in ("layer_latency",)}
+    entries = saved["completed"]
+    if len(entries) > 1 and entries[1]["stage"] == "train":
+        entries = entries[1:]  # an untrained input is no baseline: ratios start at the trained model
+    rows = [{"stage": e["stage"]} | e["metrics"] for e in entries]
+    artifacts: dict = {}
+    for e in saved["completed"]:
+        artifacts |= e.get("artifacts", {})
     return write_report(run_dir, rows, title=f"edgeslim: {saved['recipe']['name']}",
-                        layer_latency=extra.get("layer_latency"))
+                        layer_latency=artifacts.get("layer_latency"))

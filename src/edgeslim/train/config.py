@@ -1,0 +1,114 @@
+"""``TrainConfig``: every knob of the training engine in one typed dataclass."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+from edgeslim.config import check_literals
+from edgeslim.errors import ConfigError
+
+OptimizerName = Literal["sgd", "adamw"]
+ScheduleName = Literal["cosine", "step", "constant"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+
+
+def _require(ok: bool, field: str, value: object, valid: str) -> None:
+    if not ok:
+        raise ConfigError(f"TrainConfig.{field}={value!r} is invalid; valid range: {valid}")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one :class:`~edgeslim.train.Trainer` run.
+
+    Attributes:
+        epochs: passes over the training loader (0 = no training).
+        batch_size: used by callers that build the loaders (CLI, recipes);
+            the Trainer itself iterates whatever loader it is given.
+        optimizer: ``"sgd"`` (momentum, optional Nesterov) or ``"adamw"``
+            (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", 2019).
+        lr: peak learning rate (reached at the end of warm-up).
+        momentum: SGD momentum (ignored by AdamW).
+        weight_decay: L2 penalty (SGD) / decoupled decay (AdamW).
+        nesterov: Nesterov momentum for SGD (only when ``momentum > 0``).
+        schedule: ``"cosine"`` (Loshchilov & Hutter, "SGDR", 2017, without
+            restarts), ``"step"`` (multiply by ``gamma`` at each milestone) or
+            ``"constant"``. Applied per iteration, not per epoch.
+        milestones: epochs at which the step schedule decays; empty means
+            50% and 75% of ``epochs``.
+        gamma: step-schedule decay factor.
+        warmup_epochs: linear warm-up length in epochs (may be fractional;
+            Goyal et al., "Accurate, Large Minibatch SGD", 2017).
+        label_smoothing: for the default cross-entropy loss (Szegedy et al.,
+            "Rethinking the Inception Architecture", 2016).
+        grad_clip: max global gradient L2 norm, or ``None`` for no clipping.
+        amp: bf16 autocast (CUDA; on CPU bf16 autocast is used too because it
+            was asked for explicitly, but it is only fast on CPUs with AMX).
+        channels_last: NHWC memory format for model and inputs.
+        compile: wrap the model in ``torch.compile``.
+        device: ``"auto"`` = CUDA when available, else CPU.
+        seed: seeds torch/numpy/random at the start of a fresh run and the
+            per-epoch shuffling of plain ``DataLoader`` s.
+        out_dir: where ``last.pt`` and ``metrics.jsonl`` go; ``None`` = no files.
+        resume: continue from ``out_dir/last.pt`` if it exists.
+        progress: show a progress bar (only on a TTY, never on CI).
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: OptimizerName = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    schedule: ScheduleName = "cosine"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    grad_clip: Optional[float] = None
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    device: DeviceName = "auto"
+    seed: int = 0
+    out_dir: Optional[str] = None
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_literals(self)
+        if isinstance(self.out_dir, Path):
+            self.out_dir = str(self.out_dir)
+        self.milestones = tuple(self.milestones)
+        _require(self.epochs >= 0, "epochs", self.epochs, "an integer >= 0")
+        _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        _require(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "a float > 0")
+        _require(0 <= self.momentum < 1, "momentum", self.momentum, "0 <= momentum < 1")
+        _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
+        _require(0 < self.gamma <= 1, "gamma", self.gamma, "0 < gamma <= 1")
+        _require(
+            0 <= self.warmup_epochs <= max(self.epochs, 0),
+            "warmup_epochs", self.warmup_epochs, f"0 <= warmup_epochs <= epochs ({self.epochs})",
+        )
+        _require(
+            0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "0 <= x < 1"
+        )
+        _require(
+            self.grad_clip is None or self.grad_clip > 0,
+            "grad_clip", self.grad_clip, "None or a float > 0",
+        )
+        _require(
+            all(m > 0 for m in self.milestones) and list(self.milestones) == sorted(self.milestones),
+            "milestones", self.milestones, "increasing positive epoch numbers",
+        )
+        _require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+
+    @property
+    def step_milestones(self) -> tuple[int, ...]:
+        """Milestones of the step schedule (defaults to 50% and 75% of the epochs)."""
+        if self.milestones:
+            return self.milestones
+        return (max(1, self.epochs // 2), max(1, (3 * self.epochs) // 4))
