@@ -49,6 +49,7 @@ def _initial_model(recipe: Recipe) -> torch.nn.Module:
 
     if recipe.model.checkpoint:
         return load(recipe.model.checkpoint)
+    torch.manual_seed(recipe.seed)  # the same recipe always starts from the same weights
     return create_model(recipe.model.name, num_classes=recipe.model.num_classes, **recipe.model.kwargs)
 
 

@@ -1,0 +1,127 @@
+"""Recipes: validation errors, a tiny end-to-end run, exact resume, re-run no-op, report files."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeslim.errors import ConfigError
+from edgeslim.pipeline import load_recipe, parse_recipe, run_recipe
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def _tiny(stages: list, **data) -> dict:
+    return {"name": "tiny", "model": {"name": "lenet5"}, "device": "cpu", "latency_runs": 3,
+            "data": {"name": "mnist", "batch_size": 128, "train_subset": 512, "test_subset": 256,
+                     "calib_batches": 2} | data,
+            "stages": stages}
+
+
+# ------------------------------------------------------------------ validation
+@pytest.mark.parametrize("stages, message", [
+    ([{"prunee": {}}], "Did you mean 'prune'"),
+    ([{"prune": {"ratoi": 0.5}}], "Did you mean 'ratio'"),
+    ([{"prune": {"ratio": 1.5}}], "ratio=1.5"),
+    ([{"prune": {"ratio": 0.5, "target_flops": 0.5}}], "exactly one of"),
+    ([{"prune": {"method": "unstructured"}}], "sparsity"),
+    ([{"train": {"epochs": -1}}], "epochs=-1"),
+    ([{"distill": {}}], "needs a teacher"),
+    ([{"quantize": {}}, {"prune": {"ratio": 0.3}}], "cannot follow 'quantize'"),
+    ([{"lighten": {}}, {"train": {}}], "must come before"),
+    ([{"train": {"optimizer": "adam"}}], "optimizer"),
+    ([], "stages"),
+])
+def test_recipe_validation_errors(stages: list, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_recipe(_tiny(stages))
+
+
+def test_unknown_top_level_key_is_named() -> None:
+    data = _tiny([{"train": {}}]) | {"modle": {}}
+    with pytest.raises(ConfigError, match="Did you mean 'model'"):
+        parse_recipe(data)
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_parse(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.stages and recipe.name
+
+
+def test_missing_recipe_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+# ------------------------------------------------------------------ end to end
+STAGES = [{"train": {"epochs": 2, "lr": 0.05}},
+          {"prune": {"ratio": 0.4, "steps": 1, "finetune": "plain", "finetune_epochs": 1}},
+          {"export": {}}]
+
+
+def _final(state: dict) -> dict:
+    m = state["completed"][-1]["metrics"]
+    return {k: m[k] for k in ("accuracy", "params", "flops", "nonzero_params")}
+
+
+def test_tiny_recipe_end_to_end_and_rerun_is_noop(data_dir: Path, tmp_path: Path) -> None:
+    recipe = parse_recipe(_tiny(STAGES))
+    out = tmp_path / "run"
+    state = run_recipe(recipe, out, data_dir=data_dir, progress=False)
+    rows = state["completed"]
+    assert [r["stage"] for r in rows] == ["input", "train", "prune", "export"]
+    assert rows[1]["metrics"]["accuracy"] > 0.25  # 8 steps of SGD: well above chance (0.10)
+    assert rows[2]["metrics"]["params"] < rows[1]["metrics"]["params"]
+    assert rows[2]["metrics"]["flops"] < rows[1]["metrics"]["flops"]
+    for name in ("model.safetensors", "model.onnx", "report.md", "report.html", "deploy.md",
+                 "state.json", "recipe.yaml", "teacher.safetensors"):
+        assert (out / name).is_file(), name
+    for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (out / "report.md").read_text()):
+        assert (out / image).is_file(), image
+    stamp = (out / "state.json").stat().st_mtime_ns
+    again = run_recipe(recipe, out, data_dir=data_dir, progress=False)  # finished: only re-reports
+    assert again == json.loads((out / "state.json").read_text())
+    assert (out / "state.json").stat().st_mtime_ns == stamp
+
+
+def test_interrupted_run_resumes_to_the_same_result(data_dir: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeslim.train.engine import Trainer
+
+    recipe = parse_recipe(_tiny(STAGES))
+    straight = run_recipe(recipe, tmp_path / "a", data_dir=data_dir, progress=False)
+
+    original = Trainer._optimise
+    calls = {"n": 0}
+
+    def crash_in_second_epoch(self, loss):
+        calls["n"] += 1
+        if calls["n"] == 6:  # 4 steps per epoch: the middle of epoch 2 of the train stage
+            raise KeyboardInterrupt
+        return original(self, loss)
+
+    monkeypatch.setattr(Trainer, "_optimise", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, tmp_path / "b", data_dir=data_dir, progress=False)
+    monkeypatch.setattr(Trainer, "_optimise", original)
+    assert (tmp_path / "b" / "stages" / "00-train" / "train" / "last.pt").is_file()
+    with pytest.raises(ConfigError, match="--resume"):
+        run_recipe(recipe, tmp_path / "b", data_dir=data_dir, progress=False)
+    resumed = run_recipe(recipe, tmp_path / "b", data_dir=data_dir, resume=True, progress=False)
+    assert _final(resumed) == _final(straight)
+    from edgeslim.export import load
+
+    a, b = load(tmp_path / "a" / "model.safetensors"), load(tmp_path / "b" / "model.safetensors")
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb), ka
+
+
+def test_other_recipe_in_same_run_dir_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    run_recipe(parse_recipe(_tiny([{"train": {"epochs": 1}}])), tmp_path, data_dir=data_dir, progress=False)
+    with pytest.raises(ConfigError, match="different recipe"):
+        run_recipe(parse_recipe(_tiny([{"train": {"epochs": 2}}])), tmp_path, data_dir=data_dir,
+                   progress=False)
