@@ -64,3 +64,7 @@ __all__ = [
     "probe_shapes",
     "resolve_module",
 ]
+
+from .._callable import make_callable  # noqa: E402
+
+make_callable(__name__, "distill")  # edgeslim.distill is this package *and* the function

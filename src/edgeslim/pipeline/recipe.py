@@ -35,7 +35,7 @@ class ModelSpec:
 
     name: str = "lenet5"
     num_classes: int = 10
-    kwargs: dict = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: Optional[str] = None
 
 
@@ -72,7 +72,7 @@ class LightenStage:
     width_mult: float = 1.0
     keep_first_conv: bool = True
     head: Literal["gap_linear", "conv", "keep"] = "gap_linear"
-    exclude: list = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -30,3 +30,7 @@ __all__ = [
     "rich_table",
     "weight_bytes",
 ]
+
+from .._callable import make_callable  # noqa: E402
+
+make_callable(__name__, "profile")  # edgeslim.profile is this package *and* the function

@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .._callable import make_callable
+
 from .api import PruneConfig, plain_finetune, prune, prune_
 from .importance import IMPORTANCES, Importance, ImportanceContext, get_importance
 from .planner import Budget, Constraints, plan_removal
@@ -28,3 +30,7 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'edgeslim.prune' has no attribute {name!r}")
+
+
+
+make_callable(__name__, "prune")  # edgeslim.prune is this package *and* the function

@@ -1,0 +1,62 @@
+"""The `edgeslim` command: listing, errors without tracebacks, and a prune run from flags."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import edgeslim
+from edgeslim.cli import main
+
+
+def test_models_lists_the_zoo(capsys: pytest.CaptureFixture) -> None:
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in edgeslim.list_models():
+        assert name in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["profile", "--model", "resnet57"], "Did you mean 'resnet56'"),
+    (["profile", "--model", "lenet5", "--checkpoint", "missing.safetensors"], "missing.safetensors"),
+    (["compress", "no-such-recipe.yaml"], "not found"),
+    (["report", "."], "not an edgeslim run directory"),
+])
+def test_bad_input_gives_one_clear_error(argv: list, message: str, capsys: pytest.CaptureFixture,
+                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_prune_with_impossible_ratio_is_refused(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    assert main(["prune", "--model", "lenet5", "--ratio", "1.5", "--out", str(tmp_path / "r")]) == 2
+    assert "ratio=1.5" in capsys.readouterr().err
+
+
+def test_profile_and_export(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = edgeslim.create_model("lenet5")
+    edgeslim.save(model, tmp_path / "m.safetensors")
+    assert main(["profile", "--model", "lenet5", "--checkpoint", str(tmp_path / "m.safetensors"),
+                 "--json", str(tmp_path / "p.json")]) == 0
+    assert "latency_ms" in capsys.readouterr().out and (tmp_path / "p.json").is_file()
+    assert main(["export", "--checkpoint", str(tmp_path / "m.safetensors"), "--out",
+                 str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.onnx").stat().st_size > 0
+
+
+def test_prune_from_flags_writes_a_smaller_model(data_dir: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    argv = ["prune", "--model", "lenet5", "--data-dir", str(data_dir), "--train-subset", "256",
+            "--test-subset", "128", "--target-flops", "0.5", "--finetune", "none", "--device", "cpu",
+            "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "prune" in printed and "report" in printed
+    pruned = edgeslim.load(out / "model.safetensors")
+    x = torch.randn(1, 1, 28, 28)
+    base_flops = edgeslim.profile(edgeslim.create_model("lenet5"), x, latency=False)["flops"]
+    assert edgeslim.profile(pruned, x, latency=False)["flops"] <= 0.5 * base_flops * 1.05
