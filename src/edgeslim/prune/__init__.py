@@ -6,6 +6,7 @@ from typing import Any
 
 from .._callable import make_callable
 
+from . import information_gain  # noqa: F401  (registers the information-gain criteria)
 from .api import PruneConfig, plain_finetune, prune, prune_
 from .importance import IMPORTANCES, Importance, ImportanceContext, get_importance
 from .planner import Budget, Constraints, plan_removal

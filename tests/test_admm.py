@@ -1,0 +1,167 @@
+"""EasiEdge ADMM pruning: the projection, convergence of the primal residual, the final
+physically pruned model (channel counts, forward, ONNX parity) and exact resume."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgeslim.errors import ConfigError
+from edgeslim.graph import build_dependency_graph
+from edgeslim.prune import Budget, get_importance, plan_removal, prune_channels_
+from edgeslim.prune.admm import ADMMState, admm_prune, collect_slabs
+
+TARGET = 0.5
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(48, 16), nn.ReLU(), nn.Linear(16, 4),
+    )
+
+
+def _data(n: int = 256, batch: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, 8, 8, generator=g)
+    y = (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 1, :4].mean((1, 2)) > 0).long()
+    return [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
+
+
+FAST = dict(admm_iterations=4, admm_epochs=4, rho=1.0, lr=0.02, device="cpu", calib_batches=1)
+
+
+@pytest.fixture(scope="module")
+def pruned():
+    """A briefly trained toy net (ADMM starts from a trained model) and its ADMM-pruned copy."""
+    from edgeslim.train import TrainConfig, Trainer
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model, data = _net(), _data()
+    Trainer(model, TrainConfig(epochs=10, lr=0.05, progress=False, device="cpu")).fit(data)
+    out = admm_prune(model, data[0][0][:2], data, target_filters=TARGET, finetune_epochs=1,
+                     val_data=data[:2], **FAST)
+    torch.set_num_threads(old)
+    return model, out, data
+
+
+def test_projection_keeps_exactly_k_filters_and_equals_hard_pruning():
+    model, data = _net(), _data()
+    x = data[0][0]
+    graph = build_dependency_graph(model, x[:1], protect_first=True)
+    n = len(graph.prunable_classes())
+    removed = plan_removal(graph, get_importance("l1")(graph, model), Budget(channels=n // 2))
+    state = ADMMState(collect_slabs(graph), rho=1.0)
+    Z = state.project([s.param.detach() for s in state.slabs], removed)
+    nonzero = set()
+    for slab, z in zip(state.slabs, Z):
+        rows = z.movedim(slab.dim, 0).reshape(z.shape[slab.dim], -1).abs().sum(1) > 0
+        nonzero |= {int(c) for c in slab.classes[rows & slab.prunable]}
+    assert len(nonzero) == n - n // 2
+    assert not nonzero & set(np.flatnonzero(removed).tolist())
+    # Zeroing a filter's variables (conv rows, BN scale and shift) is exactly removing it.
+    model.eval()
+    with state.weights(Z), torch.no_grad():
+        masked = model(x)
+    cut = copy.deepcopy(model)
+    prune_channels_(cut, build_dependency_graph(cut, x[:1], protect_first=True), removed)
+    with torch.no_grad():
+        torch.testing.assert_close(cut(x), masked, rtol=1e-5, atol=1e-6)
+
+
+def test_primal_residual_shrinks(pruned):
+    history = [r for r in pruned[1].edgeslim_admm_history if r["stage"] == "admm"]
+    assert [r["iteration"] for r in history] == [1, 2, 3, 4]
+    primal = [r["primal_residual"] for r in history]
+    assert primal[-1] < 0.5 * primal[0]
+    assert all(r["rho"] == pytest.approx(1.0 * 1.5 ** i) for i, r in enumerate(history))
+    assert all(np.isfinite(r["dual_residual"]) and r["dual_residual"] >= 0 for r in history)
+    assert {"train_loss", "train_accuracy", "val_accuracy", "val_accuracy_hard"} <= set(history[0])
+
+
+def test_final_model_has_the_planned_channels_and_exports(pruned, tmp_path):
+    from edgeslim.export import export_onnx
+
+    model, out, data = pruned
+    x = data[0][0]
+    g0 = build_dependency_graph(model, x[:1], protect_first=True)
+    n0 = len(g0.prunable_classes())
+    g1 = build_dependency_graph(out, x[:1], protect_first=True)
+    kept = len(g1.prunable_classes())
+    assert kept == n0 - round(TARGET * n0)
+    hard = out.edgeslim_admm_history[-2]
+    assert hard["stage"] == "hard_pruned" and hard["kept_filters"] == kept
+    assert out[0].out_channels == model[0].out_channels  # protect_first
+    assert out[3].out_channels + out[8].out_features == kept
+    assert model[3].out_channels == 12 and model[8].out_features == 16  # original untouched
+    assert out(x).shape == model(x).shape
+    diff = export_onnx(out, x[:2], tmp_path / "admm.onnx")
+    assert diff <= 1e-4
+    assert out.edgeslim_plans and "groups" in out.edgeslim_plans[-1]
+
+
+def test_flops_target(tmp_path):
+    model, data = _net(), _data(64)
+    x = data[0][0][:1]
+    out = admm_prune(model, x, data, target_flops=0.4, finetune=None, admm_iterations=1,
+                     admm_epochs=1, device="cpu", calib_batches=1)
+    macs0, _ = build_dependency_graph(model, x).cost()
+    macs1, _ = build_dependency_graph(out, x).cost()
+    assert macs1 <= 0.4 * macs0
+    assert out(x).shape == (1, 4)
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    import edgeslim.prune.admm as admm
+
+    model, data = _net(), _data(128)
+    opts = dict(FAST, admm_iterations=3, admm_epochs=3, finetune_epochs=1, target_filters=TARGET)
+    full = admm_prune(model, data[0][0][:2], data, **opts)
+
+    real = admm._iteration
+
+    def crash_in_third(run, k, steps):
+        if k == 2:
+            raise KeyboardInterrupt
+        return real(run, k, steps)
+
+    monkeypatch.setattr(admm, "_iteration", crash_in_third)
+    with pytest.raises(KeyboardInterrupt):
+        admm_prune(model, data[0][0][:2], data, out_dir=tmp_path, **opts)
+    monkeypatch.setattr(admm, "_iteration", real)
+    resumed = admm_prune(model, data[0][0][:2], data, out_dir=tmp_path, resume=True, **opts)
+    assert [r["iteration"] for r in resumed.edgeslim_admm_history if r["stage"] == "admm"] == [1, 2, 3]
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (tmp_path / "admm_state.pt").exists() and (tmp_path / "finetune" / "last.pt").exists()
+
+
+def test_kd_finetune_runs():
+    model, data = _net(), _data(64)
+    out = admm_prune(model, data[0][0][:2], data, finetune="kd", finetune_epochs=1,
+                     admm_iterations=1, admm_epochs=1, device="cpu", calib_batches=1,
+                     finetune_options={"T": 2.0})
+    assert out.edgeslim_admm_history[-1]["stage"] == "finetuned"
+    assert out(data[0][0]).shape == (32, 4)
+
+
+@pytest.mark.parametrize("bad", [dict(target_filters=1.0), dict(target_flops=0.0), dict(rho=0.0),
+                                 dict(rho_schedule=[1.0]), dict(lrr=0.1)])
+def test_bad_settings_are_config_errors(bad):
+    model, data = _net(), _data(32)
+    with pytest.raises(ConfigError):
+        admm_prune(model, data[0][0][:1], data, admm_iterations=2, **bad)
