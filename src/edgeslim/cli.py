@@ -80,8 +80,7 @@ def _execute(recipe: Any, out: Path, args: argparse.Namespace) -> int:
                        progress=not args.no_progress,
                        on_stage=lambda i, kind, m: print(f"stage {i + 1}/{len(recipe.stages)} {kind}: "
                                                          f"accuracy {m['accuracy']:.4f}", flush=True))
-    rows = [{"stage": e["stage"]} | {k: v for k, v in e["metrics"].items() if k != "nonzero_params"}
-            for e in saved["completed"]]
+    rows = [{"stage": e["stage"]} | e["metrics"] for e in saved["completed"]]
     print(format_table(rows))
     print(f"\nmodel: {out / 'model.safetensors'}\nreport: {out / 'report.md'} ({out / 'report.html'})")
     return 0

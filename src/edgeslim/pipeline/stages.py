@@ -112,7 +112,8 @@ def _prune_easiedge(state: RunState, cfg: R.PruneStage) -> None:
         state.model, state.example, state.train, target_filters=cfg.target_filters,
         target_flops=cfg.target_flops, criterion=cfg.criterion, rho=cfg.rho, admm_epochs=cfg.admm_epochs,
         finetune_epochs=cfg.finetune_epochs if cfg.finetune != "none" else 0, finetune=finetune,
-        val_data=state.test, **state.train_options(lr=cfg.finetune_lr))
+        val_data=state.test, calib_data=state.calib, out_dir=state.stage_dir / "admm", resume=True,
+        **state.train_options(lr=cfg.finetune_lr))
 
 
 def _prune_unstructured(state: RunState, cfg: R.PruneStage) -> None:
@@ -122,7 +123,7 @@ def _prune_unstructured(state: RunState, cfg: R.PruneStage) -> None:
     state.model = prune_weights(state.model, sparsity=cfg.sparsity, scope=cfg.scope)
     if cfg.finetune != "none" and cfg.finetune_epochs > 0:
         opts = state.train_options(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr)
-        Trainer(state.model, TrainConfig(**opts), callbacks=[MaskEnforcer(state.model)]).fit(state.train)
+        Trainer(state.model, TrainConfig(**opts), callbacks=[MaskEnforcer()]).fit(state.train)
 
 
 @STAGES.register("prune")
