@@ -188,6 +188,40 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
+def _rebuild(manifest: dict, tensors: dict[str, torch.Tensor], factory: Callable[..., nn.Module] | None,
+             allow_import: bool, path: str | Path) -> nn.Module:
+    """The manifest's architecture with its replaced layers; CheckpointError if it cannot be built
+    (an edited manifest, an unknown zoo name or argument, a layer path the model lacks)."""
+    arch = manifest.get("arch")
+    try:
+        if "fx" in arch:
+            return fxgraph.graph_from_json(arch["fx"], tensors)
+        return _apply(_build_arch(arch, factory, allow_import), manifest["replacements"])
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except (EdgeslimError, LookupError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{path}: cannot rebuild the architecture its manifest names ({str(arch)[:200]}): "
+            f"{type(exc).__name__}: {exc}. The file was edited, or written for another edgeslim "
+            "version or model zoo; re-save the model with edgeslim.save."
+        ) from None
+
+
+def _check_fits(model: nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Every weight has a place of its shape in ``model``, and every place has a weight."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [f"{k}: file {tuple(tensors[k].shape)}, model {tuple(v.shape)}"
+             for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path}: the weights do not fit the architecture in the manifest (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}); the manifest and the weights "
+            "come from different models."
+        )
+
+
 def load(path: str | Path, *, factory: Callable[..., nn.Module] | None = None,
          allow_import: bool = False, map_location: str = "cpu") -> nn.Module:
     """Rebuild a model written by :func:`save`; nothing is unpickled.
@@ -201,22 +235,15 @@ def load(path: str | Path, *, factory: Callable[..., nn.Module] | None = None,
         tensors = load_file(str(path), device=map_location)
     except SafetensorError as exc:
         raise CheckpointError(f"{path}: weights unreadable ({exc}); the file is corrupt") from None
-    if "fx" in manifest["arch"]:
-        model = fxgraph.graph_from_json(manifest["arch"]["fx"], tensors)
-    else:
-        model = _apply(_build_arch(manifest["arch"], factory, allow_import), manifest["replacements"])
+    model = _rebuild(manifest, tensors, factory, allow_import, path)
     if _weights_digest({k: v.cpu() for k, v in tensors.items()}) != manifest["sha256"]:
         raise CheckpointError(f"{path}: weights do not match the manifest's SHA-256; the file was "
                               "modified after saving. Re-export it from the original model.")
     for key in manifest.get("extra_buffers", []):
         owner, _, name = key.rpartition(".")
         (model.get_submodule(owner) if owner else model).register_buffer(name, tensors[key])
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: weights do not fit the architecture {manifest['arch']} (missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}); the file was saved from a different model."
-        )
+    _check_fits(model, tensors, path)
+    model.load_state_dict(tensors)
     if "zoo" in manifest["arch"]:
         model.edgeslim_arch = {"name": manifest["arch"]["zoo"], "kwargs": manifest["arch"]["kwargs"]}
     model.edgeslim_plans = manifest.get("plans", [])

@@ -11,6 +11,7 @@ computation but never name arbitrary code.
 from __future__ import annotations
 
 import builtins
+import keyword
 import operator
 from typing import Any
 
@@ -34,14 +35,47 @@ def _target_name(fn: Any) -> str:
     raise TypeError(f"function {fn!r} is outside torch / torch.nn.functional / operator / builtins")
 
 
+# builtins and operator hold ways to run code (eval, exec, open, operator.call,
+# attrgetter); only these pure functions may be called from a file.
+_ALLOWED = {
+    "builtins": {"getattr", "len", "int", "float", "bool", "min", "max", "abs", "round", "pow",
+                 "divmod", "sum", "slice", "range", "tuple", "list"},
+    "operator": {"add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "pos", "abs",
+                 "matmul", "getitem", "iadd", "isub", "imul", "itruediv", "ifloordiv", "imod",
+                 "and_", "or_", "xor", "invert", "not_", "eq", "ne", "lt", "le", "gt", "ge",
+                 "lshift", "rshift", "truth"},
+}
+_TORCH_DENIED = {"load", "save", "from_file", "compile", "export"}  # file I/O, code generation
+
+
 def _resolve(name: str) -> Any:
     mod_name, _, attr = name.partition(":")
     mod = _MODULES.get(mod_name)
     fn = getattr(mod, attr, None) if mod is not None else None
-    if fn is None or not callable(fn) or attr.startswith("_") and mod_name != "operator":
+    allowed = attr in _ALLOWED[mod_name] if mod_name in _ALLOWED else not (
+        attr.startswith("_") or attr.startswith("set_") or attr in _TORCH_DENIED)
+    if fn is None or not callable(fn) or not allowed:
         raise CheckpointError(f"saved graph calls {name!r}, which edgeslim does not allow; the file is "
                               "corrupt or was not written by edgeslim")
     return fn
+
+
+def _check_names(n: dict) -> None:
+    """Node names and targets end up in Python source that torch.fx generates and runs:
+    they must be plain dotted identifiers (or indices, ``layer1.0``), never code, and never
+    reach private attributes."""
+    parts = [n.get("name")] + [k for k, _ in (n.get("kwargs") or {}).get("dict", [])]
+    if n.get("op") in ("placeholder", "get_attr", "call_module", "call_method"):
+        parts += str(n.get("target")).split(".")
+    for part in parts:
+        plain = isinstance(part, str) and (part.isidentifier() or part.isascii() and part.isdigit())
+        if not plain or keyword.iskeyword(part) or part.startswith("__"):
+            raise CheckpointError(f"saved graph has an invalid node name or target {part!r}; the file "
+                                  "is corrupt or was not written by edgeslim")
+    if n.get("op") == "call_function" and n.get("target") == "builtins:getattr":
+        attr = n.get("args", {}).get("tuple", [None, None])[1:2]
+        if not (attr and isinstance(attr[0], str) and not attr[0].startswith("_")):
+            raise CheckpointError(f"saved graph reads a private attribute {attr!r}; the file is corrupt")
 
 
 def _enc(value: Any) -> Any:
@@ -124,6 +158,7 @@ def graph_from_json(spec: dict, tensors: dict[str, torch.Tensor]) -> fx.GraphMod
             parent.register_buffer(name, torch.empty_like(tensors[path]))
     graph, env = fx.Graph(), {}
     for n in spec["nodes"]:
+        _check_names(n)
         op, target = n["op"], n["target"]
         if op == "call_function":
             target = _resolve(target)

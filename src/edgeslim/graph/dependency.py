@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .trace import ModuleRecord, OnUnsupported, trace_labels
+from .trace import ModuleRecord, OnUnsupported, output_shape, trace_labels
 
 
 @dataclass
@@ -56,6 +56,23 @@ class DependencyGraph:
                 None if r.out_label is None else class_of[np.asarray(r.out_label, dtype=np.int64)])
             for p, r in records.items()
         }
+        self.group_classes = [np.asarray(g.classes, dtype=np.int64) for g in groups]
+        self.output_shape: tuple[int, ...] | None = None  # the model's, on the example inputs
+        self._init_cost_tables()
+
+    def _init_cost_tables(self) -> None:
+        """Flat index arrays so ``cost`` counts every layer's kept channels in two bincounts
+        (the planner calls it once per bisection step)."""
+        self._sliced = [(p, r) for p, r in self.records.items() if r.slicer is not None and not r.ignored]
+        self._fixed_params = sum(t.numel() for r in self.records.values()
+                                 if r.slicer is None or r.ignored for t in r.module.parameters())
+        for side in (0, 1):
+            parts = [self._idx[p][side] for p, _ in self._sliced]
+            parts = [np.zeros(0, dtype=np.int64) if a is None else a for a in parts]
+            cat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+            seg = np.repeat(np.arange(len(parts)), [len(a) for a in parts])
+            setattr(self, f"_cat{side}", cat)
+            setattr(self, f"_seg{side}", seg)
 
     # -- channels ------------------------------------------------------------------------
     def prunable_classes(self) -> list[int]:
@@ -79,19 +96,25 @@ class DependencyGraph:
             out[path] = (ik, ok)
         return out
 
+    def emptied_layers(self, removed: np.ndarray) -> list[np.ndarray]:
+        """Output classes of each layer that ``removed`` would leave with no channel at all
+        (possible inside a group that keeps some: one branch of a concat in a residual sum)."""
+        n = len(self._sliced)
+        kept = np.bincount(self._seg1, weights=(~removed[self._cat1]).astype(np.int64), minlength=n)
+        size = np.bincount(self._seg1, minlength=n)
+        return [self._idx[self._sliced[i][0]][1] for i in np.flatnonzero((kept == 0) & (size > 0))]
+
     def cost(self, removed: np.ndarray | None = None) -> tuple[int, int]:
         """Estimated (MACs, params) of the prunable layers with the given channels removed."""
         if removed is None:
             removed = np.zeros(len(self.class_locked), dtype=bool)
-        macs = params = 0
-        for path, rec in self.records.items():
-            if rec.slicer is None or rec.ignored:
-                m, p = 0, sum(t.numel() for t in rec.module.parameters())
-            else:
-                ic, oc = self._idx[path]
-                n_in = 0 if ic is None else int((~removed[ic]).sum())
-                n_out = 0 if oc is None else int((~removed[oc]).sum())
-                m, p = rec.slicer.cost(rec.module, n_in, n_out, rec.out_shape)
+        kept = (~removed).astype(np.int64)
+        n = len(self._sliced)
+        n_in = np.bincount(self._seg0, weights=kept[self._cat0], minlength=n).astype(np.int64).tolist()
+        n_out = np.bincount(self._seg1, weights=kept[self._cat1], minlength=n).astype(np.int64).tolist()
+        macs, params = 0, self._fixed_params
+        for (_, rec), i, o in zip(self._sliced, n_in, n_out):
+            m, p = rec.slicer.cost(rec.module, i, o, rec.out_shape)
             macs += m
             params += p
         return macs, params
@@ -140,19 +163,29 @@ def build_dependency_graph(model: nn.Module, example_inputs: tuple | torch.Tenso
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
-    ctx, _ = trace_labels(model, tuple(example_inputs), ignore, on_unsupported)
+    ctx, fx_graph = trace_labels(model, tuple(example_inputs), ignore, on_unsupported)
     table = ctx.table
     if protect_first:
         first = next((s for s in table.spaces if not s.locked), None)
         if first is not None:
             table.lock(list(range(first.start, first.start + first.size)))
     n = len(table)
-    roots = np.array([table.find(e) for e in range(n)], dtype=np.int64)
+    roots = _roots(np.asarray(table.parent, dtype=np.int64))
     locked = np.zeros(n, dtype=bool)
-    for e in range(n):
-        locked[roots[e]] |= table.locked[e]
+    np.logical_or.at(locked, roots, np.asarray(table.locked, dtype=bool))
     groups = _make_groups(table, roots, locked, ctx.records)
-    return DependencyGraph(model, ctx.records, roots, locked, table.spaces, groups)
+    graph = DependencyGraph(model, ctx.records, roots, locked, table.spaces, groups)
+    graph.output_shape = output_shape(fx_graph)
+    return graph
+
+
+def _roots(parent: np.ndarray) -> np.ndarray:
+    """The union-find root of every element, by pointer jumping (log-depth numpy passes)."""
+    while True:
+        up = parent[parent]
+        if np.array_equal(up, parent):
+            return parent
+        parent = up
 
 
 def _make_groups(table, roots: np.ndarray, locked: np.ndarray, records) -> list[Group]:
@@ -165,26 +198,29 @@ def _make_groups(table, roots: np.ndarray, locked: np.ndarray, records) -> list[
             i = parent[i]
         return i
 
-    first_space_of_class: dict[int, int] = {}
-    for e in range(len(roots)):
-        c, s = int(roots[e]), table.owner[e]
-        if c in first_space_of_class:
-            a, b = find(first_space_of_class[c]), find(s)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-        else:
-            first_space_of_class[c] = s
-    comp: dict[int, list[int]] = {}
-    for e in range(len(roots)):
-        c = int(roots[e])
-        if c == e:  # one entry per class, in element order
-            comp.setdefault(find(table.owner[e]), []).append(c)
-    touched = {p: {int(roots[e]) for e in (r.in_label or []) + (r.out_label or [])}
-               for p, r in records.items()}
-    groups = []
-    for sid, classes in sorted(comp.items()):
-        cls = set(classes)
-        members = [p for p, t in touched.items() if t & cls]
-        groups.append(Group(table.spaces[sid].producer, classes, [not locked[c] for c in classes],
-                            members))
-    return groups
+    n_spaces = max(len(table.spaces), 1)
+    pairs = np.unique(roots * n_spaces + np.asarray(table.owner, dtype=np.int64))  # (class, space)
+    cls, space = pairs // n_spaces, pairs % n_spaces
+    shared = np.flatnonzero(cls[1:] == cls[:-1])  # consecutive spaces holding the same class
+    for s0, s1 in zip(space[shared].tolist(), space[shared + 1].tolist()):
+        a, b = find(s0), find(s1)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    space_root = np.array([find(i) for i in range(len(table.spaces))], dtype=np.int64)
+    classes = np.flatnonzero(roots == np.arange(len(roots)))  # one entry per class, element order
+    comp_of = space_root[np.asarray(table.owner, dtype=np.int64)[classes]]
+    order = np.unique(comp_of)  # a component is named by its smallest space id
+    by_comp = classes[np.argsort(comp_of, kind="stable")]
+    sizes = np.bincount(comp_of, minlength=len(table.spaces))[order]
+    comp = dict(zip(order.tolist(), [c.tolist() for c in np.split(by_comp, np.cumsum(sizes)[:-1])]))
+    order = order.tolist()
+    group_of_class = np.full(len(roots), -1, dtype=np.int64)
+    group_of_class[by_comp] = np.repeat(np.arange(len(order)), sizes)
+    members: list[list[str]] = [[] for _ in order]
+    for path, rec in records.items():
+        label = (rec.in_label or []) + (rec.out_label or [])
+        if label:
+            for gi in np.unique(group_of_class[roots[np.asarray(label, dtype=np.int64)]]).tolist():
+                members[gi].append(path)
+    return [Group(table.spaces[sid].producer, comp[sid], (~locked[comp[sid]]).tolist(), members[gi])
+            for gi, sid in enumerate(order)]

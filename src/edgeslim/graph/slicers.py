@@ -7,6 +7,7 @@ plus ``SLICERS.register`` (Torch-Pruning's "pruner per layer" idea, smaller).
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -55,7 +56,12 @@ class Slicer:
         raise NotImplementedError
 
     def cost(self, module: nn.Module, n_in: int, n_out: int, out_shape: Sequence[int]) -> tuple[int, int]:
-        """(MACs, params) of the layer with ``n_in`` input and ``n_out`` output channels."""
+        """(MACs, params) of the layer with ``n_in`` input and ``n_out`` output channels.
+
+        MACs follow ``edgeslim.profile.count_flops``: only convolutions and matrix
+        products count (normalisation and activations cost none), so a
+        ``target_flops`` budget is met in the units the profiler reports.
+        """
         return 0, 0
 
 
@@ -129,7 +135,7 @@ class ConvSlicer(Slicer):
 
     def cost(self, module, n_in, n_out, out_shape):
         conv: nn.Conv2d = module
-        k = int(torch.tensor(conv.kernel_size).prod())
+        k = math.prod(conv.kernel_size)
         groups = n_in if conv.groups == conv.in_channels == conv.out_channels else conv.groups
         per_out = (n_in // max(groups, 1)) * k
         params = n_out * per_out + (n_out if conv.bias is not None else 0)
@@ -157,7 +163,7 @@ class ConvTransposeSlicer(Slicer):
         module.in_channels, module.out_channels = _n(in_keep, module.in_channels), _n(out_keep, module.out_channels)
 
     def cost(self, module, n_in, n_out, out_shape):
-        k = int(torch.tensor(module.kernel_size).prod())
+        k = math.prod(module.kernel_size)
         params = n_in * n_out * k + (n_out if module.bias is not None else 0)
         return n_in * n_out * k * _spatial(out_shape), params
 
@@ -201,7 +207,7 @@ class NormSlicer(Slicer):
         module.num_features = _n(out_keep, module.num_features)
 
     def cost(self, module, n_in, n_out, out_shape):
-        return n_out * _spatial(out_shape), (2 * n_out if module.affine else 0)
+        return 0, (2 * n_out if module.affine else 0)  # no MACs: see Slicer.cost
 
 
 @register_slicer(nn.GroupNorm)
@@ -228,7 +234,7 @@ class GroupNormSlicer(Slicer):
             module.num_groups = module.num_channels
 
     def cost(self, module, n_in, n_out, out_shape):
-        return n_out * _spatial(out_shape), (2 * n_out if module.affine else 0)
+        return 0, (2 * n_out if module.affine else 0)  # no MACs: see Slicer.cost
 
 
 @register_slicer(nn.PReLU)

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, NamedTuple, Sequence
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import UnsupportedModelError
+from ..models.utils import eval_mode
 from .channels import ElementTable
 from .slicers import Label, Slicer, slicer_for
 
@@ -141,8 +141,8 @@ def _binary(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
         shape, label = _meta_shape(arg), labels.get(arg)
         offset = len(out) - len(shape)
         dim = 1 - offset  # which of the arg's dims lines up with the output's channel dim
-        if dim < 0 or shape[dim] == 1:
-            continue  # broadcast over channels: no coupling
+        if dim < 0 or (shape[dim] == 1 and (out[1] != 1 or label is None)):
+            continue  # broadcast over channels: no coupling (a pruned-down 1-channel tensor is not)
         if offset != 0 or label is None:
             raise _Unsupported("a per-channel constant without a channel label")
         coupled.append(label)
@@ -195,6 +195,11 @@ def _reduce(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
 
 
 def _split(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
+    """split/chunk. Along channels the pieces' sizes are fixed by the forward code:
+    ``chunk(n)`` (or a split size computed from the tensor's shape at run time, the
+    ``x.shape[1] // 2`` idiom) divides whatever count it gets into equal pieces, so
+    the pieces are coupled position by position and shrink together; constant split
+    sizes cannot follow a cut, so those channels are locked."""
     src = _first_tensor(node)
     label, ins = labels.get(src), _meta_shape(src)
     dim = _arg(node, 2, "dim", 0) % len(ins)
@@ -208,7 +213,35 @@ def _split(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
         n = int(m.shape[1])
         out.append(label[start:start + n])
         start += n
+    size = _arg(node, 1, "split_size_or_sections", node.kwargs.get("split_size"))
+    proportional = node.target in (torch.chunk, "chunk") or isinstance(size, fx.Node)
+    if proportional and len({len(p) for p in out}) == 1:
+        for piece in out[1:]:
+            ctx.table.union_labels(out[0], piece)
+    elif len(out) > 1:
+        ctx.lock(label)
     return tuple(out)
+
+
+def _channel_slice(ctx: TraceContext, label: Label, index: Any) -> Label:
+    """``x[:, a:b]`` with constant bounds: the bounds do not follow a cut, so the
+    channels before ``b`` (or before ``a`` for an open end) are locked; the ones
+    after the window may go. Steps and negative bounds lock the whole channel
+    dimension; bounds computed at run time are not supported."""
+    if not isinstance(index, slice):
+        raise _Unsupported("indexing the channel dimension with a non-slice")
+    if not all(isinstance(v, (int, type(None))) for v in (index.start, index.stop, index.step)):
+        raise _Unsupported("channel slice with bounds computed at run time")
+    start, stop, step = index.start or 0, index.stop, index.step or 1
+    n = len(label)
+    open_end = stop is None or stop >= n
+    if start == 0 and open_end and step == 1:
+        return label
+    if step != 1 or start < 0 or (stop is not None and stop < 0):
+        ctx.lock(label)
+    else:
+        ctx.lock(label[:start] if open_end else label[:stop])
+    return label[index]
 
 
 def _getitem(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
@@ -224,9 +257,7 @@ def _getitem(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
         raise _Unsupported("indexing over the batch dimension")
     if len(index) == 1 or index[1] is Ellipsis:
         return label
-    if isinstance(index[1], slice):
-        return label[index[1]]
-    raise _Unsupported("indexing the channel dimension with a non-slice")
+    return _channel_slice(ctx, label, index[1])
 
 
 def _permute(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
@@ -257,6 +288,7 @@ _UNARY = [
     F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
     F.adaptive_avg_pool3d, F.adaptive_max_pool2d, F.interpolate, F.upsample, F.softmax,
     F.log_softmax, torch.softmax, torch.log_softmax, F.softplus, torch.square, operator.pos,
+    F.pad,  # spatial padding ("same" padding in timm/TF ports); _pass refuses channel padding
 ]
 _UNARY_METHODS = [
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clip",
@@ -265,7 +297,8 @@ _UNARY_METHODS = [
 ]
 _BINARY = [operator.add, operator.iadd, operator.sub, operator.isub, operator.mul,
            operator.imul, operator.truediv, operator.itruediv, torch.add, torch.sub, torch.mul,
-           torch.div, torch.maximum, torch.minimum, torch.true_divide]
+           torch.div, torch.maximum, torch.minimum, torch.true_divide, operator.floordiv,
+           operator.mod, operator.pow, torch.pow, torch.floor_divide, torch.remainder]
 _BINARY_METHODS = ["add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "expand_as"]
 
 HANDLERS: dict[Any, Handler] = {}
@@ -321,10 +354,10 @@ def _is_ignored(path: str, ignore: Sequence[str]) -> bool:
     return any(path == p or path.startswith(p + ".") for p in ignore)
 
 
-def _visit_module(ctx: TraceContext, node: fx.Node, labels: Labels, gm: fx.GraphModule,
+def _visit_module(ctx: TraceContext, node: fx.Node, labels: Labels, root: nn.Module,
                   ignore: Sequence[str]) -> Any:
     path = str(node.target)
-    module = gm.get_submodule(path)
+    module = root.get_submodule(path)
     src = _tensor_args(node)
     in_label = labels.get(src[0]) if src else None
     in_shape = _meta_shape(src[0]) if src else None
@@ -340,18 +373,23 @@ def _visit_module(ctx: TraceContext, node: fx.Node, labels: Labels, gm: fx.Graph
         for s in src:
             ctx.lock(labels.get(s))
         ctx.consume(path, in_label)
-        out = rec.out_label or _fresh_locked(ctx, node)
+        reuse = rec.out_label is not None and len(out_shape) >= 2 and len(rec.out_label) == out_shape[1]
+        out = rec.out_label if reuse else _fresh_locked(ctx, node)
         ctx.lock(out)
         rec.out_label = out
         return out
     out = rec.slicer.trace(ctx, path, module, in_label, out_shape)
-    if rec.out_label is not None and out is not None and rec.out_label is not out:
+    # A module with per-channel state (it consumed its input) that is called twice
+    # ties the channels of both calls together. A stateless one (torchvision's shared
+    # ``self.relu``) must not: its calls act on unrelated tensors.
+    if rec.in_label is not None and rec.out_label is not None and out is not None \
+            and rec.out_label is not out:
         ctx.table.union_labels(rec.out_label, out)
     rec.out_label = out
     return out
 
 
-def _visit(ctx: TraceContext, node: fx.Node, labels: Labels, gm: fx.GraphModule,
+def _visit(ctx: TraceContext, node: fx.Node, labels: Labels, root: nn.Module,
            ignore: Sequence[str]) -> Any:
     if node.op == "placeholder":
         return _fresh_locked(ctx, node)
@@ -362,7 +400,7 @@ def _visit(ctx: TraceContext, node: fx.Node, labels: Labels, gm: fx.GraphModule,
             ctx.lock(lab)
         return None
     if node.op == "call_module":
-        return _visit_module(ctx, node, labels, gm, ignore)
+        return _visit_module(ctx, node, labels, root, ignore)
     handler = HANDLERS.get(node.target)
     if handler is None:
         name = getattr(node.target, "__name__", str(node.target))
@@ -376,23 +414,46 @@ def _flat_nodes(args: Any) -> list[fx.Node]:
     return out
 
 
+class _TensorShape(NamedTuple):
+    shape: tuple[int, ...]
+
+
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the graph once on the model itself and stores every tensor's shape in
+    ``node.meta["tensor_meta"]``. (torch.fx's ShapeProp wants a GraphModule, whose code
+    generation costs as much as the trace, and also records strides and quantisation
+    parameters the tracer never reads.)"""
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor):
+            n.meta["tensor_meta"] = _TensorShape(tuple(result.shape))
+        elif isinstance(result, (tuple, list)) and any(isinstance(r, torch.Tensor) for r in result):
+            n.meta["tensor_meta"] = tuple(_TensorShape(tuple(r.shape)) if isinstance(r, torch.Tensor)
+                                          else r for r in result)
+        return result
+
+
+def output_shape(graph: fx.Graph) -> tuple[int, ...] | None:
+    """Shape of the traced model's output (None unless it returns a single tensor)."""
+    out = next(n for n in reversed(graph.nodes) if n.op == "output")
+    return _meta_shape(out.args[0])
+
+
 def trace_labels(model: nn.Module, example_inputs: tuple, ignore: Sequence[str] = (),
-                 on_unsupported: OnUnsupported = "error") -> tuple[TraceContext, fx.GraphModule]:
+                 on_unsupported: OnUnsupported = "error") -> tuple[TraceContext, fx.Graph]:
     """Trace ``model`` and propagate labels; returns the context and the fx graph."""
-    gm = symbolic_trace(model, leaves=ignore)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*example_inputs)
-    finally:
-        model.train(was_training)
+    # Traced in eval mode, the mode the pruned model is checked and deployed in: training-only
+    # branches (stochastic depth, aux heads) drop out. eval_mode restores every module's flag.
+    with eval_mode(model), torch.no_grad():
+        graph = _trace_graph(model, ignore)
+        _ShapeRecorder(model, graph=graph).run(*example_inputs)
     ctx = TraceContext()
     labels: Labels = {}
-    for node in gm.graph.nodes:
+    for node in graph.nodes:
         ctx.node = node
         try:
-            labels[node] = _visit(ctx, node, labels, gm, ignore)
+            labels[node] = _visit(ctx, node, labels, model, ignore)
         except _Unsupported as exc:
             if on_unsupported == "error" and not _is_ignored(_module_path(node), ignore):
                 raise UnsupportedModelError(
@@ -404,7 +465,7 @@ def trace_labels(model: nn.Module, example_inputs: tuple, ignore: Sequence[str] 
             for s in _tensor_args(node):
                 ctx.lock(labels.get(s))
             labels[node] = _fresh_locked(ctx, node)
-    return ctx, gm
+    return ctx, graph
 
 
 class _Tracer(fx.Tracer):
@@ -424,10 +485,13 @@ def symbolic_trace(model: nn.Module, leaves: Sequence[str] = ()) -> fx.GraphModu
     Modules whose path is in ``leaves`` are not traced into, so a block with
     Python control flow can be excluded from pruning by naming it.
     """
+    return fx.GraphModule(model, _trace_graph(model, leaves), type(model).__name__)
+
+
+def _trace_graph(model: nn.Module, leaves: Sequence[str] = ()) -> fx.Graph:
+    """The fx graph of ``model`` (see :func:`symbolic_trace`), without generating its code."""
     try:
-        tracer = _Tracer(leaves)
-        graph = tracer.trace(model)
-        return fx.GraphModule(tracer.root, graph, type(model).__name__)
+        return _Tracer(leaves).trace(model)
     except Exception as exc:  # fx raises many types (TraceError, TypeError, ...)
         raise UnsupportedModelError(
             f"torch.fx could not trace {type(model).__name__}: {exc}. edgeslim needs a traceable "

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, EdgeslimError
-from ..graph import build_dependency_graph
+from ..graph import DependencyGraph, build_dependency_graph
+from ..models.utils import eval_mode
 from .importance import ImportanceContext, get_importance
 from .planner import Budget, Constraints, plan_removal
 from .surgery import prune_channels_
@@ -59,13 +60,34 @@ class PruneConfig:
             raise ConfigError("steps, round_to and min_channels must be >= 1")
 
 
-def _budget(cfg: PruneConfig, step: int, n0: int, macs0: int, params0: int) -> Budget:
+def _budget(cfg: PruneConfig, step: int, n0: int, macs0: int, params0: int,
+            fixed: tuple[float, float] = (0.0, 0.0)) -> Budget:
+    """The target of step ``step``. ``fixed`` is the (MACs, params) that the graph's
+    cost model does not see (inside ignored blocks, free parameters); they count
+    towards the total the fraction refers to but can never be cut."""
     frac = step / cfg.steps
     if cfg.ratio is not None:
         return Budget(channels=round(cfg.ratio * frac * n0))
     if cfg.target_flops is not None:
-        return Budget(macs=macs0 * cfg.target_flops ** frac)
-    return Budget(params=params0 * cfg.target_params ** frac)
+        return Budget(macs=(macs0 + fixed[0]) * cfg.target_flops ** frac - fixed[0])
+    return Budget(params=(params0 + fixed[1]) * cfg.target_params ** frac - fixed[1])
+
+
+def _unmodelled(model: nn.Module, inputs: tuple, cfg: PruneConfig, macs0: int,
+                params0: int) -> tuple[float, float]:
+    """Measured cost (``edgeslim.profile``'s counters) minus the graph's estimate, per sample."""
+    from ..profile import count_flops, count_params
+
+    macs = 0.0
+    if cfg.target_flops is not None:
+        batch = next((t.shape[0] for t in inputs if isinstance(t, torch.Tensor) and t.dim() > 0), 1)
+        macs = count_flops(model, inputs)[1] / max(batch, 1) - macs0
+    return macs, float(count_params(model) - params0)
+
+
+def _graph(model: nn.Module, inputs: tuple, cfg: PruneConfig) -> DependencyGraph:
+    return build_dependency_graph(model, inputs, ignore=cfg.ignore, on_unsupported=cfg.on_unsupported,
+                                  protect_first=cfg.protect_first)
 
 
 def _example(model: nn.Module, example_inputs: Any) -> tuple:
@@ -75,10 +97,12 @@ def _example(model: nn.Module, example_inputs: Any) -> tuple:
 
 
 def prune_step_(model: nn.Module, inputs: tuple, cfg: PruneConfig, budget: Budget,
-                already_removed: int, calib_data: Any = None) -> dict:
-    """One pruning step in place: graph, scores, plan, surgery. Returns the plan."""
-    graph = build_dependency_graph(model, inputs, ignore=cfg.ignore, on_unsupported=cfg.on_unsupported,
-                                   protect_first=cfg.protect_first)
+                already_removed: int, calib_data: Any = None,
+                graph: DependencyGraph | None = None) -> dict:
+    """One pruning step in place: graph (unless given, built on ``model`` as it is now),
+    scores, plan, surgery. Returns the plan."""
+    if graph is None:
+        graph = _graph(model, inputs, cfg)
     ctx = ImportanceContext(calib_data=calib_data, max_batches=cfg.calib_batches)
     scores = get_importance(cfg.criterion)(graph, model, ctx)
     removed = plan_removal(graph, scores, budget, cfg.planner,
@@ -100,16 +124,16 @@ def prune_(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plan
     teacher = copy.deepcopy(model) if finetune == "kd" else None
     tune = _resolve_finetune(finetune, teacher, train_data or calib_data, finetune_epochs,
                              finetune_options or {})
-    out_shape = _output_shape(model, inputs)
-    graph0 = build_dependency_graph(model, inputs, ignore=cfg.ignore, on_unsupported=cfg.on_unsupported,
-                                    protect_first=cfg.protect_first)
+    graph0 = _graph(model, inputs, cfg)
+    out_shape = graph0.output_shape  # recorded by the trace's forward pass
     n0 = len(graph0.prunable_classes())
     macs0, params0 = graph0.cost()
+    fixed = _unmodelled(model, inputs, cfg, macs0, params0) if cfg.ratio is None else (0.0, 0.0)
     removed_total = 0
     plans = list(getattr(model, "edgeslim_plans", []))
     for step in range(1, cfg.steps + 1):
-        plan = prune_step_(model, inputs, cfg, _budget(cfg, step, n0, macs0, params0),
-                           removed_total, calib_data)
+        plan = prune_step_(model, inputs, cfg, _budget(cfg, step, n0, macs0, params0, fixed),
+                           removed_total, calib_data, graph0 if step == 1 else None)
         removed_total += plan.pop("removed")
         plans.append(plan)
         log.info("pruning step %d/%d: %d of %d channels removed so far", step, cfg.steps,
@@ -188,12 +212,8 @@ def plain_finetune(epochs: int, train_data: Any, **options: Any) -> Finetune:
 
 
 def _output_shape(model: nn.Module, inputs: tuple) -> Any:
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            out = model.eval()(*inputs)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():  # restores each submodule's own flag (frozen BN)
+        out = model(*inputs)
     return tuple(out.shape) if isinstance(out, torch.Tensor) else None
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..graph import DependencyGraph
+from ..models.utils import eval_mode
 from ..registry import Registry
 
 Normalize = Literal["mean", "max", "none"]
@@ -173,22 +174,20 @@ class TaylorImportance(Importance):
         paths = [r.path for r in graph.producers() if r.out_label is not None]
         loss_fn = ctx.loss_fn or F.cross_entropy
         totals: dict[str, torch.Tensor] = {}
-        was_training = model.training
-        model.eval()
         store, handles = capture_activations(model, paths)
         try:
-            for x, y in ctx.batches(model, "taylor"):
-                model.zero_grad(set_to_none=True)
-                loss_fn(model(x), y).backward()
-                for p in paths:
-                    a = store[p]
-                    contrib = (a * a.grad).flatten(2).sum(2) if a.dim() > 2 else a * a.grad
-                    totals[p] = totals.get(p, 0) + contrib.abs().mean(0).detach()
+            with eval_mode(model):  # restores each submodule's own flag (frozen BN)
+                for x, y in ctx.batches(model, "taylor"):
+                    model.zero_grad(set_to_none=True)
+                    loss_fn(model(x), y).backward()
+                    for p in paths:
+                        a = store[p]
+                        contrib = (a * a.grad).flatten(2).sum(2) if a.dim() > 2 else a * a.grad
+                        totals[p] = totals.get(p, 0) + contrib.abs().mean(0).detach()
         finally:
             for h in handles:
                 h.remove()
             model.zero_grad(set_to_none=True)
-            model.train(was_training)
         return totals
 
 

@@ -52,9 +52,10 @@ def _scores_or_inf(scores: np.ndarray, classes: list[int]) -> np.ndarray:
 @ORDERINGS.register("global")
 def global_order(graph: DependencyGraph, scores: np.ndarray) -> list[int]:
     """All prunable channels, least important first, across the whole network."""
-    classes = graph.prunable_classes()
+    classes = np.asarray(graph.prunable_classes(), dtype=np.int64)
     s = _scores_or_inf(scores, classes)
-    return [classes[i] for i in np.argsort(s, kind="stable") if np.isfinite(s[i])]
+    order = np.argsort(s, kind="stable")
+    return classes[order[np.isfinite(s[order])]].tolist()
 
 
 @ORDERINGS.register("layerwise")
@@ -74,19 +75,23 @@ def layerwise_order(graph: DependencyGraph, scores: np.ndarray) -> list[int]:
 
 def apply_constraints(graph: DependencyGraph, removed: np.ndarray, scores: np.ndarray,
                       cons: Constraints) -> np.ndarray:
-    """Give channels back to groups that would fall below ``min_channels`` or off a
-    multiple of ``round_to`` (the most important removed ones come back first)."""
+    """Give channels back to layers that would lose all their channels, then to groups that
+    would fall below ``min_channels`` or off a multiple of ``round_to`` (the most important
+    removed ones come back first)."""
     removed = removed.copy()
-    for g in graph.groups:
-        cut = [c for c in g.classes if removed[c]]
-        if not cut:
+    ranked = np.where(np.isnan(scores), np.inf, scores)
+    for out in graph.emptied_layers(removed):
+        removed[out[np.argmax(ranked[out])]] = False
+    for g, classes in zip(graph.groups, graph.group_classes):
+        cut = classes[removed[classes]]
+        if not len(cut):
             continue
         kept = g.size - len(cut)
         need = max(cons.min_channels, 1, kept)
         if cons.round_to > 1:
             need = min(g.size, -(-need // cons.round_to) * cons.round_to)
         if need > kept:
-            back = sorted(cut, key=lambda c: -_scores_or_inf(scores, [c])[0])[: need - kept]
+            back = cut[np.argsort(-ranked[cut], kind="stable")[: need - kept]]
             removed[back] = False
     return removed
 

@@ -23,8 +23,8 @@ def removal_to_plan(graph: DependencyGraph, removed: np.ndarray) -> Plan:
     groups = {g.id: [i for i, c in enumerate(g.classes) if not removed[c]]
               for g in graph.groups if any(removed[c] for c in g.classes)}
     keep = graph.keep_positions(removed)
-    modules = {p: {"in": len(i), "out": len(o)} for p, (i, o) in keep.items()
-               if p in _touched(graph, removed)}
+    touched = _touched(graph, removed)
+    modules = {p: {"in": len(i), "out": len(o)} for p, (i, o) in keep.items() if p in touched}
     return {"groups": groups, "modules": modules}
 
 
