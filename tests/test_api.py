@@ -50,3 +50,14 @@ def test_import_does_not_initialise_cuda() -> None:
     code = "import edgeslim, torch; edgeslim.create_model('lenet5'); print(torch.cuda.is_initialized())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_names_stay_functions_after_every_submodule_is_imported() -> None:
+    # a subpackage or submodule that shares a public name must not shadow the function
+    code = ("import pkgutil, importlib, edgeslim\n"
+            "for m in pkgutil.walk_packages(edgeslim.__path__, 'edgeslim.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "bad = [n for n in edgeslim.__all__ if n != '__version__' and not callable(getattr(edgeslim, n))]\n"
+            "print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

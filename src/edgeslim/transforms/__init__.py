@@ -4,8 +4,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# Eager: the submodule ``lighten`` shares its name with the function, and the function must win.
+from .lighten import lighten
+
 _LAZY = {
-    "lighten": "edgeslim.transforms.lighten",
     "fold_batchnorm": "edgeslim.transforms.fold",
     "streamline_merge": "edgeslim.transforms.merge",
     "merge_linear_chains": "edgeslim.transforms.merge",
@@ -13,7 +15,7 @@ _LAZY = {
     "merge_branches": "edgeslim.transforms.merge",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = sorted([*_LAZY, "lighten"])
 
 
 def __getattr__(name: str) -> Any:
