@@ -16,12 +16,16 @@ import pytest
 MNIST_SMALL_SIZE = 512
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # pytest-xdist runs one worker per core; a worker using several intra-op threads
-    # oversubscribes the CPU and makes small-tensor ops orders of magnitude slower.
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread per test: pytest-xdist runs one worker per core, and a worker
+    using several OpenMP threads oversubscribes the CPU (tiny convs get 10-50x slower)."""
     import torch
 
+    previous = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

@@ -16,25 +16,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 INPUT = (3, 16, 16)
 NUM_CLASSES = 10
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread (import this fixture into a test module to use it): on a
-    shared 2-core machine OpenMP threads contend badly and tiny convs get 50x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def example_input(batch: int = 2, seed: int = 0) -> torch.Tensor:

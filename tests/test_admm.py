@@ -17,14 +17,6 @@ from edgeslim.prune.admm import ADMMState, admm_prune, collect_slabs
 TARGET = 0.5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _net() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(

@@ -19,7 +19,7 @@ import nets
 from edgeslim.errors import CheckpointError
 from edgeslim.models import create_model
 from edgeslim.profile import count_params
-from nets import example_input, one_thread, randomize_bn_  # noqa: F401  (autouse fixture)
+from nets import example_input, randomize_bn_
 
 
 def _zoo(name: str, **kwargs) -> tuple[nn.Module, torch.Tensor]:

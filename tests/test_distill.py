@@ -31,15 +31,6 @@ from edgeslim.models import create_model
 from edgeslim.transforms.lighten import lighten
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and avoids OpenMP spin-waits on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TinyNet(nn.Module):
     """conv(16x16) -> strided conv (8x8) -> conv -> GAP -> linear; two stage ends."""
 

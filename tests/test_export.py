@@ -15,15 +15,6 @@ from edgeslim.export.onnx import max_abs_diff, onnxruntime_outputs
 from edgeslim.models import create_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP threads contend badly."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _perturb_bn_(model: nn.Module) -> None:
     gen = torch.Generator().manual_seed(1)
     for m in model.modules():

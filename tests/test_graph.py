@@ -17,7 +17,7 @@ import nets
 from edgeslim.errors import UnsupportedModelError
 from edgeslim.graph import DependencyGraph, Group, build_dependency_graph
 from edgeslim.profile import count_flops, count_params
-from nets import NETS, example_input, one_thread  # noqa: F401  (autouse fixture)
+from nets import NETS, example_input
 
 
 def graph_of(model: nn.Module, **kwargs) -> DependencyGraph:

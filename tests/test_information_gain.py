@@ -21,15 +21,6 @@ from edgeslim.prune.information_gain import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small nets on a shared 2-core machine run fastest single-threaded."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _randomise_bn(model: nn.Module, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():

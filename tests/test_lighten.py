@@ -15,14 +15,6 @@ from edgeslim.profile import count_flops, count_params
 from edgeslim.transforms.lighten import DepthwiseSeparableConv2d, lighten
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and avoids OpenMP spin-waits on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 # Small widths / inputs keep the suite fast; the architectures are the zoo's.
 ZOO = {
     "lenet5": ({}, (1, 28, 28)),

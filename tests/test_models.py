@@ -18,15 +18,6 @@ ALL_MODELS = list_models()
 SMALL_ARGS = {"width_mult": 0.25, "growth_rate": 4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP threads contend badly."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def small_kwargs(name: str) -> dict:
     params = inspect.signature(MODELS.get(name)).parameters
     return {k: v for k, v in SMALL_ARGS.items() if k in params}

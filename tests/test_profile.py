@@ -23,15 +23,6 @@ from edgeslim.profile import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP threads contend badly."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_params_of_known_layers() -> None:
     assert count_params(nn.Conv2d(3, 8, 3)) == 3 * 8 * 3 * 3 + 8
     assert count_params(nn.Conv2d(8, 8, 3, groups=8, bias=False)) == 8 * 3 * 3

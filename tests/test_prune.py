@@ -23,7 +23,7 @@ from edgeslim.models import MODELS, create_model, list_models
 from edgeslim.profile import count_flops, count_params
 from edgeslim.prune import apply_plan, plan_to_removal, prune_channels_
 from edgeslim.registry import RegistryError
-from nets import NETS, example_input, one_thread, randomize_bn_  # noqa: F401  (autouse fixture)
+from nets import NETS, example_input, randomize_bn_
 
 SMALL = {"width_mult": 0.25, "growth_rate": 4}
 

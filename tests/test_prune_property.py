@@ -24,7 +24,7 @@ from edgeslim.errors import ConfigError
 from edgeslim.export import export_onnx
 from edgeslim.graph import build_dependency_graph
 from edgeslim.profile import count_flops, count_params
-from nets import BlockSpec, build_random_net, example_input, one_thread  # noqa: F401  (fixture)
+from nets import BlockSpec, build_random_net, example_input
 
 blocks = st.builds(BlockSpec, kind=st.sampled_from(sorted(nets.BLOCKS)),
                    width=st.sampled_from([8, 12, 16]), stride=st.sampled_from([1, 1, 2]))

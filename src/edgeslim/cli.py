@@ -231,8 +231,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 @command("profile")
 def _profile(args: argparse.Namespace) -> int:
-    import json
-
     from .profile import profile
     from .profile.summary import format_table
 

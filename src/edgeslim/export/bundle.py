@@ -15,7 +15,7 @@ import hashlib
 import importlib
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.fx as fx
