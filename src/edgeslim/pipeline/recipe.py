@@ -83,6 +83,7 @@ class DistillStage:
     lr: float = 0.05
     optimizer: Literal["sgd", "adamw"] = "sgd"
     weight_decay: float = 5e-4
+    warmup_epochs: float = 0.5  # a fresh student's first logits can be huge: ramp the lr up
 
 
 @dataclass

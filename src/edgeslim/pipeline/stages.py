@@ -76,7 +76,8 @@ def _distill(state: RunState, cfg: R.DistillStage) -> None:
     from ..distill import distill
 
     opts = state.train_options(out_dir=str(state.stage_dir / "train"), resume=True, lr=cfg.lr,
-                               optimizer=cfg.optimizer, weight_decay=cfg.weight_decay)
+                               optimizer=cfg.optimizer, weight_decay=cfg.weight_decay,
+                               warmup_epochs=cfg.warmup_epochs)
     state.model = distill(state.model, state.teacher, state.train, losses=cfg.losses, epochs=cfg.epochs,
                           T=cfg.T, val_data=state.test, **opts)
 
