@@ -64,10 +64,23 @@ def measure(state: RunState) -> dict:
                    runs=state.recipe.latency_runs, warmup=5)
     row = {"accuracy": acc} | {k: prof[k] for k in ("params", "nonzero_params", "flops", "macs",
                                                      "bytes", "latency_ms", "latency_p90_ms")}
+    row["stored_bytes"] = _stored_bytes(model, row)
     if state.quantized is not None:
         row["int8_accuracy"] = state.quantized.evaluate(state.test)
         row["int8_latency_ms"] = state.quantized.latency(threads=1)
     return row
+
+
+def _stored_bytes(model: torch.nn.Module, row: dict) -> int:
+    """Bytes as stored: compact sparse format (Han et al. 2016) when most weights are zero."""
+    if row["nonzero_params"] > 0.5 * row["params"]:
+        return row["bytes"]
+    import tempfile
+
+    from ..prune.sparse_storage import save_sparse
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return int(save_sparse(model, Path(tmp) / "sparse.safetensors").file_bytes)
 
 
 def _resolve_device(device: str) -> str:

@@ -117,14 +117,26 @@ def _prune_easiedge(state: RunState, cfg: R.PruneStage) -> None:
         **state.train_options(lr=cfg.finetune_lr))
 
 
-def _prune_unstructured(state: RunState, cfg: R.PruneStage) -> None:
-    from ..prune.unstructured import MaskEnforcer, prune_weights
+def _masked_retrain(state: RunState, epochs: int, lr: float) -> Any:
+    """A ``retrain(model, step)`` callback that keeps pruned weights at zero."""
+    from ..prune.unstructured import MaskEnforcer
     from ..train import TrainConfig, Trainer
 
-    state.model = prune_weights(state.model, sparsity=cfg.sparsity, scope=cfg.scope)
-    if cfg.finetune != "none" and cfg.finetune_epochs > 0:
-        opts = state.train_options(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr)
-        Trainer(state.model, TrainConfig(**opts), callbacks=[MaskEnforcer()]).fit(state.train)
+    def retrain(model: nn.Module, step: int) -> None:
+        if epochs > 0:
+            opts = state.train_options(epochs=epochs, lr=lr)
+            Trainer(model, TrainConfig(**opts), callbacks=[MaskEnforcer()]).fit(state.train)
+
+    return retrain
+
+
+def _prune_unstructured(state: RunState, cfg: R.PruneStage) -> None:
+    """Han et al. 2015: magnitude pruning in ``steps`` rounds, masked retraining after each."""
+    from ..prune.unstructured import iterative_prune_weights
+
+    epochs = 0 if cfg.finetune == "none" else cfg.finetune_epochs
+    state.model = iterative_prune_weights(state.model, cfg.sparsity, cfg.steps,
+                                          _masked_retrain(state, epochs, cfg.finetune_lr), scope=cfg.scope)
 
 
 @STAGES.register("prune")
@@ -143,23 +155,28 @@ def _finetune(state: RunState, cfg: R.FinetuneStage) -> None:
 
 @STAGES.register("merge")
 def _merge(state: RunState, cfg: R.MergeStage) -> None:
+    from ..prune.unstructured import prune_weights, weight_sparsity
     from ..transforms.fold import fold_batchnorm
+    from ..transforms.merge import merge_linear_chains, streamline_merge
 
     state.ensure_teacher()
-    model = state.model.cpu().eval()
+    model, x = state.model.cpu().eval(), state.example.cpu()
+    nonzero = _nonzero_weights(model)
+    sparse = weight_sparsity(model) > 0.5  # a weight-pruned model: keep it sparse through merging
     if cfg.mode == "exact":
-        from ..transforms.merge import merge_linear_chains
-
-        state.model = merge_linear_chains(fold_batchnorm(model, state.example.cpu()), state.example.cpu())
-        return
-    from ..transforms.merge import streamline_merge
-
-    state.model = streamline_merge(model, state.example.cpu(), state.calib, steps=cfg.rebirth_steps)
+        state.model = merge_linear_chains(fold_batchnorm(model, x), x)
+    else:
+        state.model = streamline_merge(model, x, state.calib, steps=cfg.rebirth_steps)
+    if sparse:  # merged layers are dense: cut back to the same number of non-zero weights
+        total = _nonzero_weights(state.model, count_all=True)
+        state.model = prune_weights(state.model, sparsity=max(0.0, 1 - nonzero / total))
     if cfg.retrain_epochs:
-        from ..train import TrainConfig, Trainer
+        _masked_retrain(state, cfg.retrain_epochs, cfg.lr)(state.model, 0)
 
-        opts = state.train_options(epochs=cfg.retrain_epochs, lr=cfg.lr)
-        Trainer(state.model, TrainConfig(**opts)).fit(state.train)
+
+def _nonzero_weights(model: nn.Module, count_all: bool = False) -> int:
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return sum(w.numel() if count_all else int((w != 0).sum()) for w in weights)
 
 
 @STAGES.register("quantize")

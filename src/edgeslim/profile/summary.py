@@ -106,6 +106,7 @@ COLUMN_FORMATS: dict[str, Callable[[Any], str]] = {
     "flops": _count,
     "macs": _count,
     "bytes": _bytes,
+    "stored_bytes": _bytes,
     "peak_memory_bytes": _bytes,
     "latency_ms": _ms,
     "latency_p90_ms": _ms,

@@ -78,6 +78,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("flops", "FLOPs", _number("flops")),
     Column("flops", "FLOPs ×", derived=_ratio("flops")),
     Column("bytes", "weights", _number("bytes")),
+    Column("stored_bytes", "stored", _number("stored_bytes")),
+    Column("stored_bytes", "stored ×", derived=_ratio("stored_bytes")),
     Column("latency_ms", "latency ms", _ms),
     Column("latency_ms", "latency ×", derived=_ratio("latency_ms")),
     Column("onnx_latency_ms", "ONNX ms", _ms),
