@@ -21,7 +21,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from edgeslim.distill.taps import FeatureTaps
-from edgeslim.errors import ConfigError, UnsupportedModelError
+from edgeslim.errors import ConfigError
 
 __all__ = ["LayerPair", "find_stage_ends", "pair_layers", "probe_shapes"]
 
@@ -85,14 +85,10 @@ class _ShapeRecorder(fx.Interpreter):
 
 
 def _traced_with_shapes(model: nn.Module, inputs: tuple[Tensor, ...]) -> fx.GraphModule:
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception as exc:  # fx raises many error types (TraceError, TypeError, ...)
-        raise UnsupportedModelError(
-            f"automatic layer pairing needs a torch.fx-traceable model, but tracing "
-            f"{type(model).__name__} failed ({type(exc).__name__}: {exc}); pass the layers "
-            "explicitly with hint_pairs=[(student_path, teacher_path), ...]"
-        ) from exc
+    from ..graph.trace import symbolic_trace
+
+    gm = symbolic_trace(model, what="automatic layer pairing",
+                        fix="Pass the layers explicitly with hint_pairs=[(student_path, teacher_path), ...]")
     with _analysis_mode(gm):
         _ShapeRecorder(gm).run(*inputs)
     return gm

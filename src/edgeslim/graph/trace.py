@@ -479,22 +479,28 @@ class _Tracer(fx.Tracer):
         return _is_ignored(qualname, self.leaves) or super().is_leaf_module(m, qualname)
 
 
-def symbolic_trace(model: nn.Module, leaves: Sequence[str] = ()) -> fx.GraphModule:
+PRUNE_FIX = ("Fix: move data-dependent branches into a leaf module and list its path in ignore=, "
+             "or make the branch static.")
+
+
+def symbolic_trace(model: nn.Module, leaves: Sequence[str] = (), *, what: str = "edgeslim",
+                   fix: str = PRUNE_FIX) -> fx.GraphModule:
     """torch.fx trace with a clear error when the model has data-dependent control flow.
 
     Modules whose path is in ``leaves`` are not traced into, so a block with
-    Python control flow can be excluded from pruning by naming it.
+    Python control flow can be excluded from pruning by naming it. ``what`` and
+    ``fix`` phrase the error for the caller (every edgeslim transform traces here).
     """
-    return fx.GraphModule(model, _trace_graph(model, leaves), type(model).__name__)
+    return fx.GraphModule(model, _trace_graph(model, leaves, what, fix), type(model).__name__)
 
 
-def _trace_graph(model: nn.Module, leaves: Sequence[str] = ()) -> fx.Graph:
+def _trace_graph(model: nn.Module, leaves: Sequence[str] = (), what: str = "edgeslim",
+                 fix: str = PRUNE_FIX) -> fx.Graph:
     """The fx graph of ``model`` (see :func:`symbolic_trace`), without generating its code."""
     try:
         return _Tracer(leaves).trace(model)
     except Exception as exc:  # fx raises many types (TraceError, TypeError, ...)
         raise UnsupportedModelError(
-            f"torch.fx could not trace {type(model).__name__}: {exc}. edgeslim needs a traceable "
-            "forward (no Python control flow on tensor values). Fix: move data-dependent branches "
-            "into a leaf module and list its path in ignore=, or make the branch static."
+            f"{what} needs a torch.fx-traceable model, but tracing {type(model).__name__} failed "
+            f"({type(exc).__name__}: {exc}); no Python control flow on tensor values. {fix}"
         ) from exc

@@ -57,14 +57,10 @@ def trace(model: nn.Module, what: str = "this transform") -> fx.GraphModule:
     The returned GraphModule shares its submodules with ``model`` (no copy), so
     module replacements made on ``model`` are visible through the graph.
     """
-    try:
-        return fx.symbolic_trace(model)
-    except Exception as exc:  # fx raises many error types (TraceError, TypeError, ...)
-        raise UnsupportedModelError(
-            f"{what} needs a torch.fx-traceable model, but tracing {type(model).__name__} failed: "
-            f"{type(exc).__name__}: {exc}. Move data-dependent control flow out of forward() "
-            "or wrap it in a leaf module (torch.fx.wrap)."
-        ) from exc
+    from ..graph.trace import symbolic_trace
+
+    return symbolic_trace(model, what=what, fix="Move data-dependent control flow out of forward() "
+                          "or wrap it in a leaf module (torch.fx.wrap).")
 
 
 def propagate_shapes(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> None:
