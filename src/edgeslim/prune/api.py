@@ -183,6 +183,11 @@ def prune(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plann
                   **options)
 
 
+# Fine-tuning a pruned network starts from trained weights: a small learning rate (the Trainer's
+# 0.1 default is for training from scratch and wrecks a pruned model within one epoch).
+FINETUNE_DEFAULTS = {"lr": 0.01, "progress": False}
+
+
 def _resolve_finetune(finetune: Finetune | str | None, teacher: nn.Module | None, data: Any,
                       epochs: int, options: dict) -> Finetune | None:
     if finetune is None or callable(finetune):
@@ -194,7 +199,7 @@ def _resolve_finetune(finetune: Finetune | str | None, teacher: nn.Module | None
     if finetune == "kd":
         from ..distill import kd_finetune
 
-        return kd_finetune(teacher, epochs, data, **options)
+        return kd_finetune(teacher, epochs, data, **(FINETUNE_DEFAULTS | options))
     return plain_finetune(epochs, data, **options)
 
 
@@ -203,7 +208,7 @@ def plain_finetune(epochs: int, train_data: Any, **options: Any) -> Finetune:
     from ..data import as_loader
     from ..train import TrainConfig, Trainer
 
-    opts = {"lr": 0.01, "progress": False} | options
+    opts = FINETUNE_DEFAULTS | options
 
     def run(model: nn.Module, step: int) -> None:
         Trainer(model, TrainConfig(epochs=epochs, **opts)).fit(as_loader(train_data))
