@@ -76,7 +76,10 @@ def test_pruned_zoo_model_round_trips(name: str, kwargs: dict, tmp_path: Path, n
 
 def test_unpruned_zoo_model_round_trips(tmp_path: Path, no_pickle) -> None:
     model, x = _zoo("lenet5")
-    _same(model, edgeslim.load(edgeslim.save(model, tmp_path / "m.safetensors")), x)
+    path = edgeslim.save(model, tmp_path / "m.safetensors")
+    _same(model, edgeslim.load(path), x)
+    manifest = _manifest(path)
+    assert manifest["arch"]["zoo"] == "lenet5" and manifest["replacements"] == []  # nothing changed
 
 
 def test_plain_sequential_round_trips(tmp_path: Path, no_pickle) -> None:
