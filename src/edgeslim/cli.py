@@ -184,7 +184,7 @@ def _compress(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     import json
 
-    from .pipeline.runner import _report as write
+    from .pipeline.runner import write_run_report as write
 
     state_path = Path(args.run_dir) / "state.json"
     if not state_path.is_file():

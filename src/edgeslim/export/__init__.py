@@ -5,9 +5,7 @@ first use, so ``import edgeslim.export`` stays light.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from edgeslim._lazy import lazy_getattr
 from edgeslim.export.onnx import export_onnx
 
 __all__ = ["export_onnx", "load", "save"]
@@ -15,10 +13,4 @@ __all__ = ["export_onnx", "load", "save"]
 _LAZY = {"save": "edgeslim.export.bundle", "load": "edgeslim.export.bundle"}
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgeslim.export' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY)

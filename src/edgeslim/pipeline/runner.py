@@ -16,7 +16,6 @@ their per-epoch checkpoints.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -28,7 +27,6 @@ from ..io import atomic_write_json
 from .recipe import Recipe
 from .stages import STAGES, RunState
 
-log = logging.getLogger(__name__)
 STATE = "state.json"
 
 
@@ -122,7 +120,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, *, data_dir: Any = None, res
     device = _resolve_device(device or recipe.device)
     save_yaml_dict(recipe, run_dir / "recipe.yaml")
     if _finished(saved, recipe):
-        _report(run_dir, saved)
+        write_run_report(run_dir, saved)
         return saved
     train, test, calib = _loaders(recipe, data_dir, device)
     example = next(iter(test))[0][:1].cpu()
@@ -147,7 +145,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, *, data_dir: Any = None, res
         if on_stage:
             on_stage(i, stage.kind, saved["completed"][-1]["metrics"])
     save(state.model, run_dir / "model.safetensors")
-    _report(run_dir, saved)
+    write_run_report(run_dir, saved)
     return saved
 
 
@@ -185,7 +183,8 @@ def save_yaml_dict(recipe: Recipe, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
 
 
-def _report(run_dir: Path, saved: dict) -> dict:
+def write_run_report(run_dir: Path, saved: dict) -> dict:
+    """(Re)write report.md/html of a run from its state.json contents."""
     from ..report import write_report
 
     entries = saved["completed"]

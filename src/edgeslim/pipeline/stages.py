@@ -200,10 +200,8 @@ def _export(state: RunState, cfg: R.ExportStage) -> None:
 
 
 def _write_deploy(state: RunState) -> None:
-    try:
-        from ..report import write_deploy_md
-    except ImportError:  # report package optional at this layer
-        return
+    from ..report import write_deploy_md
+
     ds = getattr(state.train, "dataset", None)
     write_deploy_md(state.run_dir, tuple(state.example.shape[1:]), getattr(ds, "mean", None),
                     getattr(ds, "std", None), class_names=getattr(ds, "classes", None))

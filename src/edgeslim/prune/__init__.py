@@ -1,11 +1,8 @@
 """Structured (channel) pruning, EasiEdge ADMM pruning and unstructured weight pruning."""
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from .._callable import make_callable
-
+from .._lazy import lazy_getattr
 from . import information_gain  # noqa: F401  (registers the information-gain criteria)
 from .api import PruneConfig, plain_finetune, prune, prune_
 from .importance import IMPORTANCES, Importance, ImportanceContext, get_importance
@@ -27,11 +24,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'edgeslim.prune' has no attribute {name!r}")
-
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 make_callable(__name__, "prune")  # edgeslim.prune is this package *and* the function

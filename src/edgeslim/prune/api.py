@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -43,7 +43,6 @@ class PruneConfig:
     protect_first: bool = True
     on_unsupported: str = "error"
     calib_batches: int = 8
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         targets = {k: v for k, v in (("ratio", self.ratio), ("target_flops", self.target_flops),

@@ -1,9 +1,7 @@
 """Model-to-model transforms: lighten (student builder), fold (BN folding), merge (streamline merging)."""
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from edgeslim._lazy import lazy_getattr
 # Eager: the submodule ``lighten`` shares its name with the function, and the function must win.
 from .lighten import lighten
 
@@ -18,7 +16,4 @@ _LAZY = {
 __all__ = sorted([*_LAZY, "lighten"])
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'edgeslim.transforms' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
