@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +23,7 @@ import torch.fx as fx
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .. import __version__
 from ..errors import CheckpointError, EdgeslimError
@@ -183,9 +185,35 @@ def read_manifest(path: str | Path) -> dict:
             f"{path} is not an edgeslim model file ({type(exc).__name__}: {exc}); it is corrupt or was "
             "written by another tool. Re-create it with edgeslim.save(model, path)."
         ) from None
-    if manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: unknown format {manifest.get('format')!r} (expected {FORMAT})")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise CheckpointError(f"{path}: unknown format {found!r} (expected {FORMAT}); the file is corrupt "
+                              "or was written by another tool. Re-create it with edgeslim.save(model, path).")
+    _check_manifest(manifest, path)
     return manifest
+
+
+# key -> (type it must have, required); anything else in a manifest is ignored
+_MANIFEST_KEYS = {"arch": (dict, True), "sha256": (str, True), "replacements": (list, False),
+                  "extra_buffers": (list, False), "plans": (list, False), "extra": (dict, False)}
+
+
+def _check_manifest(manifest: dict, path: str | Path) -> None:
+    """The manifest has the keys and types :func:`save` writes (CheckpointError otherwise)."""
+    for key, (kind, required) in _MANIFEST_KEYS.items():
+        if key not in manifest and not required:
+            continue
+        if not isinstance(manifest.get(key), kind):
+            raise CheckpointError(
+                f"{path}: manifest key {key!r} is {'missing' if key not in manifest else 'malformed'} "
+                f"(expected a {kind.__name__}); the file is corrupt or was not written by edgeslim. "
+                "Re-create it with edgeslim.save(model, path).")
+    bad = [r for r in manifest.get("replacements", [])
+           if not (isinstance(r, list) and len(r) == 2 and isinstance(r[0], str) and isinstance(r[1], dict))]
+    bad += [b for b in manifest.get("extra_buffers", []) if not isinstance(b, str)]
+    if bad:
+        raise CheckpointError(f"{path}: manifest entries {str(bad[:3])[:200]} are malformed; the file is "
+                              "corrupt or was not written by edgeslim")
 
 
 def _rebuild(manifest: dict, tensors: dict[str, torch.Tensor], factory: Callable[..., nn.Module] | None,
@@ -222,6 +250,78 @@ def _check_fits(model: nn.Module, tensors: dict[str, torch.Tensor], path: str | 
         )
 
 
+# Buffers a model keeps outside its state_dict (non-persistent) are not in the file;
+# a manifest may make the architecture allocate at most this many such elements.
+MAX_UNSTORED_ELEMENTS = 2 ** 24
+_FACTORIES = {torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn, torch.eye,
+              torch.randint, torch.empty_strided, torch.arange, torch.linspace}
+
+
+class AllocationBudget(TorchFunctionMode):
+    """Refuse (CheckpointError) any tensor factory call that would take the elements created
+    so far past ``limit``, *before* it allocates: a crafted manifest asking for a
+    200k x 200k Linear fails at once instead of exhausting memory."""
+
+    def __init__(self, limit: int, what: str) -> None:
+        super().__init__()
+        self.left, self.limit, self.what = limit, limit, what
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func in _FACTORIES:
+            self.left -= _elements(func, args, kwargs)
+            if self.left < 0:
+                raise CheckpointError(
+                    f"{self.what}: the architecture in its manifest would allocate more than "
+                    f"{self.limit} elements, far beyond the weights the file holds; the file is "
+                    "corrupt or hostile (nothing was allocated)")
+        return func(*args, **kwargs)
+
+
+def _elements(func, args: tuple, kwargs: dict) -> int:  # noqa: ANN001
+    """Elements a factory call creates, from its arguments alone."""
+    if func in (torch.arange, torch.linspace):
+        nums = [a for a in args if isinstance(a, (int, float))]
+        if func is torch.linspace:
+            return int(nums[2]) if len(nums) > 2 else int(kwargs.get("steps", 0))
+        lo, hi = (0, nums[0]) if len(nums) == 1 else (nums[0], nums[1]) if nums else (0, 0)
+        return max(int(hi - lo), 0)
+    if func is torch.eye:
+        n = args[0] if args else kwargs.get("n", 0)
+        return int(n) * int(args[1] if len(args) > 1 and isinstance(args[1], int) else n)
+    size = args[0] if args and isinstance(args[0], (tuple, list, torch.Size)) else kwargs.get("size", args)
+    if func in (torch.full, torch.empty_strided) and args:
+        size = args[0]
+    if func is torch.randint:
+        size = next((a for a in args if isinstance(a, (tuple, list, torch.Size))), kwargs.get("size", ()))
+    dims = [int(d) for d in size if isinstance(d, int)] if isinstance(size, (tuple, list, torch.Size)) else []
+    return math.prod(abs(d) for d in dims)
+
+
+def _complete(model: nn.Module, manifest: dict, tensors: dict[str, torch.Tensor],
+              path: str | Path) -> nn.Module:
+    """Add the manifest's extra buffers, then check that the model holds exactly the file's
+    weights and allocates little beyond them (run on the meta device before building for real)."""
+    for key in manifest.get("extra_buffers", []):
+        owner_path, _, name = key.rpartition(".")
+        try:
+            owner = model.get_submodule(owner_path) if owner_path else model
+        except AttributeError:
+            owner = None
+        taken = owner is None or (hasattr(owner, name) and name not in owner._buffers)
+        if key not in tensors or not name.isidentifier() or name.startswith("_") or taken:
+            raise CheckpointError(f"{path}: manifest lists an extra buffer {key!r} that is not a free "
+                                  "buffer slot of the model or not in the weights; the file is corrupt")
+        owner.register_buffer(name, tensors[key])
+    _check_fits(model, tensors, path)
+    stored = set(model.state_dict())
+    unstored = sum(b.numel() for k, b in model.named_buffers() if k not in stored)
+    if unstored > MAX_UNSTORED_ELEMENTS:
+        raise CheckpointError(f"{path}: the architecture in the manifest allocates {unstored} elements "
+                              "that are not in the weights; the file is corrupt or hostile")
+    return model
+
+
 def load(path: str | Path, *, factory: Callable[..., nn.Module] | None = None,
          allow_import: bool = False, map_location: str = "cpu") -> nn.Module:
     """Rebuild a model written by :func:`save`; nothing is unpickled.
@@ -235,14 +335,14 @@ def load(path: str | Path, *, factory: Callable[..., nn.Module] | None = None,
         tensors = load_file(str(path), device=map_location)
     except SafetensorError as exc:
         raise CheckpointError(f"{path}: weights unreadable ({exc}); the file is corrupt") from None
-    model = _rebuild(manifest, tensors, factory, allow_import, path)
     if _weights_digest({k: v.cpu() for k, v in tensors.items()}) != manifest["sha256"]:
         raise CheckpointError(f"{path}: weights do not match the manifest's SHA-256; the file was "
                               "modified after saving. Re-export it from the original model.")
-    for key in manifest.get("extra_buffers", []):
-        owner, _, name = key.rpartition(".")
-        (model.get_submodule(owner) if owner else model).register_buffer(name, tensors[key])
-    _check_fits(model, tensors, path)
+    stored = sum(t.numel() for t in tensors.values())
+    # a manifest may name any layer size: building it may allocate about what the file holds, no more
+    with AllocationBudget(2 * stored + MAX_UNSTORED_ELEMENTS, what=str(path)):
+        model = _rebuild(manifest, tensors, factory, allow_import, path)
+    model = _complete(model, manifest, tensors, path)
     model.load_state_dict(tensors)
     if "zoo" in manifest["arch"]:
         model.edgeslim_arch = {"name": manifest["arch"]["zoo"], "kwargs": manifest["arch"]["kwargs"]}

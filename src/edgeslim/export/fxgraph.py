@@ -2,11 +2,11 @@
 
 This is how edgeslim saves models that are not from the zoo (a user's
 torchvision-style network after pruning) or whose forward was rewritten (the
-lightened student). Function targets are written as ``"torch.nn.functional:relu"``
-and resolved on load *only* inside an allowlist of modules (torch,
-torch.nn.functional, operator, builtins) and only to callables found there;
-tensor methods must exist on ``torch.Tensor``. A file can therefore describe a
-computation but never name arbitrary code.
+lightened student). Function targets are written as ``"torch.nn.functional:relu"``.
+On load every node is checked against ``graph_policy``: an explicit list of pure
+tensor operations, tensor methods and tensor attributes, with bounded literal
+arguments. A file can therefore describe a tensor computation but never name
+other code, reach a module, class, storage or file, or ask for unbounded memory.
 """
 from __future__ import annotations
 
@@ -21,42 +21,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
-from . import modspec
+from . import graph_policy, modspec
 
-_MODULES = {"torch": torch, "torch.nn.functional": F, "operator": operator, "builtins": builtins,
-            "math": __import__("math")}
+_MODULES = {"torch": torch, "torch.nn.functional": F, "operator": operator, "builtins": builtins}
+_OPS = ("placeholder", "get_attr", "call_function", "call_method", "call_module", "output")
 
 
 def _target_name(fn: Any) -> str:
-    for mod_name, mod in _MODULES.items():
-        name = getattr(fn, "__name__", None)
-        if name and getattr(mod, name, None) is fn:
+    """``module:name`` of a traced function, under the first module that lists it as pure."""
+    name = getattr(fn, "__name__", None)
+    homes = [m for m, mod in _MODULES.items() if name and getattr(mod, name, None) is fn]
+    for mod_name in homes:
+        if name in graph_policy.FUNCTIONS[mod_name]:
             return f"{mod_name}:{name}"
+    if homes:
+        graph_policy.check_savable(homes[0], name)
     raise TypeError(f"function {fn!r} is outside torch / torch.nn.functional / operator / builtins")
 
 
-# builtins and operator hold ways to run code (eval, exec, open, operator.call,
-# attrgetter); only these pure functions may be called from a file.
-_ALLOWED = {
-    "builtins": {"getattr", "len", "int", "float", "bool", "min", "max", "abs", "round", "pow",
-                 "divmod", "sum", "slice", "range", "tuple", "list"},
-    "operator": {"add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "pos", "abs",
-                 "matmul", "getitem", "iadd", "isub", "imul", "itruediv", "ifloordiv", "imod",
-                 "and_", "or_", "xor", "invert", "not_", "eq", "ne", "lt", "le", "gt", "ge",
-                 "lshift", "rshift", "truth"},
-}
-_TORCH_DENIED = {"load", "save", "from_file", "compile", "export"}  # file I/O, code generation
-
-
-def _resolve(name: str) -> Any:
-    mod_name, _, attr = name.partition(":")
-    mod = _MODULES.get(mod_name)
-    fn = getattr(mod, attr, None) if mod is not None else None
-    allowed = attr in _ALLOWED[mod_name] if mod_name in _ALLOWED else not (
-        attr.startswith("_") or attr.startswith("set_") or attr in _TORCH_DENIED)
-    if fn is None or not callable(fn) or not allowed:
-        raise CheckpointError(f"saved graph calls {name!r}, which edgeslim does not allow; the file is "
-                              "corrupt or was not written by edgeslim")
+def _resolve(name: Any) -> Any:
+    mod_name, _, attr = str(name).partition(":")
+    graph_policy.check_function(mod_name, attr)
+    fn = getattr(_MODULES[mod_name], attr, None)
+    if fn is None or not callable(fn):
+        raise CheckpointError(f"saved graph calls {name!r}, which this torch version does not have")
     return fn
 
 
@@ -64,7 +52,10 @@ def _check_names(n: dict) -> None:
     """Node names and targets end up in Python source that torch.fx generates and runs:
     they must be plain dotted identifiers (or indices, ``layer1.0``), never code, and never
     reach private attributes."""
-    parts = [n.get("name")] + [k for k, _ in (n.get("kwargs") or {}).get("dict", [])]
+    if not isinstance(n, dict) or n.get("op") not in _OPS:
+        raise CheckpointError(f"saved graph has a malformed node {str(n)[:120]!r}; the file is corrupt")
+    kwargs = n.get("kwargs") or {}
+    parts = [n.get("name")] + [k for k, _ in (kwargs.get("dict", []) if isinstance(kwargs, dict) else [])]
     if n.get("op") in ("placeholder", "get_attr", "call_module", "call_method"):
         parts += str(n.get("target")).split(".")
     for part in parts:
@@ -72,10 +63,31 @@ def _check_names(n: dict) -> None:
         if not plain or keyword.iskeyword(part) or part.startswith("__"):
             raise CheckpointError(f"saved graph has an invalid node name or target {part!r}; the file "
                                   "is corrupt or was not written by edgeslim")
-    if n.get("op") == "call_function" and n.get("target") == "builtins:getattr":
-        attr = n.get("args", {}).get("tuple", [None, None])[1:2]
-        if not (attr and isinstance(attr[0], str) and not attr[0].startswith("_")):
-            raise CheckpointError(f"saved graph reads a private attribute {attr!r}; the file is corrupt")
+
+
+def _checked_target(n: dict, args: tuple, kwargs: dict, attrs: set, modules: set) -> Any:
+    """The node's target, once it is known to do only what ``graph_policy`` allows."""
+    op, target = n["op"], n["target"]
+    is_node = lambda v: isinstance(v, fx.Node)  # noqa: E731
+    if op == "call_function":
+        fn = _resolve(target)
+        mod_name, _, name = target.partition(":")
+        if mod_name in ("builtins", "operator"):
+            graph_policy.check_builtin_call(f"{mod_name}.{name}", args, kwargs, is_node)
+        if fn is builtins.getattr:
+            graph_policy.check_getattr(args, kwargs, is_node)
+        graph_policy.check_arguments(name, args, kwargs, is_node)
+        return fn
+    if op == "call_method":
+        graph_policy.check_method(target)
+        if not (args and is_node(args[0])):
+            raise CheckpointError(f"saved graph calls method {target!r} on a literal; the file is corrupt")
+        graph_policy.check_arguments(target, args[1:], kwargs, is_node)
+    elif op == "get_attr" and target not in attrs:
+        raise CheckpointError(f"saved graph reads {target!r}, which is not a tensor stored in the file")
+    elif op == "call_module" and target not in modules:
+        raise CheckpointError(f"saved graph calls layer {target!r}, which the file does not describe")
+    return target
 
 
 def _enc(value: Any) -> Any:
@@ -100,17 +112,21 @@ def _enc(value: Any) -> Any:
     raise TypeError(f"argument {value!r} of type {type(value).__name__} cannot be saved")
 
 
-def _dec(value: Any, env: dict[str, fx.Node]) -> Any:
+def _dec(value: Any, env: dict[str, fx.Node], depth: int = 0) -> Any:
+    if depth > graph_policy.MAX_DEPTH:
+        raise CheckpointError(f"saved graph nests arguments deeper than {graph_policy.MAX_DEPTH} levels")
     if isinstance(value, list):
-        return [_dec(v, env) for v in value]
+        return [_dec(v, env, depth + 1) for v in value]
     if not isinstance(value, dict):
         return value
+    if len(value) != 1:
+        raise CheckpointError(f"saved graph has a malformed argument {str(value)[:80]!r}")
     (kind, payload), = value.items()
     decoders = {
         "node": lambda p: env[p],
-        "tuple": lambda p: tuple(_dec(v, env) for v in p),
-        "dict": lambda p: {k: _dec(v, env) for k, v in p},
-        "slice": lambda p: slice(*(_dec(v, env) for v in p)),
+        "tuple": lambda p: tuple(_dec(v, env, depth + 1) for v in p),
+        "dict": lambda p: {k: _dec(v, env, depth + 1) for k, v in p},
+        "slice": lambda p: slice(*(_dec(v, env, depth + 1) for v in p)),
         "ellipsis": lambda p: Ellipsis,
         "dtype": lambda p: _dtype(p),
         "device": lambda p: torch.device(p),
@@ -144,10 +160,28 @@ def graph_to_json(gm: fx.GraphModule) -> dict:
     return {"nodes": nodes, "modules": modules, "attrs": attrs}
 
 
+def _check_layout(spec: Any) -> None:
+    ok = (isinstance(spec, dict) and isinstance(spec.get("nodes"), list)
+          and isinstance(spec.get("modules"), dict) and isinstance(spec.get("attrs", []), list))
+    if not ok:
+        raise CheckpointError("saved graph is not a mapping with a node list, layers and attributes; "
+                              "the file is corrupt or was not written by edgeslim")
+    if len(spec["nodes"]) > graph_policy.MAX_NODES:
+        raise CheckpointError(f"saved graph has {len(spec['nodes'])} nodes (at most "
+                              f"{graph_policy.MAX_NODES}); the file is corrupt or hostile")
+
+
 def graph_from_json(spec: dict, tensors: dict[str, torch.Tensor]) -> fx.GraphModule:
-    """Rebuild a GraphModule written by :func:`graph_to_json` (weights loaded by the caller)."""
+    """Rebuild a GraphModule written by :func:`graph_to_json` (weights loaded by the caller).
+
+    Every node is checked against ``graph_policy`` before it joins the graph, so a
+    crafted file can describe only pure tensor computation (CheckpointError otherwise).
+    """
+    _check_layout(spec)
     root = nn.Module()
     for path, mspec in spec["modules"].items():
+        for part in str(path).split("."):
+            _check_names({"op": "output", "name": part})
         _place(root, path, modspec.build(mspec))
     for path in spec.get("attrs", []):
         if path not in tensors:
@@ -157,20 +191,22 @@ def graph_from_json(spec: dict, tensors: dict[str, torch.Tensor]) -> fx.GraphMod
         if name not in parent._parameters and name not in parent._buffers:
             parent.register_buffer(name, torch.empty_like(tensors[path]))
     graph, env = fx.Graph(), {}
+    attrs, modules = set(spec.get("attrs", [])), set(spec["modules"])
     for n in spec["nodes"]:
         _check_names(n)
-        op, target = n["op"], n["target"]
-        if op == "call_function":
-            target = _resolve(target)
-        elif op == "call_method" and not hasattr(torch.Tensor, target):
-            raise CheckpointError(f"saved graph calls unknown tensor method {target!r}")
-        args, kwargs = _dec(n["args"], env), _dec(n["kwargs"], env)
-        if op == "output":
+        args, kwargs = _dec(n.get("args", {"tuple": []}), env), _dec(n.get("kwargs", {"dict": []}), env)
+        if not isinstance(args, tuple) or not isinstance(kwargs, dict):
+            raise CheckpointError(f"saved graph node {n['name']!r} has malformed arguments")
+        target = _checked_target(n, args, kwargs, attrs, modules)
+        if n["op"] == "output":
             env[n["name"]] = graph.output(args[0])
             continue
-        node = graph.create_node(op, target, tuple(args), kwargs, name=n["name"])
-        env[n["name"]] = node
-    return fx.GraphModule(root, graph)
+        env[n["name"]] = graph.create_node(n["op"], target, args, kwargs, name=n["name"])
+    try:
+        return fx.GraphModule(root, graph)
+    except Exception as exc:  # torch.fx's code generation rejects malformed graphs in many ways
+        raise CheckpointError(f"saved graph cannot be rebuilt ({type(exc).__name__}: {exc}); the file "
+                              "is corrupt or was not written by edgeslim") from None
 
 
 def _ensure(root: nn.Module, path: str) -> nn.Module:
