@@ -249,3 +249,27 @@ def test_save_is_atomic_and_overwrites(tmp_path: Path) -> None:
     edgeslim.save(pruned, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
     _same(pruned, edgeslim.load(path), x)
+
+
+class _DashedNames(nn.Module):
+    """torchvision's RegNet names blocks ``block1-0``: not identifiers, but valid module paths."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential()
+        self.trunk.add_module("block1-0", nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()))
+        self.trunk.add_module("block1-1", nn.Conv2d(8, 8, 3, padding=1))
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.trunk(x)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_module_paths_that_are_not_identifiers_round_trip(tmp_path: Path, no_pickle) -> None:
+    model = randomize_bn_(_DashedNames()).eval()
+    x = example_input(2)
+    pruned = edgeslim.prune(model, x, ratio=0.5)
+    path = edgeslim.save(pruned, tmp_path / "m.safetensors")
+    assert "fx" in _manifest(path)["arch"]
+    _same(pruned, edgeslim.load(path), x)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import keyword
 import operator
+import re
 from typing import Any
 
 import torch
@@ -48,19 +49,30 @@ def _resolve(name: Any) -> Any:
     return fn
 
 
+_MODULE_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+
+
+def _plain(part: Any, module_path: bool = False) -> bool:
+    """A name torch.fx may put into the code it generates: an identifier (or, in a module path,
+    also an index such as ``layer1.0`` or torchvision's ``block1-0``, which fx quotes); never a
+    keyword, never private."""
+    if not isinstance(part, str) or part.startswith("__") or keyword.iskeyword(part):
+        return False
+    return part.isidentifier() or (module_path and part.isascii() and bool(_MODULE_PART.fullmatch(part)))
+
+
 def _check_names(n: dict) -> None:
     """Node names and targets end up in Python source that torch.fx generates and runs:
-    they must be plain dotted identifiers (or indices, ``layer1.0``), never code, and never
-    reach private attributes."""
+    they must be plain names (see :func:`_plain`), never code."""
     if not isinstance(n, dict) or n.get("op") not in _OPS:
         raise CheckpointError(f"saved graph has a malformed node {str(n)[:120]!r}; the file is corrupt")
     kwargs = n.get("kwargs") or {}
-    parts = [n.get("name")] + [k for k, _ in (kwargs.get("dict", []) if isinstance(kwargs, dict) else [])]
-    if n.get("op") in ("placeholder", "get_attr", "call_module", "call_method"):
-        parts += str(n.get("target")).split(".")
-    for part in parts:
-        plain = isinstance(part, str) and (part.isidentifier() or part.isascii() and part.isdigit())
-        if not plain or keyword.iskeyword(part) or part.startswith("__"):
+    names = [n.get("name")] + [k for k, _ in (kwargs.get("dict", []) if isinstance(kwargs, dict) else [])]
+    if n.get("op") in ("placeholder", "call_method"):
+        names.append(n.get("target"))
+    paths = str(n.get("target")).split(".") if n.get("op") in ("get_attr", "call_module") else []
+    for part, ok in [(p, _plain(p)) for p in names] + [(p, _plain(p, module_path=True)) for p in paths]:
+        if not ok:
             raise CheckpointError(f"saved graph has an invalid node name or target {part!r}; the file "
                                   "is corrupt or was not written by edgeslim")
 
@@ -180,8 +192,8 @@ def graph_from_json(spec: dict, tensors: dict[str, torch.Tensor]) -> fx.GraphMod
     _check_layout(spec)
     root = nn.Module()
     for path, mspec in spec["modules"].items():
-        for part in str(path).split("."):
-            _check_names({"op": "output", "name": part})
+        if not all(_plain(part, module_path=True) for part in str(path).split(".")):
+            raise CheckpointError(f"saved graph has an invalid layer path {path!r}; the file is corrupt")
         _place(root, path, modspec.build(mspec))
     for path in spec.get("attrs", []):
         if path not in tensors:
