@@ -126,6 +126,19 @@ def test_resolve_data_dir_explicit_env_and_missing(tmp_path, monkeypatch):
         resolve_data_dir(tmp_path / "nope")
 
 
+def test_data_dir_that_is_a_file_says_so(tmp_path, monkeypatch):
+    afile = tmp_path / "train-images-idx3-ubyte.gz"
+    afile.write_bytes(b"x")
+    for name in ("mnist", "cifar10"):
+        with pytest.raises(DataError, match="is a file, not a folder") as info:
+            load_dataset(name, afile)
+        assert str(afile) in str(info.value) and str(tmp_path) in str(info.value)
+        assert "not found" not in str(info.value)
+    monkeypatch.setenv("EDGESLIM_DATA", str(afile))
+    with pytest.raises(DataError, match=r"from \$EDGESLIM_DATA\) is a file"):
+        load_dataset("mnist")
+
+
 def test_unknown_dataset_name_suggests_the_closest(tmp_path):
     with pytest.raises(DataError, match="Did you mean 'mnist'"):
         load_dataset("mnsit", tmp_path)
