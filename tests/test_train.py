@@ -174,6 +174,22 @@ def test_config_validation_messages() -> None:
         TrainConfig(optimizer="adam")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("lr", [1e30, 1e4, float("inf"), float("nan"), -0.1, True, "0.1"])
+def test_absurd_or_non_numeric_lr_is_refused(lr: Any) -> None:
+    with pytest.raises(ConfigError, match=r"TrainConfig\.lr") as exc:
+        TrainConfig(lr=lr)
+    if isinstance(lr, float) and lr > 1e3 and math.isfinite(lr):
+        assert "absurdly large" in str(exc.value) and "1e-3" in str(exc.value)
+
+
+def test_lr_from_yaml_string_is_validated() -> None:
+    from edgeslim.config import from_dict
+
+    with pytest.raises(ConfigError, match=r"lr=1e\+30 is absurdly large"):
+        from_dict(TrainConfig, {"lr": "1e30"})  # YAML 1.1 reads `lr: 1e30` as a string
+    assert from_dict(TrainConfig, {"lr": "1e3"}).lr == 1e3  # the limit itself is allowed
+
+
 # --------------------------------------------------------------------------- resume
 def _dataloader(x: torch.Tensor, y: torch.Tensor) -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
@@ -295,6 +311,20 @@ def test_nan_loss_raises_and_keeps_last_checkpoint(tmp_path: Path) -> None:
     assert ckpt.read_bytes() == snapshot["bytes"]
     assert torch.load(ckpt, weights_only=True)["epoch"] == 0
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_nan_message_gives_the_configured_lr_not_the_decayed_one() -> None:
+    """With a 1-epoch cosine schedule the lr is 0 after the last step; the message must not say 0."""
+    x, y = blobs(64)
+
+    def hook(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor):
+        logits = model(xb)
+        return nn.functional.cross_entropy(logits, yb) * float("inf"), logits
+
+    with pytest.raises(EdgeslimError) as exc:
+        Trainer(mlp(), cfg(epochs=1, lr=0.05, schedule="cosine"), loss=hook).fit(batches(x, y))
+    msg = str(exc.value)
+    assert "lr=0.05" in msg and "now 0" not in msg and "lower learning rate" in msg
 
 
 # --------------------------------------------------------------------------- callbacks / options

@@ -32,7 +32,7 @@ from edgeslim.errors import CheckpointError, ConfigError, DataError, EdgeslimErr
 from edgeslim.io import atomic_write_text
 from edgeslim.train import distributed as ddp
 from edgeslim.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from edgeslim.train.config import TrainConfig
+from edgeslim.train.config import TYPICAL_LR, TrainConfig
 from edgeslim.train.metrics import SYNC_EVERY, RunningStats, eval_sums
 from edgeslim.train.optim import build_optimizer, build_scheduler
 from edgeslim.train.progress import make_progress
@@ -117,12 +117,13 @@ def _seed_everything(seed: int) -> None:
 def _nonfinite_error(
     value: float, epoch: int, first: int, last: int, total: int, lr: float, ckpt: Path | None
 ) -> EdgeslimError:
+    """``lr`` is the configured peak rate: the scheduled one may have decayed to 0 by now."""
     kept = f"the last good checkpoint {ckpt} was left unchanged" if ckpt else "no checkpoint was written"
     return EdgeslimError(
         f"training loss became {value} in epoch {epoch + 1}, between steps {first} and {last} "
-        f"of {total}; {kept}. Try a lower learning rate (now {lr:.3g}), warm-up "
-        "(warmup_epochs), gradient clipping (grad_clip), amp=False, or check the inputs "
-        "for NaN/inf"
+        f"of {total}; {kept}. Try a lower learning rate (configured lr={lr:.3g}; {TYPICAL_LR}), "
+        "warm-up (warmup_epochs), gradient clipping (grad_clip), amp=False, or check the "
+        "inputs for NaN/inf"
     )
 
 
@@ -310,7 +311,7 @@ class Trainer:
         stats.fold()
         loss_total, correct_total, n_total = ddp.all_reduce_sum(stats.as_tensor(), self.dist).tolist()
         if not math.isfinite(loss_total):
-            raise _nonfinite_error(loss_total, epoch, synced + 1, total, total, self._lr(), self.checkpoint_path)
+            raise _nonfinite_error(loss_total, epoch, synced + 1, total, total, self.cfg.lr, self.checkpoint_path)
         return loss_total, correct_total, int(n_total)
 
     def _optimise(self, loss: torch.Tensor) -> None:
@@ -331,7 +332,7 @@ class Trainer:
         probe = loss_sum.detach().clone()
         value = ddp.all_reduce_sum(probe, self.dist).item()
         if not math.isfinite(value):
-            raise _nonfinite_error(value, epoch, first, last, total, self._lr(), self.checkpoint_path)
+            raise _nonfinite_error(value, epoch, first, last, total, self.cfg.lr, self.checkpoint_path)
         return value
 
     def _last_step_lr(self) -> float:
