@@ -279,6 +279,19 @@ def test_foreign_and_corrupt_checkpoints(tmp_path: Path) -> None:
     assert str(ckpt) in str(exc.value)
 
 
+class _Stranger:  # not a tensor/container: weights_only loading refuses it
+    pass
+
+
+def test_resume_from_checkpoint_with_objects_never_advises_unsafe_loading(tmp_path: Path) -> None:
+    torch.save({"format": "edgeslim.train.checkpoint/1", "model": _Stranger()}, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError) as exc:
+        Trainer(mlp(), cfg(out_dir=str(tmp_path), resume=True)).fit(batches(*blobs(64)))
+    msg = str(exc.value)
+    assert str(tmp_path / "last.pt") in msg and "refuses to load" in msg and "Re-create" in msg
+    assert "weights_only" not in msg and "trust" not in msg
+
+
 # --------------------------------------------------------------------------- NaN handling
 def test_nan_loss_raises_and_keeps_last_checkpoint(tmp_path: Path) -> None:
     x, y = blobs(128)
