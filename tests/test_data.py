@@ -5,10 +5,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import struct
 import tarfile
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +210,41 @@ def test_idx_checks_magic_and_length(tmp_path):
     short.write_bytes(struct.pack(">II", LABELS_MAGIC, 10) + bytes(9))
     with pytest.raises(DataError, match="truncated"):
         read_idx(short, LABELS_MAGIC)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("payload", [0, 28 * 28])
+@pytest.mark.parametrize("dims", [(2**31, 2**31, 4), (2**32 - 1,) * 3, (10**6, 28, 28)])
+def test_idx_header_larger_than_the_file_is_refused(tmp_path, gz, payload, dims):
+    """(2^31, 2^31, 4) wraps a 64-bit product to 0 (an empty payload then 'fit' and reshape
+    crashed); the others claim far more than the file holds."""
+    raw = struct.pack(">4I", IMAGES_MAGIC, *dims) + bytes(payload)
+    path = tmp_path / ("x-idx3-ubyte.gz" if gz else "x-idx3-ubyte")
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    with pytest.raises(DataError, match="header declares dimensions") as info:
+        read_idx(path, IMAGES_MAGIC)
+    assert str(path) in str(info.value) and f"{math.prod(dims):,}" in str(info.value)
+
+
+def test_idx_gzip_bomb_is_not_read_beyond_the_header(tmp_path):
+    """10 labels declared, 32 MB of zeros behind them: only what the header claims is read."""
+    path = tmp_path / "bomb-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(struct.pack(">II", LABELS_MAGIC, 10) + bytes(32 << 20)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"bomb-labels-idx1-ubyte.gz holds"):
+            read_idx(path, LABELS_MAGIC)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20  # the old reader held all 32 MB at once
+
+
+def test_idx_header_shorter_than_its_dimensions(tmp_path):
+    path = tmp_path / "cut-idx3-ubyte"
+    path.write_bytes(struct.pack(">II", IMAGES_MAGIC, 5))
+    with pytest.raises(DataError, match="too short for its 16-byte IDX header"):
+        read_idx(path, IMAGES_MAGIC)
 
 
 def test_mnist_count_mismatch(tmp_path):
