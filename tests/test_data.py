@@ -575,3 +575,87 @@ def test_as_loader_accepts_every_documented_input():
         as_loader(3)
     with pytest.raises(DataError, match="10 rows but Y has 9"):
         as_loader((x, y[:9]))
+
+
+# ------------------------------------------------------------------ CIFAR batches: forged pickles
+
+
+class _Forge:
+    """Pickles as whatever ``__reduce__`` tuple it is given (to write hostile pickles)."""
+
+    def __init__(self, *reduce_value) -> None:
+        self.reduce_value = reduce_value
+
+    def __reduce__(self):
+        return self.reduce_value
+
+
+_RECON = np.zeros(1).__reduce__()[0]
+
+
+def _forged_batch(path: Path, data, labels) -> Path:
+    path.write_bytes(pickle.dumps({"data": data, "labels": labels}, protocol=4))
+    return path
+
+
+def _body(obj) -> bytes:
+    """The opcodes that push ``obj`` (a protocol-2 pickle without PROTO and STOP)."""
+    return pickle.dumps(obj, protocol=2)[2:-1]
+
+
+def test_pickle_cannot_allocate_an_array_of_its_choosing(tmp_path):
+    """numpy.ndarray(shape) via NEWOBJ, or _reconstruct with a shape, would allocate
+    whatever the pickle says from a few bytes."""
+    newobj = b"cnumpy\nndarray\n" + _body(((1000, 3072),)) + b"\x81"  # ndarray.__new__(ndarray, shape)
+    reconstruct = pickle.dumps(_Forge(_RECON, (np.ndarray, (1000, 3072), b"B")), protocol=2)[2:-1]
+    for array in (newobj, reconstruct):
+        payload = b"\x80\x02}(" + _body("data") + array + _body("labels") + b"]u."
+        with pytest.raises(pickle.UnpicklingError, match="refusing"):
+            RestrictedUnpickler(io.BytesIO(payload)).load()
+        (tmp_path / "data_batch_1").write_bytes(payload)
+        with pytest.raises(DataError, match="cannot be read safely"):
+            load_batch(tmp_path / "data_batch_1")
+
+
+def test_object_arrays_are_refused(tmp_path):
+    items = [int(v) for v in np.arange(2 * 3072) % 256]
+    forged = _Forge(_RECON, (np.ndarray, (0,), b"b"),
+                    (1, (2, 3072), np.dtype("O"), False, items))
+    with pytest.raises(DataError, match="refusing array dtype 'O"):
+        load_batch(_forged_batch(tmp_path / "b", forged, [0, 1]))
+
+
+def test_short_object_array_does_not_crash_the_process(tmp_path):
+    """numpy leaves invalid pointers in an object array whose item list is too short:
+    touching or freeing it segfaulted the old unpickler. Run in a child process."""
+    import subprocess
+    import sys
+
+    forged = _Forge(_RECON, (np.ndarray, (0,), b"b"), (1, (2, 3072), np.dtype("O"), False, [1]))
+    path = _forged_batch(tmp_path / "b", forged, [0, 1])
+    code = ("import sys; from pathlib import Path; from edgeslim.data.cifar import load_batch\n"
+            "try:\n    load_batch(Path(sys.argv[1]))\nexcept Exception as e:\n    print(type(e).__name__)")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "DataError", done
+
+
+def test_python2_style_batch_with_str_pixels_still_loads(tmp_path):
+    data = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)  # wraps at 256
+    forged = _Forge(_RECON, (np.ndarray, (0,), b"b"),
+                    (1, (2, 3072), np.dtype("u1"), False, data.tobytes().decode("latin1")))
+    images, labels = load_batch(_forged_batch(tmp_path / "b", forged, [3, 4]))
+    assert np.array_equal(images.reshape(2, -1), data) and labels.tolist() == [3, 4]
+    assert type(images) is np.ndarray and images.dtype == np.uint8
+
+
+@pytest.mark.parametrize("data, labels, message", [
+    (np.zeros((2, 3072), np.uint8), ["a", "b"], "'labels' must be a list of ints 0-9, got a list holding str"),
+    (np.zeros((2, 3072), np.uint8), [2**70, 1], "labels must be 0-9, found 1180591620717411303424"),
+    (np.zeros((2, 3072), np.uint8), {"a": 1}, "got dict"),
+    (np.zeros((2, 3072), np.uint8), [1, 2, 3], "2 images but 3 labels"),
+    (np.full((2, 3072), 300.7), [1, 1], "must be a uint8 array .n, 3072., got float64"),
+])
+def test_malformed_batch_contents_are_data_errors(tmp_path, data, labels, message):
+    with pytest.raises(DataError, match=message) as info:
+        load_batch(_forged_batch(tmp_path / "data_batch_3", data, labels))
+    assert "data_batch_3" in str(info.value)
