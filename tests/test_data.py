@@ -11,6 +11,7 @@ import pickle
 import struct
 import tarfile
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -464,6 +465,85 @@ def test_archive_of_one_split_refuses_the_other(tmp_path, monkeypatch):
     write_tar(archive, {"train/x/0.png": image_bytes(np.zeros((4, 4), np.uint8), "PNG")})
     with pytest.raises(DataError, match=r"holds split \['train'\], not 'test'"):
         folder_mod.load_image_folder(archive, "test")
+
+
+def _tar_with_names(path: Path, names: list[str]) -> Path:
+    png = image_bytes(np.zeros((4, 4), np.uint8), "PNG")
+    with tarfile.open(path, "w") as tf:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            info.size = len(png)
+            tf.addfile(info, io.BytesIO(png))
+    return path
+
+
+@pytest.mark.parametrize("bad", ["../evil/cls/1.png", "train/../../cls/1.png", "/abs/cls/2.png"])
+def test_archive_member_with_unsafe_path_is_refused(tmp_path, monkeypatch, bad):
+    """These were silently skipped as 'hidden' (or gave a '//abs' split); refuse the archive."""
+    monkeypatch.setenv("EDGESLIM_CACHE", str(tmp_path / "cache"))
+    archive = _tar_with_names(tmp_path / "a.tar", ["train/x/0.png", bad])
+    with pytest.raises(DataError, match="unsafe path") as info:
+        load_dataset(str(archive))
+    assert repr(bad) in str(info.value) and str(archive) in str(info.value)
+
+
+def test_archive_member_declaring_more_than_the_archive_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESLIM_CACHE", str(tmp_path / "cache"))
+    archive = _tar_with_names(tmp_path / "b.tar", ["train/x/0.png", "train/x/1.png"])
+    raw = bytearray(archive.read_bytes())
+    header = 512 + 512  # the second member's header (the first one's data fits one block)
+    raw[header + 124 : header + 136] = b"\x80" + (2**40).to_bytes(11, "big")  # base-256 size
+    raw[header + 148 : header + 156] = b" " * 8
+    raw[header + 148 : header + 156] = b"%06o\0 " % sum(raw[header : header + 512])
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"b.tar:train/x/1.png declares 1,099,511,627,776 bytes"):
+        load_dataset(str(archive))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_image_file_over_the_size_limit_is_not_read(tmp_path, monkeypatch, packed):
+    monkeypatch.setenv("EDGESLIM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(folder_mod, "MAX_IMAGE_FILE_BYTES", 40, raising=False)
+    files = {"x/0.png": image_bytes(np.zeros((4, 4), np.uint8), "PNG")}
+    assert len(files["x/0.png"]) > 40
+    if packed:
+        source = write_tar(tmp_path / "c.tar.gz", files)
+    else:
+        source = tmp_path / "imgs"
+        (source / "x").mkdir(parents=True)
+        (source / "x" / "0.png").write_bytes(files["x/0.png"])
+    with pytest.raises(DataError, match=r"x/0.png is \d+ bytes, over edgeslim's limit of 40"):
+        load_dataset(str(source))
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A grey PNG that declares width x height but holds only a few rows of pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(bytes(width + 1) * 4)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path, recwarn):
+    """10000x10000 is under twice Pillow's limit, so Pillow only warned and decoded 100 MB."""
+    root = tmp_path / "bomb"
+    (root / "x").mkdir(parents=True)
+    (root / "x" / "0.png").write_bytes(_png_header_only(10_000, 10_000))
+    with pytest.raises(DataError, match=r"x/0.png is 100,000,000 pixels, over edgeslim's limit"):
+        load_dataset("folder", root)
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_image_over_the_pixel_limit_is_refused_with_its_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(folder_mod, "MAX_IMAGE_PIXELS", 8 * 8, raising=False)
+    root = tmp_path / "imgs"
+    (root / "x").mkdir(parents=True)
+    (root / "x" / "0.png").write_bytes(image_bytes(np.zeros((8, 8), np.uint8), "PNG"))
+    (root / "x" / "1.png").write_bytes(image_bytes(np.zeros((9, 8), np.uint8), "PNG"))
+    with pytest.raises(DataError, match=r"x/1.png is 8x9, over edgeslim's limit of 64 pixels"):
+        load_dataset("folder", root)
 
 
 # ------------------------------------------------------------------ TensorLoader
