@@ -154,6 +154,8 @@ class CifarSource(Protocol):
 
     def read(self, path: Path, split: str) -> Arrays: ...
 
+    def files(self, path: Path, split: str) -> list[Path]: ...
+
 
 class _Batches:
     """The original ``cifar-10-batches-py`` folder."""
@@ -170,6 +172,9 @@ class _Batches:
     def read(self, path: Path, split: str) -> Arrays:
         return read_batches(path, split)
 
+    def files(self, path: Path, split: str) -> list[Path]:
+        return [path / n for n in BATCH_FILES[split]]
+
 
 class _JpegArchive:
     """``<split>.tar.gz`` archives of class-per-folder JPEGs."""
@@ -184,25 +189,38 @@ class _JpegArchive:
     def read(self, path: Path, split: str) -> Arrays:
         return read_cifar_archive(path, split)
 
+    def files(self, path: Path, split: str) -> list[Path]:
+        return [path]
+
 
 #: Forms tried in order: the lossless batches first.
 CIFAR10_SOURCES: tuple[CifarSource, ...] = (_Batches(), _JpegArchive())
+
+
+def find_cifar10(data_dir: Path, split: str) -> tuple[CifarSource, Path, Path]:
+    """``(form, path, folder)`` of ``split``: the first form found, searched in ``CIFAR10_SUBDIRS``.
+
+    ``path`` is what ``form.read`` takes (the batches folder or the archive);
+    ``folder`` is the searched folder it was found in.
+    """
+    folders = [data_dir / sub if sub else data_dir for sub in CIFAR10_SUBDIRS]
+    for folder in folders:
+        for source in CIFAR10_SOURCES:
+            path = source.find(folder, split)
+            if path is not None:
+                return source, path, folder
+    expected = [f for source in CIFAR10_SOURCES for f in source.expected(split)]
+    raise missing_data_error(
+        f"CIFAR-10 ({split} split)", expected, folders, note="Either form is enough."
+    )
 
 
 @DATASETS.register("cifar10")
 def load_cifar10(data_dir: Path, split: str = "train") -> ArrayDataset:
     """Load one CIFAR-10 split as uint8 images ``[N, 3, 32, 32]`` and int64 labels."""
     check_split("cifar10", split)
-    folders = [data_dir / sub if sub else data_dir for sub in CIFAR10_SUBDIRS]
-    for folder in folders:
-        for source in CIFAR10_SOURCES:
-            path = source.find(folder, split)
-            if path is not None:
-                return _to_dataset(source.read(path, split), path, split)
-    expected = [f for source in CIFAR10_SOURCES for f in source.expected(split)]
-    raise missing_data_error(
-        f"CIFAR-10 ({split} split)", expected, folders, note="Either form is enough."
-    )
+    source, path, _ = find_cifar10(data_dir, split)
+    return _to_dataset(source.read(path, split), path, split)
 
 
 def _to_dataset(arrays: Arrays, path: Path, split: str) -> ArrayDataset:
