@@ -16,10 +16,9 @@ from edgeslim.data.checksums import read_sums
 def write_sums(folder: Path, files: list[Path], prefix: str = "./", binary: bool = False) -> Path:
     """A SHA256SUMS in ``folder`` as ``sha256sum`` writes it (paths relative to ``folder``)."""
     mark = "*" if binary else " "
-    lines = [
-        f"{hashlib.sha256(f.read_bytes()).hexdigest()} {mark}{prefix}{f.relative_to(folder).as_posix()}"
-        for f in files
-    ]
+    digests = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    names = [f.relative_to(folder).as_posix() for f in files]
+    lines = [f"{d} {mark}{prefix}{n}" for d, n in zip(digests, names)]
     sums = folder / "SHA256SUMS"
     sums.write_text("\n".join(lines) + "\n")
     return sums

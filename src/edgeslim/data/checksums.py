@@ -180,7 +180,8 @@ def _sums_files(top: Path, directory: Path) -> list[Path]:
     if not directory.is_relative_to(top):
         top = directory
     chain = [directory, *directory.parents]
-    return [d / SUMS_NAME for d in reversed(chain[: chain.index(top) + 1]) if (d / SUMS_NAME).is_file()]
+    dirs = reversed(chain[: chain.index(top) + 1])
+    return [d / SUMS_NAME for d in dirs if (d / SUMS_NAME).is_file()]
 
 
 def _covered(path: Path, locations: Iterable[_Location]) -> bool:
@@ -226,7 +227,8 @@ def verify_dataset_checksums(
     locations, top = _locate(name, data_dir)
     report = ChecksumReport(name)
     for loc in locations:
-        report.sums_files += [s for s in _sums_files(top, loc.directory) if s not in report.sums_files]
+        new = [s for s in _sums_files(top, loc.directory) if s not in report.sums_files]
+        report.sums_files += new
     listed = [
         (path, digest)
         for sums in report.sums_files

@@ -94,7 +94,8 @@ def load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
     data = batch.get("data")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape[1:] != (3072,):
-        found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        is_array = isinstance(data, np.ndarray)
+        found = f"{data.dtype} {data.shape}" if is_array else type(data).__name__
         raise DataError(
             f"CIFAR batch {path}: 'data' must be a uint8 array [n, 3072], got {found}; the file "
             "is corrupt or not a CIFAR-10 batch, replace it"

@@ -121,7 +121,9 @@ def _member_parts(source: Path, member: tarfile.TarInfo) -> list[str]:
     return parts
 
 
-def _tar_entry(source: Path, tf: tarfile.TarFile, m: tarfile.TarInfo, room: int) -> ImageEntry | None:
+def _tar_entry(
+    source: Path, tf: tarfile.TarFile, m: tarfile.TarInfo, room: int
+) -> ImageEntry | None:
     """The entry of one regular-file member, its path and declared size checked first."""
     entry = _entry(_member_parts(source, m), f"{source}:{m.name}", lambda: b"")
     if entry is None:
@@ -153,7 +155,9 @@ def open_entries(source: Path) -> Iterator[list[ImageEntry]]:
     """
     if source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.is_file())
-        entries = [_entry(p.relative_to(source).parts, str(p), partial(_file_reader, p)) for p in files]
+        entries = [
+            _entry(p.relative_to(source).parts, str(p), partial(_file_reader, p)) for p in files
+        ]
         yield [e for e in entries if e is not None]
         return
     try:

@@ -50,16 +50,15 @@ def _corrupt(path: Path, exc: BaseException) -> DataError:
     )
 
 
-def _read_up_to(f: IO[bytes], n: int) -> bytes:
+def _read_up_to(f: IO[bytes], n: int) -> bytearray:
     """Up to ``n`` bytes from ``f``, in chunks: memory grows with the data, not with ``n``."""
-    parts, left = [], n
-    while left > 0:
-        chunk = f.read(min(left, READ_CHUNK))
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = f.read(min(n - len(buf), READ_CHUNK))
         if not chunk:
             break
-        parts.append(chunk)
-        left -= len(chunk)
-    return b"".join(parts)
+        buf += chunk
+    return buf
 
 
 def _read_header(f: IO[bytes], path: Path, magic: int) -> tuple[int, ...]:
