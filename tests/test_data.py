@@ -739,3 +739,20 @@ def test_malformed_batch_contents_are_data_errors(tmp_path, data, labels, messag
     with pytest.raises(DataError, match=message) as info:
         load_batch(_forged_batch(tmp_path / "data_batch_3", data, labels))
     assert "data_batch_3" in str(info.value)
+
+
+def test_pickle_declaring_a_huge_bytes_object_is_a_data_error(tmp_path):
+    """BINBYTES8 with a 2**62-byte length: the C unpickler tries to allocate it up front."""
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(b"\x80\x04\x8e" + struct.pack("<Q", 2**62) + b"abc")
+    with pytest.raises(DataError, match="cannot be read safely: MemoryError"):
+        load_batch(path)
+
+
+def test_pickle_cannot_set_attributes_on_the_array_marker(tmp_path):
+    """BUILD on the class numpy.ndarray unpickles to would change it for every later load."""
+    payload = b"\x80\x02cnumpy\nndarray\nN}" + _body("x") + b"K\x01s\x86b."
+    with pytest.raises(TypeError):
+        RestrictedUnpickler(io.BytesIO(payload)).load()
+    data, labels = write_batch(tmp_path / "data_batch_1", 2, seed=0)
+    assert load_batch(tmp_path / "data_batch_1")[1].tolist() == labels

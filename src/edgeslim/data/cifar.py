@@ -19,7 +19,6 @@ Two on-disk forms are read, tried in this order:
 from __future__ import annotations
 
 import io
-import pickle
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -83,8 +82,9 @@ def load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         # latin1 lets Python 3 read the Python 2 pickles of the original release
         batch = RestrictedUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, OSError, MemoryError) as exc:
-        reason = str(exc) or f"{type(exc).__name__}: it declares an object larger than memory"
+    except (Exception, MemoryError) as exc:  # a hostile pickle can provoke any of them
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else (
+            f"{type(exc).__name__} (it declares an object larger than memory)")
         raise DataError(
             f"CIFAR batch {path} cannot be read safely: {reason}. Replace it with a fresh copy "
             "of the original cifar-10-batches-py release"

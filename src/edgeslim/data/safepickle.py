@@ -42,9 +42,15 @@ class NdarrayName:
             "the pickle asks for); numpy's own pickles rebuild arrays through _reconstruct"
         )
 
+    def __setstate__(self, state: Any) -> None:  # BUILD on the class itself lands here too
+        raise pickle.UnpicklingError("refusing to set attributes of numpy.ndarray")
+
 
 class DtypeSpec:
     """What ``numpy.dtype(...)`` unpickles to: its code and byte order, as plain data."""
+
+    code: Any = None  # class defaults: NEWOBJ creates instances without calling __init__
+    order: str = "|"
 
     def __init__(self, code: Any = None, align: Any = False, copy: Any = False) -> None:
         self.code, self.order = code, "|"
