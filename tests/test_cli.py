@@ -106,3 +106,14 @@ def test_data_check_real_data(data_dir: Path, capsys: pytest.CaptureFixture) -> 
         pytest.skip(f"no SHA256SUMS in {data_dir}")
     assert main(["data", "check", "--dataset", "mnist", "--data-dir", str(data_dir)]) == 0
     assert "sha256 4 file(s) ok" in capsys.readouterr().out
+
+
+def test_train_with_absurd_lr_is_refused_clearly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from test_data import write_mnist
+
+    write_mnist(tmp_path / "mnist", n_train=8, n_test=4)
+    argv = ["train", "--model", "lenet5", "--data-dir", str(tmp_path), "--epochs", "1",
+            "--lr", "1e30", "--device", "cpu", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "lr=1e+30 is absurdly large" in err and "now 0" not in err and "Traceback" not in err

@@ -421,3 +421,19 @@ def test_progress_bar_smoke(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cuda_requested_without_cuda() -> None:
     with pytest.raises(ConfigError, match="CUDA is not available"):
         Trainer(mlp(), TrainConfig(device="cuda"))
+
+
+def test_weights_ruined_by_the_last_step_are_caught_before_checkpointing(tmp_path: Path) -> None:
+    """One batch per epoch: the loss is computed before the step that ruins the weights, so
+    only a check of the weights sees it (the old loop saved a NaN model and returned)."""
+    x, y = blobs(32)
+
+    class Ruin:
+        def on_step_end(self, trainer: Trainer) -> None:
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(float("nan"))
+
+    with pytest.raises(EdgeslimError, match=r"model weights became NaN/inf in epoch 1") as exc:
+        Trainer(mlp(), cfg(epochs=1, out_dir=str(tmp_path)), callbacks=[Ruin()]).fit(batches(x, y))
+    assert "no checkpoint was written" in str(exc.value) and "lr=0.05" in str(exc.value)
+    assert not (tmp_path / "last.pt").exists()
