@@ -60,3 +60,60 @@ def test_prune_from_flags_writes_a_smaller_model(data_dir: Path, tmp_path: Path,
     x = torch.randn(1, 1, 28, 28)
     base_flops = edgeslim.profile(edgeslim.create_model("lenet5"), x, latency=False)["flops"]
     assert edgeslim.profile(pruned, x, latency=False)["flops"] <= 0.5 * base_flops * 1.05
+
+
+def _mnist_with_sums(root: Path) -> list[Path]:
+    import hashlib
+
+    from test_data import write_mnist
+
+    write_mnist(root / "mnist", n_train=4, n_test=2, gz=False)
+    files = sorted((root / "mnist").iterdir())
+    (root / "SHA256SUMS").write_text("".join(
+        f"{hashlib.sha256(f.read_bytes()).hexdigest()}  ./mnist/{f.name}\n" for f in files))
+    return files
+
+
+def test_data_check_verifies_sha256sums(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _mnist_with_sums(tmp_path)
+    assert main(["data", "check", "--dataset", "mnist", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "sha256 4 file(s) ok" in out and str(tmp_path / "SHA256SUMS") in out
+    assert "train      4 images" in out
+
+
+def test_data_check_fails_on_a_changed_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    files = _mnist_with_sums(tmp_path)
+    bad = next(f for f in files if f.name.startswith("t10k-images"))
+    raw = bytearray(bad.read_bytes())
+    raw[-1] ^= 0xFF  # still a valid IDX file: only the hash can tell
+    bad.write_bytes(bytes(raw))
+    assert main(["data", "check", "--dataset", "mnist", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: expected sha256" in err and ", got " in err and "Traceback" not in err
+
+
+def test_data_check_on_a_file_says_it_is_not_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    afile = tmp_path / "data.zip"
+    afile.write_bytes(b"x")
+    assert main(["data", "check", "--dataset", "mnist", "--data-dir", str(afile)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "Traceback" not in err
+
+
+def test_data_check_real_data(data_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    if not (data_dir / "SHA256SUMS").is_file():
+        pytest.skip(f"no SHA256SUMS in {data_dir}")
+    assert main(["data", "check", "--dataset", "mnist", "--data-dir", str(data_dir)]) == 0
+    assert "sha256 4 file(s) ok" in capsys.readouterr().out
+
+
+def test_train_with_absurd_lr_is_refused_clearly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from test_data import write_mnist
+
+    write_mnist(tmp_path / "mnist", n_train=8, n_test=4)
+    argv = ["train", "--model", "lenet5", "--data-dir", str(tmp_path), "--epochs", "1",
+            "--lr", "1e30", "--device", "cpu", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "lr=1e+30 is absurdly large" in err and "now 0" not in err and "Traceback" not in err

@@ -5,10 +5,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import struct
 import tarfile
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +129,19 @@ def test_resolve_data_dir_explicit_env_and_missing(tmp_path, monkeypatch):
         resolve_data_dir(tmp_path / "nope")
 
 
+def test_data_dir_that_is_a_file_says_so(tmp_path, monkeypatch):
+    afile = tmp_path / "train-images-idx3-ubyte.gz"
+    afile.write_bytes(b"x")
+    for name in ("mnist", "cifar10"):
+        with pytest.raises(DataError, match="is a file, not a folder") as info:
+            load_dataset(name, afile)
+        assert str(afile) in str(info.value) and str(tmp_path) in str(info.value)
+        assert "not found" not in str(info.value)
+    monkeypatch.setenv("EDGESLIM_DATA", str(afile))
+    with pytest.raises(DataError, match=r"from \$EDGESLIM_DATA\) is a file"):
+        load_dataset("mnist")
+
+
 def test_unknown_dataset_name_suggests_the_closest(tmp_path):
     with pytest.raises(DataError, match="Did you mean 'mnist'"):
         load_dataset("mnsit", tmp_path)
@@ -195,6 +211,41 @@ def test_idx_checks_magic_and_length(tmp_path):
     short.write_bytes(struct.pack(">II", LABELS_MAGIC, 10) + bytes(9))
     with pytest.raises(DataError, match="truncated"):
         read_idx(short, LABELS_MAGIC)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("payload", [0, 28 * 28])
+@pytest.mark.parametrize("dims", [(2**31, 2**31, 4), (2**32 - 1,) * 3, (10**6, 28, 28)])
+def test_idx_header_larger_than_the_file_is_refused(tmp_path, gz, payload, dims):
+    """(2^31, 2^31, 4) wraps a 64-bit product to 0 (an empty payload then 'fit' and reshape
+    crashed); the others claim far more than the file holds."""
+    raw = struct.pack(">4I", IMAGES_MAGIC, *dims) + bytes(payload)
+    path = tmp_path / ("x-idx3-ubyte.gz" if gz else "x-idx3-ubyte")
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    with pytest.raises(DataError, match="header declares dimensions") as info:
+        read_idx(path, IMAGES_MAGIC)
+    assert str(path) in str(info.value) and f"{math.prod(dims):,}" in str(info.value)
+
+
+def test_idx_gzip_bomb_is_not_read_beyond_the_header(tmp_path):
+    """10 labels declared, 32 MB of zeros behind them: only what the header claims is read."""
+    path = tmp_path / "bomb-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(struct.pack(">II", LABELS_MAGIC, 10) + bytes(32 << 20)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"bomb-labels-idx1-ubyte.gz holds"):
+            read_idx(path, LABELS_MAGIC)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20  # the old reader held all 32 MB at once
+
+
+def test_idx_header_shorter_than_its_dimensions(tmp_path):
+    path = tmp_path / "cut-idx3-ubyte"
+    path.write_bytes(struct.pack(">II", IMAGES_MAGIC, 5))
+    with pytest.raises(DataError, match="too short for its 16-byte IDX header"):
+        read_idx(path, IMAGES_MAGIC)
 
 
 def test_mnist_count_mismatch(tmp_path):
@@ -416,6 +467,85 @@ def test_archive_of_one_split_refuses_the_other(tmp_path, monkeypatch):
         folder_mod.load_image_folder(archive, "test")
 
 
+def _tar_with_names(path: Path, names: list[str]) -> Path:
+    png = image_bytes(np.zeros((4, 4), np.uint8), "PNG")
+    with tarfile.open(path, "w") as tf:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            info.size = len(png)
+            tf.addfile(info, io.BytesIO(png))
+    return path
+
+
+@pytest.mark.parametrize("bad", ["../evil/cls/1.png", "train/../../cls/1.png", "/abs/cls/2.png"])
+def test_archive_member_with_unsafe_path_is_refused(tmp_path, monkeypatch, bad):
+    """These were silently skipped as 'hidden' (or gave a '//abs' split); refuse the archive."""
+    monkeypatch.setenv("EDGESLIM_CACHE", str(tmp_path / "cache"))
+    archive = _tar_with_names(tmp_path / "a.tar", ["train/x/0.png", bad])
+    with pytest.raises(DataError, match="unsafe path") as info:
+        load_dataset(str(archive))
+    assert repr(bad) in str(info.value) and str(archive) in str(info.value)
+
+
+def test_archive_member_declaring_more_than_the_archive_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESLIM_CACHE", str(tmp_path / "cache"))
+    archive = _tar_with_names(tmp_path / "b.tar", ["train/x/0.png", "train/x/1.png"])
+    raw = bytearray(archive.read_bytes())
+    header = 512 + 512  # the second member's header (the first one's data fits one block)
+    raw[header + 124 : header + 136] = b"\x80" + (2**40).to_bytes(11, "big")  # base-256 size
+    raw[header + 148 : header + 156] = b" " * 8
+    raw[header + 148 : header + 156] = b"%06o\0 " % sum(raw[header : header + 512])
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"b.tar:train/x/1.png declares 1,099,511,627,776 bytes"):
+        load_dataset(str(archive))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_image_file_over_the_size_limit_is_not_read(tmp_path, monkeypatch, packed):
+    monkeypatch.setenv("EDGESLIM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(folder_mod, "MAX_IMAGE_FILE_BYTES", 40, raising=False)
+    files = {"x/0.png": image_bytes(np.zeros((4, 4), np.uint8), "PNG")}
+    assert len(files["x/0.png"]) > 40
+    if packed:
+        source = write_tar(tmp_path / "c.tar.gz", files)
+    else:
+        source = tmp_path / "imgs"
+        (source / "x").mkdir(parents=True)
+        (source / "x" / "0.png").write_bytes(files["x/0.png"])
+    with pytest.raises(DataError, match=r"x/0.png is \d+ bytes, over edgeslim's limit of 40"):
+        load_dataset(str(source))
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A grey PNG that declares width x height but holds only a few rows of pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(bytes(width + 1) * 4)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path, recwarn):
+    """10000x10000 is under twice Pillow's limit, so Pillow only warned and decoded 100 MB."""
+    root = tmp_path / "bomb"
+    (root / "x").mkdir(parents=True)
+    (root / "x" / "0.png").write_bytes(_png_header_only(10_000, 10_000))
+    with pytest.raises(DataError, match=r"x/0.png is 100,000,000 pixels, over edgeslim's limit"):
+        load_dataset("folder", root)
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_image_over_the_pixel_limit_is_refused_with_its_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(folder_mod, "MAX_IMAGE_PIXELS", 8 * 8, raising=False)
+    root = tmp_path / "imgs"
+    (root / "x").mkdir(parents=True)
+    (root / "x" / "0.png").write_bytes(image_bytes(np.zeros((8, 8), np.uint8), "PNG"))
+    (root / "x" / "1.png").write_bytes(image_bytes(np.zeros((9, 8), np.uint8), "PNG"))
+    with pytest.raises(DataError, match=r"x/1.png is 8x9, over edgeslim's limit of 64 pixels"):
+        load_dataset("folder", root)
+
+
 # ------------------------------------------------------------------ TensorLoader
 
 
@@ -525,3 +655,104 @@ def test_as_loader_accepts_every_documented_input():
         as_loader(3)
     with pytest.raises(DataError, match="10 rows but Y has 9"):
         as_loader((x, y[:9]))
+
+
+# ------------------------------------------------------------------ CIFAR batches: forged pickles
+
+
+class _Forge:
+    """Pickles as whatever ``__reduce__`` tuple it is given (to write hostile pickles)."""
+
+    def __init__(self, *reduce_value) -> None:
+        self.reduce_value = reduce_value
+
+    def __reduce__(self):
+        return self.reduce_value
+
+
+_RECON = np.zeros(1).__reduce__()[0]
+
+
+def _forged_batch(path: Path, data, labels) -> Path:
+    path.write_bytes(pickle.dumps({"data": data, "labels": labels}, protocol=4))
+    return path
+
+
+def _body(obj) -> bytes:
+    """The opcodes that push ``obj`` (a protocol-2 pickle without PROTO and STOP)."""
+    return pickle.dumps(obj, protocol=2)[2:-1]
+
+
+def test_pickle_cannot_allocate_an_array_of_its_choosing(tmp_path):
+    """numpy.ndarray(shape) via NEWOBJ, or _reconstruct with a shape, would allocate
+    whatever the pickle says from a few bytes."""
+    newobj = b"cnumpy\nndarray\n" + _body(((1000, 3072),)) + b"\x81"  # ndarray.__new__(ndarray, shape)
+    reconstruct = pickle.dumps(_Forge(_RECON, (np.ndarray, (1000, 3072), b"B")), protocol=2)[2:-1]
+    for array in (newobj, reconstruct):
+        payload = b"\x80\x02}(" + _body("data") + array + _body("labels") + b"]u."
+        with pytest.raises(pickle.UnpicklingError, match="refusing"):
+            RestrictedUnpickler(io.BytesIO(payload)).load()
+        (tmp_path / "data_batch_1").write_bytes(payload)
+        with pytest.raises(DataError, match="cannot be read safely"):
+            load_batch(tmp_path / "data_batch_1")
+
+
+def test_object_arrays_are_refused(tmp_path):
+    items = [int(v) for v in np.arange(2 * 3072) % 256]
+    forged = _Forge(_RECON, (np.ndarray, (0,), b"b"),
+                    (1, (2, 3072), np.dtype("O"), False, items))
+    with pytest.raises(DataError, match="refusing array dtype 'O"):
+        load_batch(_forged_batch(tmp_path / "b", forged, [0, 1]))
+
+
+def test_short_object_array_does_not_crash_the_process(tmp_path):
+    """numpy leaves invalid pointers in an object array whose item list is too short:
+    touching or freeing it segfaulted the old unpickler. Run in a child process."""
+    import subprocess
+    import sys
+
+    forged = _Forge(_RECON, (np.ndarray, (0,), b"b"), (1, (2, 3072), np.dtype("O"), False, [1]))
+    path = _forged_batch(tmp_path / "b", forged, [0, 1])
+    code = ("import sys; from pathlib import Path; from edgeslim.data.cifar import load_batch\n"
+            "try:\n    load_batch(Path(sys.argv[1]))\nexcept Exception as e:\n    print(type(e).__name__)")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "DataError", done
+
+
+def test_python2_style_batch_with_str_pixels_still_loads(tmp_path):
+    data = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)  # wraps at 256
+    forged = _Forge(_RECON, (np.ndarray, (0,), b"b"),
+                    (1, (2, 3072), np.dtype("u1"), False, data.tobytes().decode("latin1")))
+    images, labels = load_batch(_forged_batch(tmp_path / "b", forged, [3, 4]))
+    assert np.array_equal(images.reshape(2, -1), data) and labels.tolist() == [3, 4]
+    assert type(images) is np.ndarray and images.dtype == np.uint8
+
+
+@pytest.mark.parametrize("data, labels, message", [
+    (np.zeros((2, 3072), np.uint8), ["a", "b"], "'labels' must be a list of ints 0-9, got a list holding str"),
+    (np.zeros((2, 3072), np.uint8), [2**70, 1], "labels must be 0-9, found 1180591620717411303424"),
+    (np.zeros((2, 3072), np.uint8), {"a": 1}, "got dict"),
+    (np.zeros((2, 3072), np.uint8), [1, 2, 3], "2 images but 3 labels"),
+    (np.full((2, 3072), 300.7), [1, 1], "must be a uint8 array .n, 3072., got float64"),
+])
+def test_malformed_batch_contents_are_data_errors(tmp_path, data, labels, message):
+    with pytest.raises(DataError, match=message) as info:
+        load_batch(_forged_batch(tmp_path / "data_batch_3", data, labels))
+    assert "data_batch_3" in str(info.value)
+
+
+def test_pickle_declaring_a_huge_bytes_object_is_a_data_error(tmp_path):
+    """BINBYTES8 with a 2**62-byte length: the C unpickler tries to allocate it up front."""
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(b"\x80\x04\x8e" + struct.pack("<Q", 2**62) + b"abc")
+    with pytest.raises(DataError, match="cannot be read safely: MemoryError"):
+        load_batch(path)
+
+
+def test_pickle_cannot_set_attributes_on_the_array_marker(tmp_path):
+    """BUILD on the class numpy.ndarray unpickles to would change it for every later load."""
+    payload = b"\x80\x02cnumpy\nndarray\nN}" + _body("x") + b"K\x01s\x86b."
+    with pytest.raises(TypeError):
+        RestrictedUnpickler(io.BytesIO(payload)).load()
+    data, labels = write_batch(tmp_path / "data_batch_1", 2, seed=0)
+    assert load_batch(tmp_path / "data_batch_1")[1].tolist() == labels

@@ -101,3 +101,27 @@ def test_failed_json_write_keeps_the_old_file(tmp_path) -> None:
         atomic_write_json(path, {"bad": object()})
     assert json.loads(path.read_text()) == {"ok": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def _torch_refusals(tmp_path) -> list:
+    """Checkpoints that weights_only=True refuses: a class, a function, a raw GLOBAL opcode."""
+    torch.save({"obj": _Custom()}, tmp_path / "class.pt")
+    torch.save({"fn": os.system}, tmp_path / "func.pt")
+    (tmp_path / "raw.pt").write_bytes(b"\x80\x02cos\nsystem\nq\x00.")  # legacy pickle of os.system
+    return [tmp_path / "class.pt", tmp_path / "func.pt", tmp_path / "raw.pt"]
+
+
+def test_refused_objects_never_advise_weights_only_false(tmp_path) -> None:
+    for path in _torch_refusals(tmp_path):
+        with pytest.raises(CheckpointError) as info:
+            safe_torch_load(path)
+        msg = str(info.value)
+        assert str(path) in msg and "refuses to load" in msg and "Re-create" in msg
+        assert "weights_only" not in msg and "trust" not in msg and "\x1b[" not in msg
+        assert "add_safe_globals" not in msg
+        assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_refusal_names_the_refused_object(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match=r"_Custom"):
+        safe_torch_load(_torch_refusals(tmp_path)[0])

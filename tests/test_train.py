@@ -174,6 +174,22 @@ def test_config_validation_messages() -> None:
         TrainConfig(optimizer="adam")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("lr", [1e30, 1e4, float("inf"), float("nan"), -0.1, True, "0.1"])
+def test_absurd_or_non_numeric_lr_is_refused(lr: Any) -> None:
+    with pytest.raises(ConfigError, match=r"TrainConfig\.lr") as exc:
+        TrainConfig(lr=lr)
+    if isinstance(lr, float) and lr > 1e3 and math.isfinite(lr):
+        assert "absurdly large" in str(exc.value) and "1e-3" in str(exc.value)
+
+
+def test_lr_from_yaml_string_is_validated() -> None:
+    from edgeslim.config import from_dict
+
+    with pytest.raises(ConfigError, match=r"lr=1e\+30 is absurdly large"):
+        from_dict(TrainConfig, {"lr": "1e30"})  # YAML 1.1 reads `lr: 1e30` as a string
+    assert from_dict(TrainConfig, {"lr": "1e3"}).lr == 1e3  # the limit itself is allowed
+
+
 # --------------------------------------------------------------------------- resume
 def _dataloader(x: torch.Tensor, y: torch.Tensor) -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
@@ -263,6 +279,19 @@ def test_foreign_and_corrupt_checkpoints(tmp_path: Path) -> None:
     assert str(ckpt) in str(exc.value)
 
 
+class _Stranger:  # not a tensor/container: weights_only loading refuses it
+    pass
+
+
+def test_resume_from_checkpoint_with_objects_never_advises_unsafe_loading(tmp_path: Path) -> None:
+    torch.save({"format": "edgeslim.train.checkpoint/1", "model": _Stranger()}, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError) as exc:
+        Trainer(mlp(), cfg(out_dir=str(tmp_path), resume=True)).fit(batches(*blobs(64)))
+    msg = str(exc.value)
+    assert str(tmp_path / "last.pt") in msg and "refuses to load" in msg and "Re-create" in msg
+    assert "weights_only" not in msg and "trust" not in msg
+
+
 # --------------------------------------------------------------------------- NaN handling
 def test_nan_loss_raises_and_keeps_last_checkpoint(tmp_path: Path) -> None:
     x, y = blobs(128)
@@ -295,6 +324,20 @@ def test_nan_loss_raises_and_keeps_last_checkpoint(tmp_path: Path) -> None:
     assert ckpt.read_bytes() == snapshot["bytes"]
     assert torch.load(ckpt, weights_only=True)["epoch"] == 0
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_nan_message_gives_the_configured_lr_not_the_decayed_one() -> None:
+    """With a 1-epoch cosine schedule the lr is 0 after the last step; the message must not say 0."""
+    x, y = blobs(64)
+
+    def hook(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor):
+        logits = model(xb)
+        return nn.functional.cross_entropy(logits, yb) * float("inf"), logits
+
+    with pytest.raises(EdgeslimError) as exc:
+        Trainer(mlp(), cfg(epochs=1, lr=0.05, schedule="cosine"), loss=hook).fit(batches(x, y))
+    msg = str(exc.value)
+    assert "lr=0.05" in msg and "now 0" not in msg and "lower learning rate" in msg
 
 
 # --------------------------------------------------------------------------- callbacks / options
@@ -378,3 +421,19 @@ def test_progress_bar_smoke(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cuda_requested_without_cuda() -> None:
     with pytest.raises(ConfigError, match="CUDA is not available"):
         Trainer(mlp(), TrainConfig(device="cuda"))
+
+
+def test_weights_ruined_by_the_last_step_are_caught_before_checkpointing(tmp_path: Path) -> None:
+    """One batch per epoch: the loss is computed before the step that ruins the weights, so
+    only a check of the weights sees it (the old loop saved a NaN model and returned)."""
+    x, y = blobs(32)
+
+    class Ruin:
+        def on_step_end(self, trainer: Trainer) -> None:
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(float("nan"))
+
+    with pytest.raises(EdgeslimError, match=r"model weights became NaN/inf in epoch 1") as exc:
+        Trainer(mlp(), cfg(epochs=1, out_dir=str(tmp_path)), callbacks=[Ruin()]).fit(batches(x, y))
+    assert "no checkpoint was written" in str(exc.value) and "lr=0.05" in str(exc.value)
+    assert not (tmp_path / "last.pt").exists()

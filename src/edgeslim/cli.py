@@ -111,12 +111,24 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checksum_line(name: str, report: Any) -> str:
+    if not report.sums_files:
+        return f"{name:8s} sha256 not checked: no SHA256SUMS in the data folder or the dataset's"
+    where = ", ".join(str(s) for s in report.sums_files)
+    line = f"{name:8s} sha256 {len(report.ok)} file(s) ok ({where})"
+    if report.unlisted:
+        line += f"; not listed there: {', '.join(p.name for p in report.unlisted)}"
+    return line
+
+
 @command("data")
 def _data(args: argparse.Namespace) -> int:
-    from .data import load_dataset
+    from .data import load_dataset, verify_dataset_checksums
 
     names = ["mnist", "cifar10"] if args.dataset == "all" else [args.dataset]
     for name in names:
+        # before loading: a hash mismatch says more than the decoder's error would
+        print(_checksum_line(name, verify_dataset_checksums(name, args.data_dir)))
         for split in ("train", "test"):
             ds = load_dataset(name, args.data_dir, split)
             print(f"{name:8s} {split:5s} {len(ds):6d} images {tuple(ds.images.shape[1:])} "
@@ -260,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the model zoo")
-    d = sub.add_parser("data", help="check that datasets load")
+    d = sub.add_parser("data", help="check that datasets load (and match any SHA256SUMS)")
     d.add_argument("action", choices=["check"])
     d.add_argument("--dataset", default="all")
     d.add_argument("--data-dir", default=None)

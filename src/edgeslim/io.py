@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -105,6 +106,43 @@ def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     return atomic_write_with(path, lambda handle: torch.save(obj, handle))
 
 
+#: How torch starts the message of a ``weights_only=True`` refusal.
+_WEIGHTS_ONLY_FAILED = "Weights only load failed"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _refused_object(message: str) -> str:
+    """What torch's weights-only unpickler refused, without its advice to load unsafely."""
+    found = re.search(r"GLOBAL\s+([\w.]+)", message)
+    if found:
+        return f"it names the Python object {found.group(1)}"
+    found = re.search(r"(Unsupported operand \d+|Unsupported class [\w.]+)", message)
+    return found.group(1) if found else "it holds an object type outside the allowed set"
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (ANSI codes removed), or its type name."""
+    text = _ANSI.sub("", str(exc)).strip()
+    line = text.splitlines()[0].strip() if text else ""
+    # never repeat advice to switch the safety off, whatever the wording
+    return type(exc).__name__ if not line or "weights_only" in line else line
+
+
+def _load_error(file: Path, exc: Exception) -> CheckpointError:
+    message = _ANSI.sub("", str(exc))
+    if _WEIGHTS_ONLY_FAILED in message:
+        return CheckpointError(
+            f"checkpoint {file} holds Python objects that edgeslim refuses to load, because "
+            f"unpickling them could run arbitrary code ({_refused_object(message)}). Re-create "
+            "the file so it holds only tensors, numbers, strings and containers: re-run the step "
+            "that wrote it, or save model.state_dict() instead of the model object"
+        )
+    return CheckpointError(
+        f"cannot read checkpoint {file}: {_first_line(exc)}. The file is corrupt or truncated; "
+        "re-create it (e.g. re-run training, which saves with edgeslim.io.atomic_torch_save)"
+    )
+
+
 def safe_torch_load(path: PathLike, map_location: str | torch.device | None = "cpu") -> Any:
     """Load a checkpoint with ``torch.load(weights_only=True)``.
 
@@ -114,7 +152,8 @@ def safe_torch_load(path: PathLike, map_location: str | torch.device | None = "c
 
     Raises:
         CheckpointError: the file is missing, truncated/corrupt, or holds Python
-            objects other than tensors and plain containers.
+            objects other than tensors and plain containers. The message never
+            repeats torch's advice to retry with ``weights_only=False``.
     """
     file = Path(path)
     if not file.is_file():
@@ -125,11 +164,6 @@ def safe_torch_load(path: PathLike, map_location: str | torch.device | None = "c
     try:
         return torch.load(file, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for bad files; all mean the same to a user
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"cannot read checkpoint {file}: {reason}. The file is corrupt or truncated, or "
-            "holds objects that weights_only=True refuses to unpickle; re-create it "
-            "(e.g. re-run training, which saves with edgeslim.io.atomic_torch_save) "
-            "and save only tensors, numbers, strings and containers"
-        ) from exc
-
+        if _WEIGHTS_ONLY_FAILED in str(exc):  # don't chain: torch's text says to load unsafely
+            raise _load_error(file, exc) from None
+        raise _load_error(file, exc) from exc

@@ -1,7 +1,8 @@
 """Datasets (MNIST, CIFAR-10, class-per-folder images) and fast in-memory loaders.
 
 Data is found through a ``data_dir`` argument, the CLI's ``--data-dir`` flag,
-or ``$EDGESLIM_DATA``; nothing is ever downloaded.
+or ``$EDGESLIM_DATA``; nothing is ever downloaded. ``verify_dataset_checksums``
+checks the files against a ``SHA256SUMS`` next to them.
 
 Example:
     >>> from edgeslim.data import make_loaders
@@ -17,6 +18,7 @@ from edgeslim.data import mnist as _mnist  # noqa: F401
 from edgeslim.data.augment import AUGMENTATIONS
 from edgeslim.data.base import DATASETS, ArrayDataset, resolve_data_dir
 from edgeslim.data.cache import cache_dir
+from edgeslim.data.checksums import ChecksumReport, sha256_file, verify_dataset_checksums
 from edgeslim.data.folder import load_image_folder
 from edgeslim.data.loader import TensorLoader, as_loader, load_dataset, make_loaders
 from edgeslim.errors import DataError
@@ -24,6 +26,7 @@ from edgeslim.errors import DataError
 __all__ = [
     "AUGMENTATIONS",
     "ArrayDataset",
+    "ChecksumReport",
     "DATASETS",
     "DataError",
     "TensorLoader",
@@ -33,4 +36,6 @@ __all__ = [
     "load_image_folder",
     "make_loaders",
     "resolve_data_dir",
+    "sha256_file",
+    "verify_dataset_checksums",
 ]

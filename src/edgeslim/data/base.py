@@ -110,11 +110,15 @@ class ArrayDataset(Dataset):
         return replace(self, images=self.images[keep], labels=self.labels[keep])
 
 
-def resolve_data_dir(path: str | Path | None) -> Path:
+def resolve_data_dir(path: str | Path | None, *, allow_file: bool = False) -> Path:
     """The data folder: ``path`` if given, else ``$EDGESLIM_DATA``.
 
+    Args:
+        path: the folder, or ``None``/``""`` for ``$EDGESLIM_DATA``.
+        allow_file: accept a file too (the ``folder`` dataset takes a tar archive).
+
     Raises:
-        DataError: neither is set, or the folder does not exist.
+        DataError: neither is set, the folder does not exist, or it is a file.
     """
     if path is None or str(path) == "":
         env = os.environ.get(DATA_ENV, "")
@@ -131,6 +135,12 @@ def resolve_data_dir(path: str | Path | None) -> Path:
         raise DataError(
             f"data folder {resolved} (from {origin}) does not exist. Point --data-dir or "
             f"{DATA_ENV} at the folder that holds the datasets"
+        )
+    if not allow_file and not resolved.is_dir():
+        raise DataError(
+            f"data folder {resolved} (from {origin}) is a file, not a folder. Point "
+            f"--data-dir or {DATA_ENV} at the folder that holds the datasets (e.g. mnist/, "
+            f"cifar10/), perhaps {resolved.parent}"
         )
     return resolved
 

@@ -7,8 +7,9 @@ Two on-disk forms are read, tried in this order:
 
 * ``cifar-10-batches-py/`` (``data_batch_1..5``, ``test_batch``), the
   original lossless release. Those files are Python pickles, and unpickling
-  can run arbitrary code, so they are read with ``RestrictedUnpickler``, which
-  can rebuild numpy arrays and plain containers and nothing else.
+  can run arbitrary code, so they are read with ``RestrictedUnpickler``
+  (``edgeslim.data.safepickle``), which can rebuild plain numeric numpy arrays
+  and builtin containers and nothing else.
 * ``train.tar.gz`` / ``test.tar.gz`` holding ``<split>/<class>/<index>.jpg``
   (the JPEG copy shipped with edgeslim's data). ``<index>`` is the image's
   position in the original order, so images are sorted by it; the decoded
@@ -18,7 +19,6 @@ Two on-disk forms are read, tried in this order:
 from __future__ import annotations
 
 import io
-import pickle
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +28,7 @@ import torch
 from edgeslim.data.base import DATASETS, ArrayDataset, check_split, missing_data_error
 from edgeslim.data.cache import Arrays, cached_arrays
 from edgeslim.data.folder import ARCHIVE_SUFFIXES, ImageEntry, read_class_images
+from edgeslim.data.safepickle import RestrictedUnpickler
 from edgeslim.errors import DataError
 
 CIFAR10_CLASSES = (
@@ -46,30 +47,34 @@ BATCH_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test
 
 # ---------------------------------------------------------------- pickled batches
 
-_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's array-rebuilding function
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
+
+def _labels_error(path: Path, problem: str) -> DataError:
+    return DataError(
+        f"CIFAR batch {path}: {problem}; the file is corrupt or not a CIFAR-10 batch, replace it"
+    )
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that can rebuild numpy arrays and builtin containers only.
+def _describe(value: Any) -> str:
+    """``'dict'``, or ``'a list holding str'`` for a list with non-int items."""
+    if isinstance(value, (list, tuple)):
+        kinds = sorted({type(v).__name__ for v in value if type(v) is not int})
+        return f"a {type(value).__name__} holding {', '.join(kinds)}"
+    return type(value).__name__
 
-    Any other global a pickle names (``os.system``, ``builtins.eval``, a
-    class) is refused with ``pickle.UnpicklingError`` before it is imported.
-    """
 
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to unpickle global {module}.{name}: CIFAR batches hold only numpy "
-                "arrays, lists and dicts"
-            ) from None
+def _batch_labels(labels: Any, n: int, path: Path) -> np.ndarray:
+    """The labels of a batch as int64, range-checked before numpy converts them."""
+    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
+        lo, hi = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    elif isinstance(labels, (list, tuple)) and all(type(v) is int for v in labels):
+        lo, hi = (min(labels), max(labels)) if labels else (0, 0)  # 2**70 is fine here
+    else:
+        raise _labels_error(path, f"'labels' must be a list of ints 0-9, got {_describe(labels)}")
+    if not 0 <= lo <= hi <= 9:
+        raise _labels_error(path, f"labels must be 0-9, found {lo if lo < 0 else hi}")
+    if len(labels) != n:
+        raise _labels_error(path, f"{n} images but {len(labels)} labels")
+    return np.asarray(labels, dtype=np.int64)
 
 
 def load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -77,20 +82,26 @@ def load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         # latin1 lets Python 3 read the Python 2 pickles of the original release
         batch = RestrictedUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, OSError) as exc:
-        raise DataError(f"CIFAR batch {path} cannot be read safely: {exc}") from exc
+    except (Exception, MemoryError) as exc:  # a hostile pickle can provoke any of them
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else (
+            f"{type(exc).__name__} (it declares an object larger than memory)")
+        raise DataError(
+            f"CIFAR batch {path} cannot be read safely: {reason}. Replace it with a fresh copy "
+            "of the original cifar-10-batches-py release"
+        ) from exc
     if not isinstance(batch, dict):
         raise DataError(f"CIFAR batch {path} holds a {type(batch).__name__}, expected a dict")
-    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
-    data, labels = batch.get("data"), np.asarray(batch.get("labels", []), dtype=np.int64)
-    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        shape = getattr(data, "shape", None)
-        raise DataError(f"CIFAR batch {path}: 'data' must be an array [n, 3072], got {shape}")
-    if len(labels) != len(data) or (labels.size and not 0 <= labels.min() <= labels.max() <= 9):
+    batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    data = batch.get("data")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape[1:] != (3072,):
+        is_array = isinstance(data, np.ndarray)
+        found = f"{data.dtype} {data.shape}" if is_array else type(data).__name__
         raise DataError(
-            f"CIFAR batch {path}: {len(data)} images but {len(labels)} labels (must be 0-9)"
+            f"CIFAR batch {path}: 'data' must be a uint8 array [n, 3072], got {found}; the file "
+            "is corrupt or not a CIFAR-10 batch, replace it"
         )
-    return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels
+    labels = _batch_labels(batch.get("labels", []), len(data), path)
+    return np.ascontiguousarray(data.view(np.ndarray)).reshape(-1, 3, 32, 32), labels
 
 
 def read_batches(folder: Path, split: str) -> Arrays:
@@ -144,6 +155,8 @@ class CifarSource(Protocol):
 
     def read(self, path: Path, split: str) -> Arrays: ...
 
+    def files(self, path: Path, split: str) -> list[Path]: ...
+
 
 class _Batches:
     """The original ``cifar-10-batches-py`` folder."""
@@ -160,6 +173,9 @@ class _Batches:
     def read(self, path: Path, split: str) -> Arrays:
         return read_batches(path, split)
 
+    def files(self, path: Path, split: str) -> list[Path]:
+        return [path / n for n in BATCH_FILES[split]]
+
 
 class _JpegArchive:
     """``<split>.tar.gz`` archives of class-per-folder JPEGs."""
@@ -174,25 +190,38 @@ class _JpegArchive:
     def read(self, path: Path, split: str) -> Arrays:
         return read_cifar_archive(path, split)
 
+    def files(self, path: Path, split: str) -> list[Path]:
+        return [path]
+
 
 #: Forms tried in order: the lossless batches first.
 CIFAR10_SOURCES: tuple[CifarSource, ...] = (_Batches(), _JpegArchive())
+
+
+def find_cifar10(data_dir: Path, split: str) -> tuple[CifarSource, Path, Path]:
+    """``(form, path, folder)`` of ``split``: the first form found, searched in ``CIFAR10_SUBDIRS``.
+
+    ``path`` is what ``form.read`` takes (the batches folder or the archive);
+    ``folder`` is the searched folder it was found in.
+    """
+    folders = [data_dir / sub if sub else data_dir for sub in CIFAR10_SUBDIRS]
+    for folder in folders:
+        for source in CIFAR10_SOURCES:
+            path = source.find(folder, split)
+            if path is not None:
+                return source, path, folder
+    expected = [f for source in CIFAR10_SOURCES for f in source.expected(split)]
+    raise missing_data_error(
+        f"CIFAR-10 ({split} split)", expected, folders, note="Either form is enough."
+    )
 
 
 @DATASETS.register("cifar10")
 def load_cifar10(data_dir: Path, split: str = "train") -> ArrayDataset:
     """Load one CIFAR-10 split as uint8 images ``[N, 3, 32, 32]`` and int64 labels."""
     check_split("cifar10", split)
-    folders = [data_dir / sub if sub else data_dir for sub in CIFAR10_SUBDIRS]
-    for folder in folders:
-        for source in CIFAR10_SOURCES:
-            path = source.find(folder, split)
-            if path is not None:
-                return _to_dataset(source.read(path, split), path, split)
-    expected = [f for source in CIFAR10_SOURCES for f in source.expected(split)]
-    raise missing_data_error(
-        f"CIFAR-10 ({split} split)", expected, folders, note="Either form is enough."
-    )
+    source, path, _ = find_cifar10(data_dir, split)
+    return _to_dataset(source.read(path, split), path, split)
 
 
 def _to_dataset(arrays: Arrays, path: Path, split: str) -> ArrayDataset:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import tarfile
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -35,6 +37,16 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 #: Folder names that mark a split; used to tell a wrong split from an unsplit folder.
 SPLIT_NAMES = frozenset({"train", "test", "val", "valid", "validation"})
+#: Largest image decoded, in pixels (4096 x 4096). Pillow's own limit (~89M pixels,
+#: only a warning below twice that) lets one forged header cost gigabytes; edgeslim
+#: holds whole datasets in memory, so a larger image is refused before decoding.
+MAX_IMAGE_PIXELS = 1 << 24
+#: Largest image file read, in bytes: 8 bytes per pixel (16-bit RGBA, uncompressed)
+#: at ``MAX_IMAGE_PIXELS`` plus room for metadata. A larger file cannot be a valid
+#: image within the pixel limit, so it is refused before its bytes are read.
+MAX_IMAGE_FILE_BYTES = 8 * MAX_IMAGE_PIXELS + (1 << 20)
+#: Deflate's largest expansion (about 1032:1): what a .tar.gz member can really hold.
+MAX_DEFLATE_RATIO = 1032
 
 
 @dataclass(frozen=True)
@@ -67,13 +79,70 @@ def _entry(parts: Sequence[str], where: str, read: Callable[[], bytes]) -> Image
     return ImageEntry("/".join(parts[:-2]), parts[-2], parts[-1], where, read)
 
 
-def _tar_reader(tf: tarfile.TarFile, member: tarfile.TarInfo) -> Callable[[], bytes]:
+def _too_big(where: str, size: int) -> DataError:
+    return DataError(
+        f"image file {where} is {size:,} bytes, over edgeslim's limit of "
+        f"{MAX_IMAGE_FILE_BYTES:,} bytes per image (MAX_IMAGE_FILE_BYTES, which fits a "
+        f"{MAX_IMAGE_PIXELS:,}-pixel image); remove it or shrink it to thumbnail size"
+    )
+
+
+def _tar_reader(tf: tarfile.TarFile, member: tarfile.TarInfo, where: str) -> Callable[[], bytes]:
     def read() -> bytes:
         f = tf.extractfile(member)
         assert f is not None  # only regular files are listed
-        return f.read()
+        data = f.read(member.size)  # the size was checked against the archive's in _tar_entry
+        if len(data) != member.size:
+            raise DataError(f"archive member {where} is truncated; replace the archive")
+        return data
 
     return read
+
+
+def _file_reader(path: Path) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > MAX_IMAGE_FILE_BYTES:
+            raise _too_big(str(path), size)
+        return path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read image file {path} ({exc}); remove or replace it") from exc
+
+
+def _member_parts(source: Path, member: tarfile.TarInfo) -> list[str]:
+    """The member's path parts; refuses absolute paths and ``..`` (archives must be relative)."""
+    parts = [p for p in PurePosixPath(member.name).parts if p not in (".", "")]
+    if member.name.startswith(("/", "\\")) or ".." in parts:
+        raise DataError(
+            f"archive {source} has a member with an unsafe path {member.name!r} (absolute or "
+            "with '..'); edgeslim refuses such archives. Re-create it with paths relative to "
+            "its top folder, e.g. `tar -czf data.tar.gz -C DIR train test`"
+        )
+    return parts
+
+
+def _tar_entry(
+    source: Path, tf: tarfile.TarFile, m: tarfile.TarInfo, room: int
+) -> ImageEntry | None:
+    """The entry of one regular-file member, its path and declared size checked first."""
+    entry = _entry(_member_parts(source, m), f"{source}:{m.name}", lambda: b"")
+    if entry is None:
+        return None
+    if m.size > room:
+        raise DataError(
+            f"archive member {entry.where} declares {m.size:,} bytes, more than the "
+            f"{source.stat().st_size:,}-byte archive can hold; the archive is corrupt or "
+            "forged, replace it"
+        )
+    if m.size > MAX_IMAGE_FILE_BYTES:
+        raise _too_big(entry.where, m.size)
+    return replace(entry, read=_tar_reader(tf, m, entry.where))
+
+
+def _archive_room(source: Path) -> int:
+    """The most bytes one member of ``source`` can hold once decompressed."""
+    size = source.stat().st_size
+    return size if source.name.endswith(".tar") else size * MAX_DEFLATE_RATIO
 
 
 @contextlib.contextmanager
@@ -82,23 +151,20 @@ def open_entries(source: Path) -> Iterator[list[ImageEntry]]:
 
     For an archive the entries read from the open archive, so use them inside
     the ``with`` block and in the listed order (gzip cannot seek backwards cheaply).
+    Member paths and declared sizes are checked while listing; nothing is extracted.
     """
     if source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.is_file())
-        entries = [_entry(p.relative_to(source).parts, str(p), p.read_bytes) for p in files]
+        entries = [
+            _entry(p.relative_to(source).parts, str(p), partial(_file_reader, p)) for p in files
+        ]
         yield [e for e in entries if e is not None]
         return
     try:
         with tarfile.open(source, "r:*") as tf:
-            listed = [
-                _entry(
-                    [p for p in PurePosixPath(m.name).parts if p not in (".", "")],
-                    f"{source}:{m.name}",
-                    _tar_reader(tf, m),
-                )
-                for m in tf.getmembers()
-                if m.isfile()
-            ]
+            room = _archive_room(source)
+            # iterate (not getmembers()) so each header is checked before tarfile seeks past it
+            listed = [_tar_entry(source, tf, m, room) for m in tf if m.isfile()]
             yield [e for e in listed if e is not None]
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise DataError(
@@ -134,14 +200,34 @@ def select_split(entries: list[ImageEntry], split: str, source: Path) -> list[Im
 
 
 def decode_image(data: bytes, where: str) -> np.ndarray:
-    """Decode one image to uint8 ``[H, W]`` (grey) or ``[H, W, 3]`` (RGB)."""
+    """Decode one image to uint8 ``[H, W]`` (grey) or ``[H, W, 3]`` (RGB).
+
+    The size in the header is checked against ``MAX_IMAGE_PIXELS`` before any
+    pixel is decoded, so a decompression bomb costs nothing.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            mode = "L" if img.mode in GRAY_MODES else "RGB"
-            # converting an image already in `mode` would only copy it (~30% of the time)
-            return np.asarray(img if img.mode == mode else img.convert(mode), dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    raise _too_many_pixels(where, f"{img.width}x{img.height}")
+                mode = "L" if img.mode in GRAY_MODES else "RGB"
+                # converting an image already in `mode` would only copy it (~30% of the time)
+                return np.asarray(img if img.mode == mode else img.convert(mode), dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow's checks run first, at open
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise _too_many_pixels(where, size) from None
+    except (OSError, ValueError) as exc:
         raise DataError(f"cannot decode image {where} ({exc}); remove or replace it") from exc
+
+
+def _too_many_pixels(where: str, size: str) -> DataError:
+    return DataError(
+        f"image {where} is {size}, over edgeslim's limit of {MAX_IMAGE_PIXELS:,} pixels "
+        "(edgeslim.data.folder.MAX_IMAGE_PIXELS); it was refused before decoding, since a "
+        "forged header could cost gigabytes. Remove it or resize it to thumbnail size"
+    )
 
 
 def stack_images(arrays: list[np.ndarray], entries: list[ImageEntry]) -> np.ndarray:

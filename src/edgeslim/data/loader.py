@@ -67,7 +67,8 @@ def load_dataset(
                 f"looked up in the current folder and in the data folder (--data-dir / {DATA_ENV})"
             ) from None
         return load_image_folder(path, split)
-    return loader(resolve_data_dir(data_dir), split)
+    # the folder dataset's data_dir is the image folder itself, which may be a tar archive
+    return loader(resolve_data_dir(data_dir, allow_file=name == "folder"), split)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

@@ -10,9 +10,12 @@ dimensions, then one uint32 per dimension) followed by the raw array.
 from __future__ import annotations
 
 import gzip
+import math
+import os
 import struct
 import zlib
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -33,22 +36,72 @@ MNIST_FILES: dict[str, tuple[str, str]] = {
 MNIST_SUBDIRS = ("mnist", "MNIST/raw", "MNIST", "")
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's content, gunzipped when it ends in ``.gz``."""
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError, zlib.error) as exc:
+#: Deflate's largest possible expansion (RFC 1951 caps it near 1032:1): a gzipped
+#: file can never decompress to more than this many bytes per compressed byte.
+MAX_DEFLATE_RATIO = 1032
+#: Bytes read per call, so a read allocates only as much as the file really holds.
+READ_CHUNK = 1 << 20
+
+
+def _corrupt(path: Path, exc: BaseException) -> DataError:
+    return DataError(
+        f"MNIST file {path} is corrupt or truncated ({type(exc).__name__}: {exc}). "
+        "Replace it with a fresh copy of the canonical file (see the data README)"
+    )
+
+
+def _read_up_to(f: IO[bytes], n: int) -> bytearray:
+    """Up to ``n`` bytes from ``f``, in chunks: memory grows with the data, not with ``n``."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = f.read(min(n - len(buf), READ_CHUNK))
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def _read_header(f: IO[bytes], path: Path, magic: int) -> tuple[int, ...]:
+    """Check the magic number and return the dimensions the IDX header declares."""
+    head = _read_up_to(f, 4)
+    found = struct.unpack(">I", head)[0] if len(head) == 4 else None
+    if found != magic:
+        shown = "none (file under 4 bytes)" if found is None else f"0x{found:08x}"
         raise DataError(
-            f"MNIST file {path} is corrupt or truncated ({type(exc).__name__}: {exc}). "
-            "Replace it with a fresh copy of the canonical file (see the data README)"
-        ) from exc
+            f"MNIST file {path} has magic number {shown}, expected 0x{magic:08x}; "
+            "it is not the IDX file its name says (images and labels swapped?)"
+        )
+    ndim = magic & 0xFF
+    raw = _read_up_to(f, 4 * ndim)
+    if len(raw) < 4 * ndim:
+        raise DataError(
+            f"MNIST file {path} is {4 + len(raw)} bytes, too short for its {4 + 4 * ndim}-byte "
+            "IDX header; the file is truncated or corrupt, replace it"
+        )
+    return struct.unpack(f">{ndim}I", raw)
+
+
+def _payload_bound(path: Path, f: IO[bytes], header: int) -> int:
+    """The most payload bytes ``path`` can hold after its ``header``-byte header."""
+    if path.suffix == ".gz":
+        return path.stat().st_size * MAX_DEFLATE_RATIO
+    return os.fstat(f.fileno()).st_size - header
+
+
+def _size_error(path: Path, dims: tuple[int, ...], need: int, held: str) -> DataError:
+    return DataError(
+        f"MNIST file {path} holds {held} bytes of pixels/labels but its IDX header declares "
+        f"dimensions {dims}, which need {need:,} bytes; the file is truncated or corrupt "
+        "(or its header is), replace it with a fresh copy"
+    )
 
 
 def read_idx(path: Path, magic: int) -> np.ndarray:
     """Parse one uint8 IDX file and check its magic number and length.
+
+    The payload is read only after the header's dimensions are checked against
+    what the file can hold, and never beyond what they declare, so a forged
+    header (dimensions overflowing 64 bits, a gzip bomb) costs no memory.
 
     Args:
         path: the ``.gz`` or uncompressed IDX file.
@@ -57,26 +110,20 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     Returns:
         A uint8 array shaped by the header's dimensions.
     """
-    raw = _read_bytes(path)
-    found = struct.unpack(">I", raw[:4])[0] if len(raw) >= 4 else None
-    if found != magic:
-        shown = "none (file under 4 bytes)" if found is None else f"0x{found:08x}"
-        raise DataError(
-            f"MNIST file {path} has magic number {shown}, expected 0x{magic:08x}; "
-            "it is not the IDX file its name says (images and labels swapped?)"
-        )
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"MNIST file {path} is {len(raw)} bytes, too short for its IDX header")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = header + int(np.prod(dims))
-    if len(raw) != expected:
-        raise DataError(
-            f"MNIST file {path} holds {len(raw)} bytes but its header {dims} needs {expected}; "
-            "the file is truncated or corrupt, replace it"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            dims = _read_header(f, path, magic)
+            need = math.prod(dims)  # exact: a Python int cannot overflow
+            bound = _payload_bound(path, f, 4 + 4 * len(dims))
+            if need > bound:
+                held = f"at most {bound:,}" if path.suffix == ".gz" else f"{bound:,}"
+                raise _size_error(path, dims, need, held)
+            payload = _read_up_to(f, need + 1)  # one extra byte reveals trailing data
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _corrupt(path, exc) from exc
+    if len(payload) != need:
+        raise _size_error(path, dims, need, f"{len(payload):,}" if len(payload) < need else "more")
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
 
 
 def _find(root: Path, base: str) -> Path | None:

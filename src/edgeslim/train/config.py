@@ -14,9 +14,31 @@ ScheduleName = Literal["cosine", "step", "constant"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
 
+#: Largest accepted learning rate. Real schedules peak at 0.01-1 (SGD) or 1e-4-1e-2
+#: (AdamW); anything near this is a typo (``1e3`` for ``1e-3``) that would only diverge.
+MAX_LR = 1e3
+TYPICAL_LR = "typical peaks: 0.01-0.1 for SGD, 1e-4-1e-3 for AdamW"
+
+
 def _require(ok: bool, field: str, value: object, valid: str) -> None:
     if not ok:
         raise ConfigError(f"TrainConfig.{field}={value!r} is invalid; valid range: {valid}")
+
+
+def _is_real(value: object) -> bool:
+    """A finite int/float (``bool`` excluded: ``lr: true`` is a typo)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_lr(lr: object) -> None:
+    """A finite, positive learning rate no larger than ``MAX_LR``."""
+    _require(_is_real(lr) and lr > 0, "lr", lr, f"a finite float > 0 ({TYPICAL_LR})")
+    if lr > MAX_LR:  # type: ignore[operator]
+        raise ConfigError(
+            f"TrainConfig.lr={lr:g} is absurdly large (limit {MAX_LR:g}): training would almost "
+            f"surely diverge to NaN. Set lr to a small positive value ({TYPICAL_LR}); a negative "
+            "exponent may be missing (1e3 vs 1e-3)"
+        )
 
 
 @dataclass
@@ -29,7 +51,7 @@ class TrainConfig:
             the Trainer itself iterates whatever loader it is given.
         optimizer: ``"sgd"`` (momentum, optional Nesterov) or ``"adamw"``
             (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", 2019).
-        lr: peak learning rate (reached at the end of warm-up).
+        lr: peak learning rate (reached at the end of warm-up); finite, in ``(0, MAX_LR]``.
         momentum: SGD momentum (ignored by AdamW).
         weight_decay: L2 penalty (SGD) / decoupled decay (AdamW).
         nesterov: Nesterov momentum for SGD (only when ``momentum > 0``).
@@ -85,7 +107,7 @@ class TrainConfig:
         self.milestones = tuple(self.milestones)
         _require(self.epochs >= 0, "epochs", self.epochs, "an integer >= 0")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        _require(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "a float > 0")
+        _check_lr(self.lr)
         _require(0 <= self.momentum < 1, "momentum", self.momentum, "0 <= momentum < 1")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
         _require(0 < self.gamma <= 1, "gamma", self.gamma, "0 < gamma <= 1")

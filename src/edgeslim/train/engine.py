@@ -32,7 +32,7 @@ from edgeslim.errors import CheckpointError, ConfigError, DataError, EdgeslimErr
 from edgeslim.io import atomic_write_text
 from edgeslim.train import distributed as ddp
 from edgeslim.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from edgeslim.train.config import TrainConfig
+from edgeslim.train.config import TYPICAL_LR, TrainConfig
 from edgeslim.train.metrics import SYNC_EVERY, RunningStats, eval_sums
 from edgeslim.train.optim import build_optimizer, build_scheduler
 from edgeslim.train.progress import make_progress
@@ -114,15 +114,14 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def _nonfinite_error(
-    value: float, epoch: int, first: int, last: int, total: int, lr: float, ckpt: Path | None
-) -> EdgeslimError:
-    kept = f"the last good checkpoint {ckpt} was left unchanged" if ckpt else "no checkpoint was written"
+def _nonfinite_error(what: str, epoch: int, steps: str, lr: float, ckpt: Path | None) -> EdgeslimError:
+    """``lr`` is the configured peak rate: the scheduled one may have decayed to 0 by now."""
+    saved = ckpt is not None and ckpt.exists()
+    kept = f"the last good checkpoint {ckpt} was left unchanged" if saved else "no checkpoint was written"
     return EdgeslimError(
-        f"training loss became {value} in epoch {epoch + 1}, between steps {first} and {last} "
-        f"of {total}; {kept}. Try a lower learning rate (now {lr:.3g}), warm-up "
-        "(warmup_epochs), gradient clipping (grad_clip), amp=False, or check the inputs "
-        "for NaN/inf"
+        f"{what} in epoch {epoch + 1}, {steps}; {kept}. Try a lower learning rate "
+        f"(configured lr={lr:.3g}; {TYPICAL_LR}), warm-up (warmup_epochs), gradient clipping "
+        "(grad_clip), amp=False, or check the inputs for NaN/inf"
     )
 
 
@@ -310,8 +309,23 @@ class Trainer:
         stats.fold()
         loss_total, correct_total, n_total = ddp.all_reduce_sum(stats.as_tensor(), self.dist).tolist()
         if not math.isfinite(loss_total):
-            raise _nonfinite_error(loss_total, epoch, synced + 1, total, total, self._lr(), self.checkpoint_path)
+            raise self._diverged(f"training loss became {loss_total}", epoch, synced + 1, total, total)
+        self._check_finite_weights(epoch, total)
         return loss_total, correct_total, int(n_total)
+
+    def _diverged(self, what: str, epoch: int, first: int, last: int, total: int) -> EdgeslimError:
+        steps = f"between steps {first} and {last} of {total}"
+        return _nonfinite_error(what, epoch, steps, self.cfg.lr, self.checkpoint_path)
+
+    def _check_finite_weights(self, epoch: int, total: int) -> None:
+        """The loss only shows a step's damage one step later: check the weights the last
+        step left (one device sync per epoch), before they are checkpointed."""
+        params = [p.detach() for g in self.optimizer.param_groups for p in g["params"]]
+        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            raise _nonfinite_error(
+                "model weights became NaN/inf", epoch, f"at its last step ({total} of {total})",
+                self.cfg.lr, self.checkpoint_path,
+            )
 
     def _optimise(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -331,7 +345,7 @@ class Trainer:
         probe = loss_sum.detach().clone()
         value = ddp.all_reduce_sum(probe, self.dist).item()
         if not math.isfinite(value):
-            raise _nonfinite_error(value, epoch, first, last, total, self._lr(), self.checkpoint_path)
+            raise self._diverged(f"training loss became {value}", epoch, first, last, total)
         return value
 
     def _last_step_lr(self) -> float:
