@@ -60,3 +60,17 @@ def test_prune_from_flags_writes_a_smaller_model(data_dir: Path, tmp_path: Path,
     x = torch.randn(1, 1, 28, 28)
     base_flops = edgeslim.profile(edgeslim.create_model("lenet5"), x, latency=False)["flops"]
     assert edgeslim.profile(pruned, x, latency=False)["flops"] <= 0.5 * base_flops * 1.05
+
+
+@pytest.mark.parametrize("text, message", [
+    ("ratio: 0.5\nratio: 0.6\n", "duplicate key 'ratio'"),
+    ("- 0.5\n", "must hold a mapping"),
+])
+def test_bad_config_file_gives_one_clear_error(text: str, message: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "c.yaml").write_text(text)
+    argv = ["prune", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -125,3 +125,39 @@ def test_other_recipe_in_same_run_dir_is_refused(data_dir: Path, tmp_path: Path)
     with pytest.raises(ConfigError, match="different recipe"):
         run_recipe(parse_recipe(_tiny([{"train": {"epochs": 2}}])), tmp_path, data_dir=data_dir,
                    progress=False)
+
+
+# ------------------------------------------------------------------ bounded recipe files
+def _recipe_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_alias_bomb_in_model_kwargs_is_refused_at_once(tmp_path: Path) -> None:
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 8)]
+    text = ("name: bomb\nmodel:\n  name: lenet5\n  kwargs:\n" + "".join(f"    {x}\n" for x in levels)
+            + "stages:\n  - train: {}\n")
+    assert len(text) < 600
+    with pytest.raises(ConfigError, match=r"r\.yaml:\d+:\d+: .*aliases"):
+        load_recipe(_recipe_file(tmp_path, text))
+
+
+def test_duplicate_key_in_recipe_names_key_and_line(tmp_path: Path) -> None:
+    path = _recipe_file(tmp_path, "name: d\nstages:\n  - train: {epochs: 1, epochs: 2}\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml:3:\d+: duplicate key 'epochs'"):
+        load_recipe(path)
+
+
+def test_huge_recipe_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    text = "name: big\nstages:\n" + "  - lighten: {}\n" * 70_000  # 1.1 MB
+    with pytest.raises(ConfigError, match="larger than 1048576 bytes"):
+        load_recipe(_recipe_file(tmp_path, text))
+
+
+def test_stage_count_is_capped(tmp_path: Path) -> None:
+    ok = load_recipe(_recipe_file(tmp_path, "name: many\nstages:\n" + "  - profile: {}\n" * 1000))
+    assert len(ok.stages) == 1000
+    with pytest.raises(ConfigError, match="1001 stages; a recipe may have at most 1000"):
+        load_recipe(_recipe_file(tmp_path, "name: many\nstages:\n" + "  - profile: {}\n" * 1001))

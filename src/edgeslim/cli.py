@@ -88,14 +88,14 @@ def _execute(recipe: Any, out: Path, args: argparse.Namespace) -> int:
 
 def _with_config(args: argparse.Namespace, fields: dict) -> dict:
     """Stage config from --config YAML (if given) overridden by explicit flags."""
-    import yaml
+    from . import yamlsafe
 
-    base: dict = {}
+    base: Any = {}
     if getattr(args, "config", None):
-        path = Path(args.config)
-        if not path.is_file():
-            raise EdgeslimError(f"config file {path} not found")
-        base = yaml.safe_load(path.read_text()) or {}
+        base = yamlsafe.read(args.config, what="--config file") or {}
+        if not isinstance(base, dict):
+            raise EdgeslimError(f"--config file {args.config} must hold a mapping of stage fields "
+                                f"(e.g. 'lr: 0.01'), not a {type(base).__name__}")
     return base | {k: v for k, v in fields.items() if v is not None}
 
 

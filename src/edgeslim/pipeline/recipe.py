@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
-
+from .. import yamlsafe
 from ..config import from_dict, to_dict
 from ..errors import ConfigError
 from ..registry import Registry
@@ -170,6 +169,10 @@ class Recipe:
         return out
 
 
+#: Most stages a recipe may list (a real one has 3-10); bounds the work a file can ask for.
+MAX_STAGES = 1000
+
+
 def _parse_stage(i: int, item: Any) -> Stage:
     where = f"stages[{i}]"
     if isinstance(item, str):
@@ -209,25 +212,30 @@ def _check_values(kind: str, cfg: Any, where: str) -> None:
             raise ConfigError(f"{where}: method {cfg.method!r} needs exactly one of {', '.join(targets)}")
 
 
+_TRAINING = frozenset({"train", "load"})
+_COMPRESSION = frozenset({"lighten", "prune", "merge"})
+
+
 def _check_order(stages: list[Stage]) -> None:
-    """Reject orders that make no sense (and say why)."""
-    seen: list[str] = []
+    """Reject orders that make no sense (and say why); one pass, O(number of stages)."""
+    compressed = other_than_training = quantized = False
     for i, s in enumerate(stages):
-        if s.kind in ("train", "load") and any(k not in ("train", "load") for k in seen):
+        if s.kind in _TRAINING and other_than_training:
             raise ConfigError(f"stages[{i}] {s.kind!r} must come before any compression stage")
-        if s.kind == "distill" and not any(k in ("lighten", "prune", "merge") for k in seen):
+        if s.kind == "distill" and not compressed:
             raise ConfigError(f"stages[{i}] 'distill' needs a teacher: put it after 'lighten' (or prune/merge); "
                               "the model before the first compression stage is the teacher")
-        if s.kind == "finetune" and s.config.mode == "kd" and not any(
-                k in ("lighten", "prune", "merge") for k in seen):
+        if s.kind == "finetune" and s.config.mode == "kd" and not compressed:
             raise ConfigError(f"stages[{i}] 'finetune' with mode kd needs an earlier compression stage "
                               "(its input model becomes the teacher)")
-        if s.kind == "quantize" and "quantize" in seen:
+        if s.kind == "quantize" and quantized:
             raise ConfigError(f"stages[{i}]: the model is already quantized")
-        if "quantize" in seen and s.kind not in ("export", "profile"):
+        if quantized and s.kind not in ("export", "profile"):
             raise ConfigError(f"stages[{i}] {s.kind!r} cannot follow 'quantize': an int8 model is "
                               "final; only export/profile may come after it")
-        seen.append(s.kind)
+        compressed |= s.kind in _COMPRESSION
+        other_than_training |= s.kind not in _TRAINING
+        quantized |= s.kind == "quantize"
 
 
 def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
@@ -237,6 +245,12 @@ def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
     raw_stages = body.pop("stages", None)
     if not raw_stages:
         raise ConfigError(f"{where}: 'stages' is missing or empty; list at least one stage")
+    if not isinstance(raw_stages, list):
+        raise ConfigError(f"{where}.stages must be a list ('- train: {{epochs: 3}}' lines), "
+                          f"not a {type(raw_stages).__name__}")
+    if len(raw_stages) > MAX_STAGES:
+        raise ConfigError(f"{where}: {len(raw_stages)} stages; a recipe may have at most {MAX_STAGES} "
+                          "(real ones have 3-10): split it into several recipes")
     recipe = from_dict(Recipe, body, where=where)
     recipe.stages = [_parse_stage(i, item) for i, item in enumerate(raw_stages)]
     _check_order(recipe.stages)
@@ -244,12 +258,8 @@ def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a YAML recipe (``yaml.safe_load``; errors name file and key)."""
+    """Read and validate a YAML recipe (``edgeslim.yamlsafe``; errors name file, line and key)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():
         raise ConfigError(f"recipe {path} not found; shipped recipes are in the repository's recipes/ folder")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_recipe(data, where=str(path))
+    return parse_recipe(yamlsafe.read(path, what="recipe"), where=str(path))
