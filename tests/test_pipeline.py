@@ -161,3 +161,43 @@ def test_stage_count_is_capped(tmp_path: Path) -> None:
     assert len(ok.stages) == 1000
     with pytest.raises(ConfigError, match="1001 stages; a recipe may have at most 1000"):
         load_recipe(_recipe_file(tmp_path, "name: many\nstages:\n" + "  - profile: {}\n" * 1001))
+
+
+# ------------------------------------------------------------------ values checked before any stage runs
+@pytest.mark.parametrize("stages, top, message", [
+    ([{"train": {}}, {"lighten": {}}, {"distill": {"T": 0}}], {}, "stages[2].distill.T=0.0 is invalid"),
+    ([{"train": {}}, {"finetune": {"T": -2}}], {}, "stages[1].finetune.T=-2.0"),
+    ([{"train": {}}, {"prune": {"ratio": 0.3, "finetune_lr": float("nan")}}], {}, "finetune_lr=nan"),
+    ([{"train": {"lr": float("inf")}}], {}, "lr=inf"),
+    ([{"train": {}}, {"finetune": {"lr": -1}}], {}, "stages[1].finetune.lr=-1.0"),
+    ([{"train": {"lr": 1e30}}], {}, "lr=1e+30 is invalid: it must be a finite number in (0, 10]"),
+    ([{"train": {"lr": "1e30"}}], {}, "lr=1e+30"),
+    ([{"train": {}}, {"prune": {"ratio": 0.3, "steps": 0}}], {}, "stages[1].prune.steps=0"),
+    ([{"train": {}}, {"prune": {"ratio": 0.3, "round_to": 0}}], {}, "stages[1].prune.round_to=0"),
+    ([{"train": {"epochs": 1, "warmup_epochs": 2}}], {}, "warmup_epochs=2.0 is longer than epochs=1"),
+    ([{"train": {"weight_decay": -0.1}}], {}, "weight_decay=-0.1"),
+    ([{"profile": {"runs": 0}}], {}, "profile.runs=0"),
+    ([{"load": {}}], {}, "path is empty"),
+    ([{"train": {}}], {"seed": -1}, "recipe.seed=-1 is invalid"),
+    ([{"train": {}}], {"latency_runs": 0}, "latency_runs=0"),
+    ([{"train": {}}], {"name": "../../x"}, "recipe.name='../../x' is invalid"),
+    ([{"train": {}}], {"name": ".hidden"}, "name='.hidden'"),
+    ([{"train": {}}], {"name": "a/b"}, "name='a/b'"),
+    ([{"train": {}}], {"name": ""}, "name=''"),
+])
+def test_bad_values_fail_at_parse_time(stages: list, top: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_recipe(_tiny(stages) | top)
+
+
+def test_bad_data_and_model_sizes_fail_at_parse_time() -> None:
+    with pytest.raises(ConfigError, match=re.escape("recipe.data.batch_size=0")):
+        parse_recipe(_tiny([{"train": {}}], batch_size=0))
+    with pytest.raises(ConfigError, match=re.escape("recipe.model.num_classes=0")):
+        parse_recipe(_tiny([{"train": {}}]) | {"model": {"name": "lenet5", "num_classes": 0}})
+
+
+def test_plain_names_and_usual_values_still_parse() -> None:
+    recipe = parse_recipe(_tiny([{"train": {"lr": 1e-3, "warmup_epochs": 1}},
+                                 {"prune": {"ratio": 0.5, "steps": 2, "round_to": 8}}]) | {"name": "kt-v1.2_x"})
+    assert recipe.name == "kt-v1.2_x" and recipe.stages[1].config.round_to == 8

@@ -17,10 +17,13 @@ the key and suggest the closest valid one (``edgeslim.config.from_dict``).
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 from .. import yamlsafe
 from ..config import from_dict, to_dict
@@ -171,6 +174,50 @@ class Recipe:
 
 #: Most stages a recipe may list (a real one has 3-10); bounds the work a file can ask for.
 MAX_STAGES = 1000
+#: A learning rate above this diverges at once; larger values are typos (1e3 for 1e-3).
+MAX_LR = 10.0
+#: The largest distillation temperature accepted (typical: 1-20).
+MAX_T = 100.0
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _finite(lo: float, hi: float, lo_open: bool = True) -> Callable[[Any], bool]:
+    return lambda v: math.isfinite(v) and (lo < v if lo_open else lo <= v) and v <= hi
+
+
+_INT_GE0 = (lambda v: v >= 0, "an integer >= 0")
+_INT_GE1 = (lambda v: v >= 1, "an integer >= 1")
+_LR = (_finite(0, MAX_LR), f"a finite number in (0, {MAX_LR:g}]: a learning rate above {MAX_LR:g} "
+       "diverges at once (typical values: 1e-4 to 0.5)")
+#: Field name -> (valid?, what a valid value is). Applied to every section that has the field.
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "lr": _LR, "finetune_lr": _LR,
+    "T": (_finite(0, MAX_T), f"a finite temperature in (0, {MAX_T:g}] (typical: 1 to 20)"),
+    "weight_decay": (_finite(0, 1, lo_open=False), "a finite number in [0, 1] (typical: 1e-4 to 5e-4)"),
+    "warmup_epochs": (_finite(0, math.inf, lo_open=False), "a finite number >= 0"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "rho": (_finite(0, 1e6), "a finite number > 0 (typical: 1e-4 to 1e-1)"),
+    "tol": (_finite(0, math.inf), "a finite number > 0"),
+    "opset": (lambda v: v >= 7, "an ONNX opset >= 7 (default 17)"),
+    "epochs": _INT_GE0, "finetune_epochs": _INT_GE0, "admm_epochs": _INT_GE0,
+    "retrain_epochs": _INT_GE0, "rebirth_steps": _INT_GE0,
+    "steps": _INT_GE1, "round_to": _INT_GE1, "calib_batches": _INT_GE1, "runs": _INT_GE1,
+    "threads": _INT_GE1, "batch_size": _INT_GE1, "num_classes": _INT_GE1, "latency_runs": _INT_GE1,
+    "train_subset": _INT_GE1, "test_subset": _INT_GE1,
+    "seed": (lambda v: 0 <= v < 2**31, "an integer in [0, 2**31) (each stage i is seeded with seed + i)"),
+}
+
+
+def _check_fields(obj: Any, where: str) -> None:
+    """Check every field of ``obj`` that has a rule in ``_RULES`` (None means "not set")."""
+    for f in dataclasses.fields(obj):
+        value, rule = getattr(obj, f.name), _RULES.get(f.name)
+        if rule is not None and value is not None and not rule[0](value):
+            raise ConfigError(f"{where}.{f.name}={value!r} is invalid: it must be {rule[1]}")
+    epochs, warmup = getattr(obj, "epochs", None), getattr(obj, "warmup_epochs", None)
+    if epochs is not None and warmup is not None and warmup > epochs:
+        raise ConfigError(f"{where}.warmup_epochs={warmup!r} is longer than epochs={epochs}; "
+                          "lower warmup_epochs or raise epochs")
 
 
 def _parse_stage(i: int, item: Any) -> Stage:
@@ -185,6 +232,7 @@ def _parse_stage(i: int, item: Any) -> Stage:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"{where}: unknown stage {kind!r}.{hint} Valid: {', '.join(STAGE_CONFIGS.names())}")
     cfg = from_dict(STAGE_CONFIGS.get(kind), body or {}, where=f"{where}.{kind}")
+    _check_fields(cfg, f"{where}.{kind}")
     _check_values(kind, cfg, f"{where}.{kind}")
     return Stage(kind, cfg)
 
@@ -198,11 +246,8 @@ def _check_values(kind: str, cfg: Any, where: str) -> None:
         v = getattr(cfg, name, None)
         if v is not None and not 0 < v <= (1 if name != "target_filters" else 0.999):
             raise ConfigError(f"{where}.{name}={v} must lie in (0, 1]")
-    for name in ("epochs", "finetune_epochs", "admm_epochs", "steps", "calib_batches", "runs",
-                 "rebirth_steps", "retrain_epochs"):
-        v = getattr(cfg, name, None)
-        if v is not None and v < 0:
-            raise ConfigError(f"{where}.{name}={v} must be >= 0")
+    if kind == "load" and not cfg.path:
+        raise ConfigError(f"{where}.path is empty: name the edgeslim model file to load")
     if kind == "prune":
         targets = {"structured": ("ratio", "target_flops", "target_params"),
                    "easiedge": ("target_filters", "target_flops"),
@@ -238,6 +283,16 @@ def _check_order(stages: list[Stage]) -> None:
         quantized |= s.kind == "quantize"
 
 
+def _check_top(recipe: Recipe, where: str) -> None:
+    if not _NAME.fullmatch(recipe.name):
+        raise ConfigError(f"{where}.name={recipe.name!r} is invalid: the name becomes a folder "
+                          "(runs/<name>), so use 1-100 of A-Z a-z 0-9 . _ - , not starting with a dot "
+                          "(no '/', spaces or '..')")
+    _check_fields(recipe, where)
+    _check_fields(recipe.model, f"{where}.model")
+    _check_fields(recipe.data, f"{where}.data")
+
+
 def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: a recipe must be a mapping with keys name, model, data, stages")
@@ -252,6 +307,7 @@ def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
         raise ConfigError(f"{where}: {len(raw_stages)} stages; a recipe may have at most {MAX_STAGES} "
                           "(real ones have 3-10): split it into several recipes")
     recipe = from_dict(Recipe, body, where=where)
+    _check_top(recipe, where)
     recipe.stages = [_parse_stage(i, item) for i, item in enumerate(raw_stages)]
     _check_order(recipe.stages)
     return recipe
