@@ -182,14 +182,14 @@ def _compress(args: argparse.Namespace) -> int:
 
 @command("report")
 def _report(args: argparse.Namespace) -> int:
-    import json
-
+    from .pipeline.rundir import read_state, storage_errors
     from .pipeline.runner import write_run_report as write
 
-    state_path = Path(args.run_dir) / "state.json"
-    if not state_path.is_file():
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "state.json").is_file():
         raise EdgeslimError(f"{args.run_dir} has no state.json: not an edgeslim run directory")
-    paths = write(Path(args.run_dir), json.loads(state_path.read_text()))
+    with storage_errors(run_dir):
+        paths = write(run_dir, read_state(run_dir))
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
