@@ -176,6 +176,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, *, data_dir: Any = None, res
     with storage_errors(run_dir), locked(run_dir):
         saved = _load_state(run_dir, recipe, resume)
         clean_temp_files(run_dir)
+        _write_recipe(recipe, run_dir / "recipe.yaml")  # only now: the lock is held, the state is ours
         if not _finished(saved, recipe):
             _run_stages(recipe, run_dir, saved, data_dir, device, progress, on_stage)
         _write_final(run_dir, saved)
@@ -191,7 +192,6 @@ def _start(recipe: Recipe, run_dir: Path, saved: dict, data_dir: Any, device: st
     example = next(iter(test))[0][:1].cpu()
     model = load(run_dir / saved["completed"][-1]["model"]) if saved["completed"] else _initial_model(recipe)
     teacher = load(run_dir / TEACHER) if _has_teacher(run_dir, saved) else None
-    _write_recipe(recipe, run_dir / "recipe.yaml")
     state = RunState(recipe, run_dir, device, train, test, calib, example, model,
                      teacher=teacher, progress=progress)
     if not saved["completed"]:
