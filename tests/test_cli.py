@@ -25,6 +25,8 @@ def test_models_lists_the_zoo(capsys: pytest.CaptureFixture) -> None:
     (["prune", "--ratio", "0.3", "--seed", "-1", "--device", "cpu"], "seed=-1 is invalid"),
     (["train", "--lr", "1e30", "--device", "cpu"], "lr=1e+30 is invalid"),
     (["prune", "--ratio", "0.3", "--round-to", "0", "--device", "cpu"], "round_to=0 is invalid"),
+    (["prune", "--ratio", "0.3", "--model", "../../x", "--checkpoint", "m.safetensors"],
+     "model.name='../../x' is invalid"),
 ])
 def test_bad_input_gives_one_clear_error(argv: list, message: str, capsys: pytest.CaptureFixture,
                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

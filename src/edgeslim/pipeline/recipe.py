@@ -284,10 +284,12 @@ def _check_order(stages: list[Stage]) -> None:
 
 
 def _check_top(recipe: Recipe, where: str) -> None:
-    if not _NAME.fullmatch(recipe.name):
-        raise ConfigError(f"{where}.name={recipe.name!r} is invalid: the name becomes a folder "
-                          "(runs/<name>), so use 1-100 of A-Z a-z 0-9 . _ - , not starting with a dot "
-                          "(no '/', spaces or '..')")
+    # both names become folder names (runs/<name>, runs/<command>-<model>)
+    for key, name in (("name", recipe.name), ("model.name", recipe.model.name)):
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"{where}.{key}={name!r} is invalid: it becomes a folder name "
+                              "(runs/<name>), so use 1-100 of A-Z a-z 0-9 . _ - , not starting with a dot "
+                              "(no '/', spaces or '..')")
     _check_fields(recipe, where)
     _check_fields(recipe.model, f"{where}.model")
     _check_fields(recipe.data, f"{where}.data")
