@@ -203,7 +203,7 @@ def test_plain_names_and_usual_values_still_parse() -> None:
     assert recipe.name == "kt-v1.2_x" and recipe.stages[1].config.round_to == 8
 
 
-# ------------------------------------------------------------------ run directory: lock, honest state, clear errors
+# ------------------------------------------------------------------ run directory: lock, state, errors
 from tinydata import make_image_folder, tiny_recipe  # noqa: E402  (tests/ is on sys.path)
 
 from edgeslim.errors import RunDirError  # noqa: E402

@@ -187,8 +187,8 @@ def _finite(lo: float, hi: float, lo_open: bool = True) -> Callable[[Any], bool]
 
 _INT_GE0 = (lambda v: v >= 0, "an integer >= 0")
 _INT_GE1 = (lambda v: v >= 1, "an integer >= 1")
-_LR = (_finite(0, MAX_LR), f"a finite number in (0, {MAX_LR:g}]: a learning rate above {MAX_LR:g} "
-       "diverges at once (typical values: 1e-4 to 0.5)")
+_LR = (_finite(0, MAX_LR), f"a finite number in (0, {MAX_LR:g}] (typical: 1e-4 to 0.5; above "
+       f"{MAX_LR:g} training diverges at once)")
 #: Field name -> (valid?, what a valid value is). Applied to every section that has the field.
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lr": _LR, "finetune_lr": _LR,
@@ -196,7 +196,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "weight_decay": (_finite(0, 1, lo_open=False), "a finite number in [0, 1] (typical: 1e-4 to 5e-4)"),
     "warmup_epochs": (_finite(0, math.inf, lo_open=False), "a finite number >= 0"),
     "label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "rho": (_finite(0, 1e6), "a finite number > 0 (typical: 1e-4 to 1e-1)"),
+    "rho": (_finite(0, 1e6), "a finite number in (0, 1e6] (typical: 1e-4 to 1e-1)"),
     "tol": (_finite(0, math.inf), "a finite number > 0"),
     "opset": (lambda v: v >= 7, "an ONNX opset >= 7 (default 17)"),
     "epochs": _INT_GE0, "finetune_epochs": _INT_GE0, "admm_epochs": _INT_GE0,
@@ -220,8 +220,8 @@ def _check_fields(obj: Any, where: str) -> None:
                           "lower warmup_epochs or raise epochs")
 
 
-def _parse_stage(i: int, item: Any) -> Stage:
-    where = f"stages[{i}]"
+def _parse_stage(i: int, item: Any, file: str = "recipe") -> Stage:
+    where = f"{file}.stages[{i}]"
     if isinstance(item, str):
         item = {item: {}}
     if not isinstance(item, dict) or len(item) != 1:
@@ -261,22 +261,22 @@ _TRAINING = frozenset({"train", "load"})
 _COMPRESSION = frozenset({"lighten", "prune", "merge"})
 
 
-def _check_order(stages: list[Stage]) -> None:
+def _check_order(stages: list[Stage], where: str = "recipe") -> None:
     """Reject orders that make no sense (and say why); one pass, O(number of stages)."""
     compressed = other_than_training = quantized = False
     for i, s in enumerate(stages):
         if s.kind in _TRAINING and other_than_training:
-            raise ConfigError(f"stages[{i}] {s.kind!r} must come before any compression stage")
+            raise ConfigError(f"{where}.stages[{i}] {s.kind!r} must come before any compression stage")
         if s.kind == "distill" and not compressed:
-            raise ConfigError(f"stages[{i}] 'distill' needs a teacher: put it after 'lighten' (or prune/merge); "
-                              "the model before the first compression stage is the teacher")
+            raise ConfigError(f"{where}.stages[{i}] 'distill' needs a teacher: put it after 'lighten' "
+                              "(or prune/merge); the model before the first compression stage is the teacher")
         if s.kind == "finetune" and s.config.mode == "kd" and not compressed:
-            raise ConfigError(f"stages[{i}] 'finetune' with mode kd needs an earlier compression stage "
-                              "(its input model becomes the teacher)")
+            raise ConfigError(f"{where}.stages[{i}] 'finetune' with mode kd needs an earlier compression "
+                              "stage (its input model becomes the teacher)")
         if s.kind == "quantize" and quantized:
-            raise ConfigError(f"stages[{i}]: the model is already quantized")
+            raise ConfigError(f"{where}.stages[{i}]: the model is already quantized")
         if quantized and s.kind not in ("export", "profile"):
-            raise ConfigError(f"stages[{i}] {s.kind!r} cannot follow 'quantize': an int8 model is "
+            raise ConfigError(f"{where}.stages[{i}] {s.kind!r} cannot follow 'quantize': an int8 model is "
                               "final; only export/profile may come after it")
         compressed |= s.kind in _COMPRESSION
         other_than_training |= s.kind not in _TRAINING
@@ -310,8 +310,8 @@ def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
                           "(real ones have 3-10): split it into several recipes")
     recipe = from_dict(Recipe, body, where=where)
     _check_top(recipe, where)
-    recipe.stages = [_parse_stage(i, item) for i, item in enumerate(raw_stages)]
-    _check_order(recipe.stages)
+    recipe.stages = [_parse_stage(i, item, where) for i, item in enumerate(raw_stages)]
+    _check_order(recipe.stages, where)
     return recipe
 
 
