@@ -22,6 +22,11 @@ def test_models_lists_the_zoo(capsys: pytest.CaptureFixture) -> None:
     (["profile", "--model", "lenet5", "--checkpoint", "missing.safetensors"], "missing.safetensors"),
     (["compress", "no-such-recipe.yaml"], "not found"),
     (["report", "."], "not an edgeslim run directory"),
+    (["prune", "--ratio", "0.3", "--seed", "-1", "--device", "cpu"], "seed=-1 is invalid"),
+    (["train", "--lr", "1e30", "--device", "cpu"], "lr=1e+30 is invalid"),
+    (["prune", "--ratio", "0.3", "--round-to", "0", "--device", "cpu"], "round_to=0 is invalid"),
+    (["prune", "--ratio", "0.3", "--model", "../../x", "--checkpoint", "m.safetensors"],
+     "model.name='../../x' is invalid"),
 ])
 def test_bad_input_gives_one_clear_error(argv: list, message: str, capsys: pytest.CaptureFixture,
                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,3 +122,30 @@ def test_train_with_absurd_lr_is_refused_clearly(tmp_path: Path, capsys: pytest.
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "lr=1e+30 is absurdly large" in err and "now 0" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("ratio: 0.5\nratio: 0.6\n", "duplicate key 'ratio'"),
+    ("- 0.5\n", "must hold a mapping"),
+])
+def test_bad_config_file_gives_one_clear_error(text: str, message: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "c.yaml").write_text(text)
+    argv = ["prune", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_recipe_name_cannot_escape_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "r.yaml").write_text("name: ../../escaped\nstages:\n  - train: {}\n")
+    monkeypatch.chdir(work)
+    assert main(["compress", "r.yaml", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "name='../../escaped' is invalid" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+    assert sorted(p.name for p in work.iterdir()) == ["r.yaml"]

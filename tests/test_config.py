@@ -166,3 +166,66 @@ def test_apply_overrides_errors() -> None:
         apply_overrides(full_outer(), {"inner.depth": "deep"})
     with pytest.raises(ConfigError, match="lr"):
         apply_overrides(TrainConfig(), {"lr": 0.0})  # __post_init__ re-validates
+
+
+# --------------------------------------------------------------------------- #
+# bounded, strict YAML (edgeslim.yamlsafe)
+# --------------------------------------------------------------------------- #
+def _alias_bomb(levels: int = 7) -> str:
+    """A few hundred bytes whose aliases expand to 9**levels values."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_uses_the_c_loader_where_available() -> None:
+    import yaml
+
+    from edgeslim.yamlsafe import StrictLoader
+
+    assert issubclass(StrictLoader, getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+def test_yaml_duplicate_key_is_refused_with_key_and_lines(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text("epochs: 3\nlr: 0.1\nepochs: 5\n")
+    with pytest.raises(ConfigError) as exc:
+        load_yaml(path, TrainConfig)
+    msg = str(exc.value)
+    assert f"{path}:3:" in msg and "duplicate key 'epochs'" in msg and "line 1" in msg
+
+
+def test_yaml_alias_expansion_is_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text("name: n\ntable: {}\n" + "sizes: &s [1, 2]\n" + _alias_bomb())
+    assert path.stat().st_size < 600
+    with pytest.raises(ConfigError, match=r"aliases .*expanded"):
+        load_yaml(path, Outer)
+
+
+def test_yaml_self_referencing_anchor_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "loop.yaml"
+    path.write_text("name: n\nsizes: &s [1, *s]\n")
+    with pytest.raises(ConfigError, match="alias .* to itself"):
+        load_yaml(path, Outer)
+
+
+def test_yaml_aliases_and_merge_keys_still_work(tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text("name: n\ntable: &t {a: 1.0, b: 2.0}\ninner: {<<: {depth: 4, kind: a}, depth: 6}\n")
+    obj = load_yaml(path, Outer)
+    assert obj.table == {"a": 1.0, "b": 2.0} and obj.inner == Inner(depth=6, kind="a")
+
+
+def test_yaml_file_size_is_capped(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text("name: n\nsizes: [" + "1, " * ((1 << 20) // 3) + "1]\n")  # 1 MiB + a few bytes
+    with pytest.raises(ConfigError, match="larger than 1048576 bytes"):
+        load_yaml(path, Outer)
+
+
+def test_cli_override_strings_use_the_strict_loader() -> None:
+    assert apply_overrides(full_outer(), {"table": "{a: 1.0, b: 2.0}"}).table == {"a": 1.0, "b": 2.0}
+    with pytest.raises(ConfigError, match="table"):  # not silently {"a": 2.0}
+        apply_overrides(full_outer(), {"table": "{a: 1.0, a: 2.0}"})

@@ -125,3 +125,276 @@ def test_other_recipe_in_same_run_dir_is_refused(data_dir: Path, tmp_path: Path)
     with pytest.raises(ConfigError, match="different recipe"):
         run_recipe(parse_recipe(_tiny([{"train": {"epochs": 2}}])), tmp_path, data_dir=data_dir,
                    progress=False)
+
+
+# ------------------------------------------------------------------ bounded recipe files
+def _recipe_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_alias_bomb_in_model_kwargs_is_refused_at_once(tmp_path: Path) -> None:
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 8)]
+    text = ("name: bomb\nmodel:\n  name: lenet5\n  kwargs:\n" + "".join(f"    {x}\n" for x in levels)
+            + "stages:\n  - train: {}\n")
+    assert len(text) < 600
+    with pytest.raises(ConfigError, match=r"r\.yaml:\d+:\d+: .*aliases"):
+        load_recipe(_recipe_file(tmp_path, text))
+
+
+def test_duplicate_key_in_recipe_names_key_and_line(tmp_path: Path) -> None:
+    path = _recipe_file(tmp_path, "name: d\nstages:\n  - train: {epochs: 1, epochs: 2}\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml:3:\d+: duplicate key 'epochs'"):
+        load_recipe(path)
+
+
+def test_huge_recipe_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    text = "name: big\nstages:\n" + "  - lighten: {}\n" * 70_000  # 1.1 MB
+    with pytest.raises(ConfigError, match="larger than 1048576 bytes"):
+        load_recipe(_recipe_file(tmp_path, text))
+
+
+def test_stage_count_is_capped(tmp_path: Path) -> None:
+    ok = load_recipe(_recipe_file(tmp_path, "name: many\nstages:\n" + "  - profile: {}\n" * 1000))
+    assert len(ok.stages) == 1000
+    with pytest.raises(ConfigError, match="1001 stages; a recipe may have at most 1000"):
+        load_recipe(_recipe_file(tmp_path, "name: many\nstages:\n" + "  - profile: {}\n" * 1001))
+
+
+# ------------------------------------------------------------------ values checked before any stage runs
+@pytest.mark.parametrize("stages, top, message", [
+    ([{"train": {}}, {"lighten": {}}, {"distill": {"T": 0}}], {}, "stages[2].distill.T=0.0 is invalid"),
+    ([{"train": {}}, {"finetune": {"T": -2}}], {}, "stages[1].finetune.T=-2.0"),
+    ([{"train": {}}, {"prune": {"ratio": 0.3, "finetune_lr": float("nan")}}], {}, "finetune_lr=nan"),
+    ([{"train": {"lr": float("inf")}}], {}, "lr=inf"),
+    ([{"train": {}}, {"finetune": {"lr": -1}}], {}, "stages[1].finetune.lr=-1.0"),
+    ([{"train": {"lr": 1e30}}], {}, "lr=1e+30 is invalid: it must be a finite number in (0, 10]"),
+    ([{"train": {"lr": "1e30"}}], {}, "lr=1e+30"),
+    ([{"train": {}}, {"prune": {"ratio": 0.3, "steps": 0}}], {}, "stages[1].prune.steps=0"),
+    ([{"train": {}}, {"prune": {"ratio": 0.3, "round_to": 0}}], {}, "stages[1].prune.round_to=0"),
+    ([{"train": {"epochs": 1, "warmup_epochs": 2}}], {}, "warmup_epochs=2.0 is longer than epochs=1"),
+    ([{"train": {"weight_decay": -0.1}}], {}, "weight_decay=-0.1"),
+    ([{"profile": {"runs": 0}}], {}, "profile.runs=0"),
+    ([{"load": {}}], {}, "path is empty"),
+    ([{"train": {}}], {"seed": -1}, "recipe.seed=-1 is invalid"),
+    ([{"train": {}}], {"latency_runs": 0}, "latency_runs=0"),
+    ([{"train": {}}], {"name": "../../x"}, "recipe.name='../../x' is invalid"),
+    ([{"train": {}}], {"name": ".hidden"}, "name='.hidden'"),
+    ([{"train": {}}], {"name": "a/b"}, "name='a/b'"),
+    ([{"train": {}}], {"name": ""}, "name=''"),
+])
+def test_bad_values_fail_at_parse_time(stages: list, top: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_recipe(_tiny(stages) | top)
+
+
+def test_bad_data_and_model_sizes_fail_at_parse_time() -> None:
+    with pytest.raises(ConfigError, match=re.escape("recipe.data.batch_size=0")):
+        parse_recipe(_tiny([{"train": {}}], batch_size=0))
+    with pytest.raises(ConfigError, match=re.escape("recipe.model.num_classes=0")):
+        parse_recipe(_tiny([{"train": {}}]) | {"model": {"name": "lenet5", "num_classes": 0}})
+
+
+def test_plain_names_and_usual_values_still_parse() -> None:
+    recipe = parse_recipe(_tiny([{"train": {"lr": 1e-3, "warmup_epochs": 1}},
+                                 {"prune": {"ratio": 0.5, "steps": 2, "round_to": 8}}]) | {"name": "kt-v1.2_x"})
+    assert recipe.name == "kt-v1.2_x" and recipe.stages[1].config.round_to == 8
+
+
+# ------------------------------------------------------------------ run directory: lock, state, errors
+from tinydata import make_image_folder, tiny_recipe  # noqa: E402  (tests/ is on sys.path)
+
+from edgeslim.errors import RunDirError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("tiny-data"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "run"
+    run_recipe(parse_recipe(tiny_recipe(tiny_data)), out, progress=False)
+    return out
+
+
+def _copy_run(finished_run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_second_run_into_a_busy_run_dir_is_refused_and_changes_nothing(tiny_data: Path,
+                                                                       tmp_path: Path) -> None:
+    out, seen = tmp_path / "run", {}
+    other = parse_recipe(tiny_recipe(tiny_data, [{"train": {"epochs": 1}}]))
+
+    def second_run(i: int, kind: str, metrics: dict) -> None:
+        if i == 0:
+            before = _files(out)
+            with pytest.raises(RunDirError) as exc:
+                run_recipe(other, out, progress=False)
+            seen["message"], seen["unchanged"] = str(exc.value), _files(out) == before
+
+    run_recipe(parse_recipe(tiny_recipe(tiny_data)), out, progress=False, on_stage=second_run)
+    assert str(out) in seen["message"] and "another edgeslim run" in seen["message"]
+    assert seen["unchanged"]
+    assert "epochs: 2" in (out / "recipe.yaml").read_text()  # the first run's recipe, not the other's
+    with pytest.raises(ConfigError, match="different recipe"):  # the lock is free again
+        run_recipe(other, out, progress=False)
+
+
+def test_finished_run_whose_final_model_is_missing_writes_it_again(finished_run: Path, tiny_data: Path,
+                                                                   tmp_path: Path) -> None:
+    run = _copy_run(finished_run, tmp_path)
+    (run / "model.safetensors").unlink()
+    (run / "report.md").unlink()
+    run_recipe(parse_recipe(tiny_recipe(tiny_data)), run, progress=False)
+    assert (run / "model.safetensors").read_bytes() == (finished_run / "model.safetensors").read_bytes()
+    assert (run / "report.md").is_file()
+
+
+def test_changed_stage_model_is_not_trusted(finished_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    run = _copy_run(finished_run, tmp_path)
+    recipe = parse_recipe(tiny_recipe(tiny_data))
+    with open(run / "stages" / "00-train" / "model.safetensors", "r+b") as f:
+        f.seek(-1, 2)
+        f.write(b"\x00" if f.read(1) != b"\x00" else b"\x01")
+    (run / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match=r"00-train/model.safetensors changed since it was written.*--resume"):
+        run_recipe(recipe, run, progress=False)
+    assert not (run / "model.safetensors").exists()
+    run_recipe(recipe, run, resume=True, progress=False)
+    assert (run / "model.safetensors").read_bytes() == (finished_run / "model.safetensors").read_bytes()
+
+
+def test_missing_teacher_is_not_replaced_by_the_current_model(tiny_data: Path, tmp_path: Path) -> None:
+    stages = [{"train": {"epochs": 1}}, {"lighten": {}}, {"finetune": {"mode": "kd", "epochs": 1}}]
+    recipe = parse_recipe(tiny_recipe(tiny_data, stages))
+    run_recipe(recipe, tmp_path / "a", progress=False)
+    straight = (tmp_path / "a" / "model.safetensors").read_bytes()
+    state = json.loads((tmp_path / "a" / "state.json").read_text())
+    del state["completed"][-1]  # as if killed before the kd stage finished ...
+    (tmp_path / "a" / "state.json").write_text(json.dumps(state))
+    (tmp_path / "a" / "teacher.safetensors").unlink()  # ... and the teacher was lost
+    run_recipe(recipe, tmp_path / "a", resume=True, progress=False)
+    # lighten was redone, so the kd stage learnt from the trained model again, not from its own input
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == straight
+
+
+def test_stale_temp_files_are_removed(finished_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    run = _copy_run(finished_run, tmp_path)
+    stale = [run / ".model.safetensors.k3j_x9q2.tmp", run / ".model.onnx.abcdefgh.onnx",
+             run / "stages" / "00-train" / "train" / ".last.pt.0a1b2c3d.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    (run / ".keep").write_text("not ours")
+    run_recipe(parse_recipe(tiny_recipe(tiny_data)), run, progress=False)
+    assert not any(p.exists() for p in stale) and (run / ".keep").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"recipe": {}, "completed": [', "is corrupt (not JSON"),
+    ("[]", "is not an edgeslim run state"),
+    ('{"recipe": {}, "completed": [{"stage": "x", "model": "../../m", "metrics": {}}]}', "not a file inside"),
+])
+def test_corrupt_state_json_is_one_clear_error(text: str, message: str, finished_run: Path, tiny_data: Path,
+                                               tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from edgeslim.cli import main
+
+    run = _copy_run(finished_run, tmp_path)
+    (run / "state.json").write_text(text)
+    (run / "r.yaml").write_text(json.dumps(tiny_recipe(tiny_data)))
+    before = _files(run)
+    for argv in (["compress", str(run / "r.yaml"), "--out", str(run), "--resume"], ["report", str(run)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "state.json" in err and "Traceback" not in err
+        assert "choose another --out" in err
+    assert _files(run) == before
+
+
+def test_disk_full_is_one_clear_error_without_partial_files(tiny_data: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from edgeslim.export import bundle
+
+    real, calls = bundle.save_file, []
+
+    def full_disk(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) == 2:  # the train stage's model: half written, then the disk is full
+            Path(filename).write_bytes(b"\x00" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(bundle, "save_file", full_disk)
+    recipe, out = parse_recipe(tiny_recipe(tiny_data)), tmp_path / "run"
+    with pytest.raises(RunDirError, match=r"the disk is full\. Free some space .* --resume"):
+        run_recipe(recipe, out, progress=False)
+    assert not [p for p in out.rglob(".*") if p.name != ".edgeslim.lock"]  # no temp file left
+    assert [e["stage"] for e in json.loads((out / "state.json").read_text())["completed"]] == ["input"]
+    monkeypatch.setattr(bundle, "save_file", real)
+    run_recipe(recipe, out, resume=True, progress=False)
+    assert (out / "model.safetensors").is_file()
+
+
+def test_read_only_out_is_one_clear_error(tiny_data: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def refuse(path, *args, **kwargs):  # a read-only mount under ro/ (chmod does not stop root)
+        flags = args[0] if args else kwargs.get("flags", 0)
+        if str(path).startswith(str(ro)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, *args, **kwargs)
+
+    def refuse_mkdir(path, *args, **kwargs):
+        if str(path).startswith(str(ro)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
+    monkeypatch.setattr(os, "mkdir", refuse_mkdir)
+    recipe = parse_recipe(tiny_recipe(tiny_data))
+    for out in (ro, ro / "run"):
+        with pytest.raises(RunDirError, match="Read-only file system. Choose a --out on a writable disk"):
+            run_recipe(recipe, out, progress=False)
+    monkeypatch.undo()
+    assert list(ro.iterdir()) == []
+
+
+def test_out_below_a_file_is_one_clear_error(tiny_data: Path, tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("a file")
+    with pytest.raises(RunDirError, match="is a file; choose another --out"):
+        run_recipe(parse_recipe(tiny_recipe(tiny_data)), tmp_path / "f" / "run", progress=False)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": {"name": "lenet55"}}, "Did you mean 'lenet5'"),
+    ({"model": {"name": "lenet5", "checkpoint": "/no/such.safetensors"}}, "does not exist"),
+    ({"stages": [{"load": {"path": "/no/such.safetensors"}}]}, "stages[0].load: path /no/such"),
+    ({"stages": [{"lighten": {}}, {"distill": {"losses": "kd:0.9,cee:0.1"}}]}, "stages[1].distill"),
+    ({"stages": [{"prune": {"ratio": 0.3, "criterion": "l3"}}]}, "stages[0].prune"),
+])
+def test_names_and_input_files_are_checked_before_the_run_dir_is_made(change: dict, message: str,
+                                                                      tiny_data: Path, tmp_path: Path) -> None:
+    from edgeslim.registry import RegistryError
+
+    recipe = parse_recipe(tiny_recipe(tiny_data) | change)
+    with pytest.raises((ConfigError, RegistryError), match=re.escape(message)):
+        run_recipe(recipe, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -88,14 +88,14 @@ def _execute(recipe: Any, out: Path, args: argparse.Namespace) -> int:
 
 def _with_config(args: argparse.Namespace, fields: dict) -> dict:
     """Stage config from --config YAML (if given) overridden by explicit flags."""
-    import yaml
+    from . import yamlsafe
 
-    base: dict = {}
+    base: Any = {}
     if getattr(args, "config", None):
-        path = Path(args.config)
-        if not path.is_file():
-            raise EdgeslimError(f"config file {path} not found")
-        base = yaml.safe_load(path.read_text()) or {}
+        base = yamlsafe.read(args.config, what="--config file") or {}
+        if not isinstance(base, dict):
+            raise EdgeslimError(f"--config file {args.config} must hold a mapping of stage fields "
+                                f"(e.g. 'lr: 0.01'), not a {type(base).__name__}")
     return base | {k: v for k, v in fields.items() if v is not None}
 
 
@@ -194,14 +194,14 @@ def _compress(args: argparse.Namespace) -> int:
 
 @command("report")
 def _report(args: argparse.Namespace) -> int:
-    import json
-
+    from .pipeline.rundir import read_state, storage_errors
     from .pipeline.runner import write_run_report as write
 
-    state_path = Path(args.run_dir) / "state.json"
-    if not state_path.is_file():
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "state.json").is_file():
         raise EdgeslimError(f"{args.run_dir} has no state.json: not an edgeslim run directory")
-    paths = write(Path(args.run_dir), json.loads(state_path.read_text()))
+    with storage_errors(run_dir):
+        paths = write(run_dir, read_state(run_dir))
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0

@@ -13,7 +13,8 @@ dataclasses and ``Any`` (unchecked). Conversion is dispatched by a table keyed
 on the annotation's origin, not an if/elif chain; add an entry to
 ``_ORIGIN_CHECKS`` or ``_SCALAR_CHECKS`` to support a new kind of annotation.
 
-YAML is read with ``yaml.safe_load`` only: configs are data, never code.
+YAML is read with ``edgeslim.yamlsafe`` only (a safe loader that also bounds
+size and alias expansion and refuses duplicate keys): configs are data, never code.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from typing import Any, Callable, TypeVar, Union
 
 import yaml
 
+from edgeslim import yamlsafe
 from edgeslim.errors import ConfigError
 
 T = TypeVar("T")
@@ -290,27 +292,15 @@ def check_literals(obj: Any) -> None:
 # YAML files and overrides
 # --------------------------------------------------------------------------- #
 def load_yaml(path: str | Path, cls: type[T]) -> T:
-    """Read a YAML file into dataclass ``cls`` (``yaml.safe_load``, strict keys).
+    """Read a YAML file into dataclass ``cls`` (strict keys; see ``edgeslim.yamlsafe``).
 
     Raises:
-        ConfigError: the file is missing or unreadable, has a YAML syntax
-            error (with line and column), is not a mapping, or holds an
-            invalid key/value (see :func:`from_dict`).
+        ConfigError: the file is missing, unreadable or over 1 MiB, has a YAML
+            syntax error or a duplicate key (with line and column), expands its
+            aliases past the node limit, is not a mapping, or holds an invalid
+            key/value (see :func:`from_dict`).
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found; check the path") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        loc = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}{loc}: YAML syntax error: {problem}") from None
+    data = yamlsafe.read(path, what="config file")
     return from_dict(cls, {} if data is None else data, where=str(path))
 
 
@@ -351,8 +341,8 @@ def _override_one(obj: Any, dotted: str, value: Any, where: str) -> Any:
 
 def _parse_scalar(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return yamlsafe.loads(text)
+    except ConfigError:
         return text
 
 

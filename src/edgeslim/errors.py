@@ -24,3 +24,8 @@ class UnsupportedModelError(EdgeslimError):
 
 class ExportError(EdgeslimError):
     """ONNX export failed or onnxruntime disagrees with PyTorch."""
+
+
+class RunDirError(ConfigError):
+    """A run directory (``--out``) cannot be used: another run holds it, it is not
+    writable or its disk is full, or its state is corrupt."""

@@ -17,13 +17,15 @@ the key and suggest the closest valid one (``edgeslim.config.from_dict``).
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
-import yaml
-
+from .. import yamlsafe
 from ..config import from_dict, to_dict
 from ..errors import ConfigError
 from ..registry import Registry
@@ -170,8 +172,56 @@ class Recipe:
         return out
 
 
-def _parse_stage(i: int, item: Any) -> Stage:
-    where = f"stages[{i}]"
+#: Most stages a recipe may list (a real one has 3-10); bounds the work a file can ask for.
+MAX_STAGES = 1000
+#: A learning rate above this diverges at once; larger values are typos (1e3 for 1e-3).
+MAX_LR = 10.0
+#: The largest distillation temperature accepted (typical: 1-20).
+MAX_T = 100.0
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _finite(lo: float, hi: float, lo_open: bool = True) -> Callable[[Any], bool]:
+    return lambda v: math.isfinite(v) and (lo < v if lo_open else lo <= v) and v <= hi
+
+
+_INT_GE0 = (lambda v: v >= 0, "an integer >= 0")
+_INT_GE1 = (lambda v: v >= 1, "an integer >= 1")
+_LR = (_finite(0, MAX_LR), f"a finite number in (0, {MAX_LR:g}] (typical: 1e-4 to 0.5; above "
+       f"{MAX_LR:g} training diverges at once)")
+#: Field name -> (valid?, what a valid value is). Applied to every section that has the field.
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "lr": _LR, "finetune_lr": _LR,
+    "T": (_finite(0, MAX_T), f"a finite temperature in (0, {MAX_T:g}] (typical: 1 to 20)"),
+    "weight_decay": (_finite(0, 1, lo_open=False), "a finite number in [0, 1] (typical: 1e-4 to 5e-4)"),
+    "warmup_epochs": (_finite(0, math.inf, lo_open=False), "a finite number >= 0"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "rho": (_finite(0, 1e6), "a finite number in (0, 1e6] (typical: 1e-4 to 1e-1)"),
+    "tol": (_finite(0, math.inf), "a finite number > 0"),
+    "opset": (lambda v: v >= 7, "an ONNX opset >= 7 (default 17)"),
+    "epochs": _INT_GE0, "finetune_epochs": _INT_GE0, "admm_epochs": _INT_GE0,
+    "retrain_epochs": _INT_GE0, "rebirth_steps": _INT_GE0,
+    "steps": _INT_GE1, "round_to": _INT_GE1, "calib_batches": _INT_GE1, "runs": _INT_GE1,
+    "threads": _INT_GE1, "batch_size": _INT_GE1, "num_classes": _INT_GE1, "latency_runs": _INT_GE1,
+    "train_subset": _INT_GE1, "test_subset": _INT_GE1,
+    "seed": (lambda v: 0 <= v < 2**31, "an integer in [0, 2**31) (each stage i is seeded with seed + i)"),
+}
+
+
+def _check_fields(obj: Any, where: str) -> None:
+    """Check every field of ``obj`` that has a rule in ``_RULES`` (None means "not set")."""
+    for f in dataclasses.fields(obj):
+        value, rule = getattr(obj, f.name), _RULES.get(f.name)
+        if rule is not None and value is not None and not rule[0](value):
+            raise ConfigError(f"{where}.{f.name}={value!r} is invalid: it must be {rule[1]}")
+    epochs, warmup = getattr(obj, "epochs", None), getattr(obj, "warmup_epochs", None)
+    if epochs is not None and warmup is not None and warmup > epochs:
+        raise ConfigError(f"{where}.warmup_epochs={warmup!r} is longer than epochs={epochs}; "
+                          "lower warmup_epochs or raise epochs")
+
+
+def _parse_stage(i: int, item: Any, file: str = "recipe") -> Stage:
+    where = f"{file}.stages[{i}]"
     if isinstance(item, str):
         item = {item: {}}
     if not isinstance(item, dict) or len(item) != 1:
@@ -182,6 +232,7 @@ def _parse_stage(i: int, item: Any) -> Stage:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"{where}: unknown stage {kind!r}.{hint} Valid: {', '.join(STAGE_CONFIGS.names())}")
     cfg = from_dict(STAGE_CONFIGS.get(kind), body or {}, where=f"{where}.{kind}")
+    _check_fields(cfg, f"{where}.{kind}")
     _check_values(kind, cfg, f"{where}.{kind}")
     return Stage(kind, cfg)
 
@@ -195,11 +246,8 @@ def _check_values(kind: str, cfg: Any, where: str) -> None:
         v = getattr(cfg, name, None)
         if v is not None and not 0 < v <= (1 if name != "target_filters" else 0.999):
             raise ConfigError(f"{where}.{name}={v} must lie in (0, 1]")
-    for name in ("epochs", "finetune_epochs", "admm_epochs", "steps", "calib_batches", "runs",
-                 "rebirth_steps", "retrain_epochs"):
-        v = getattr(cfg, name, None)
-        if v is not None and v < 0:
-            raise ConfigError(f"{where}.{name}={v} must be >= 0")
+    if kind == "load" and not cfg.path:
+        raise ConfigError(f"{where}.path is empty: name the edgeslim model file to load")
     if kind == "prune":
         targets = {"structured": ("ratio", "target_flops", "target_params"),
                    "easiedge": ("target_filters", "target_flops"),
@@ -209,25 +257,42 @@ def _check_values(kind: str, cfg: Any, where: str) -> None:
             raise ConfigError(f"{where}: method {cfg.method!r} needs exactly one of {', '.join(targets)}")
 
 
-def _check_order(stages: list[Stage]) -> None:
-    """Reject orders that make no sense (and say why)."""
-    seen: list[str] = []
+_TRAINING = frozenset({"train", "load"})
+_COMPRESSION = frozenset({"lighten", "prune", "merge"})
+
+
+def _check_order(stages: list[Stage], where: str = "recipe") -> None:
+    """Reject orders that make no sense (and say why); one pass, O(number of stages)."""
+    compressed = other_than_training = quantized = False
     for i, s in enumerate(stages):
-        if s.kind in ("train", "load") and any(k not in ("train", "load") for k in seen):
-            raise ConfigError(f"stages[{i}] {s.kind!r} must come before any compression stage")
-        if s.kind == "distill" and not any(k in ("lighten", "prune", "merge") for k in seen):
-            raise ConfigError(f"stages[{i}] 'distill' needs a teacher: put it after 'lighten' (or prune/merge); "
-                              "the model before the first compression stage is the teacher")
-        if s.kind == "finetune" and s.config.mode == "kd" and not any(
-                k in ("lighten", "prune", "merge") for k in seen):
-            raise ConfigError(f"stages[{i}] 'finetune' with mode kd needs an earlier compression stage "
-                              "(its input model becomes the teacher)")
-        if s.kind == "quantize" and "quantize" in seen:
-            raise ConfigError(f"stages[{i}]: the model is already quantized")
-        if "quantize" in seen and s.kind not in ("export", "profile"):
-            raise ConfigError(f"stages[{i}] {s.kind!r} cannot follow 'quantize': an int8 model is "
+        if s.kind in _TRAINING and other_than_training:
+            raise ConfigError(f"{where}.stages[{i}] {s.kind!r} must come before any compression stage")
+        if s.kind == "distill" and not compressed:
+            raise ConfigError(f"{where}.stages[{i}] 'distill' needs a teacher: put it after 'lighten' "
+                              "(or prune/merge); the model before the first compression stage is the teacher")
+        if s.kind == "finetune" and s.config.mode == "kd" and not compressed:
+            raise ConfigError(f"{where}.stages[{i}] 'finetune' with mode kd needs an earlier compression "
+                              "stage (its input model becomes the teacher)")
+        if s.kind == "quantize" and quantized:
+            raise ConfigError(f"{where}.stages[{i}]: the model is already quantized")
+        if quantized and s.kind not in ("export", "profile"):
+            raise ConfigError(f"{where}.stages[{i}] {s.kind!r} cannot follow 'quantize': an int8 model is "
                               "final; only export/profile may come after it")
-        seen.append(s.kind)
+        compressed |= s.kind in _COMPRESSION
+        other_than_training |= s.kind not in _TRAINING
+        quantized |= s.kind == "quantize"
+
+
+def _check_top(recipe: Recipe, where: str) -> None:
+    # both names become folder names (runs/<name>, runs/<command>-<model>)
+    for key, name in (("name", recipe.name), ("model.name", recipe.model.name)):
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"{where}.{key}={name!r} is invalid: it becomes a folder name "
+                              "(runs/<name>), so use 1-100 of A-Z a-z 0-9 . _ - , not starting with a dot "
+                              "(no '/', spaces or '..')")
+    _check_fields(recipe, where)
+    _check_fields(recipe.model, f"{where}.model")
+    _check_fields(recipe.data, f"{where}.data")
 
 
 def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
@@ -237,19 +302,22 @@ def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
     raw_stages = body.pop("stages", None)
     if not raw_stages:
         raise ConfigError(f"{where}: 'stages' is missing or empty; list at least one stage")
+    if not isinstance(raw_stages, list):
+        raise ConfigError(f"{where}.stages must be a list ('- train: {{epochs: 3}}' lines), "
+                          f"not a {type(raw_stages).__name__}")
+    if len(raw_stages) > MAX_STAGES:
+        raise ConfigError(f"{where}: {len(raw_stages)} stages; a recipe may have at most {MAX_STAGES} "
+                          "(real ones have 3-10): split it into several recipes")
     recipe = from_dict(Recipe, body, where=where)
-    recipe.stages = [_parse_stage(i, item) for i, item in enumerate(raw_stages)]
-    _check_order(recipe.stages)
+    _check_top(recipe, where)
+    recipe.stages = [_parse_stage(i, item, where) for i, item in enumerate(raw_stages)]
+    _check_order(recipe.stages, where)
     return recipe
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a YAML recipe (``yaml.safe_load``; errors name file and key)."""
+    """Read and validate a YAML recipe (``edgeslim.yamlsafe``; errors name file, line and key)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():
         raise ConfigError(f"recipe {path} not found; shipped recipes are in the repository's recipes/ folder")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_recipe(data, where=str(path))
+    return parse_recipe(yamlsafe.read(path, what="recipe"), where=str(path))

@@ -2,32 +2,43 @@
 
 Layout of RUN_DIR::
 
+    .edgeslim.lock              held (flock) by the run using the directory
     recipe.yaml                 the resolved recipe
-    state.json                  completed stages with their metrics (written atomically)
+    state.json                  completed stages with their metrics and model SHA-256s
     teacher.safetensors         the model before the first compression stage
     stages/NN-kind/model.safetensors, metrics.json, train/ (Trainer checkpoints)
-    model.safetensors           the final model (edgeslim.save format)
+    model.safetensors           the final model (a copy of the last stage's)
     model.onnx, model.int8.onnx, deploy.md, report.md, report.html, *.png
 
 Every stage is seeded with ``recipe.seed + index``, so re-running a stage from
 its start gives the same result; training stages also resume mid-stage from
 their per-epoch checkpoints.
+
+Every file is written atomically, and in an order that keeps ``state.json``
+honest: a stage's model (and the teacher) first, ``state.json`` after, the
+final model and the report last. A resumed or re-run run checks each file the
+state lists against the SHA-256 recorded for it and redoes what is missing or
+changed (see ``rundir.py``).
 """
 from __future__ import annotations
 
-import json
+import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from ..errors import ConfigError
-from ..io import atomic_write_json
+from ..errors import ConfigError, RunDirError
+from ..io import atomic_write_json, atomic_write_text, atomic_write_with
+from ..registry import RegistryError
 from .recipe import Recipe
+from .rundir import (FINAL, STATE, TEACHER, check_file, clean_temp_files, file_sha256, locked, read_state,
+                     storage_errors, verified_prefix)
 from .stages import STAGES, RunState
 
-STATE = "state.json"
+log = logging.getLogger(__name__)
 
 
 def _loaders(recipe: Recipe, data_dir: Any, device: str) -> tuple[Any, Any, Any]:
@@ -89,16 +100,52 @@ def _resolve_device(device: str) -> str:
     return device
 
 
+def check_inputs(recipe: Recipe) -> None:
+    """What parsing cannot check without the model zoo and registries: names and input files.
+
+    Runs before the run directory is touched, so a typo fails in a second, not after hours.
+    """
+    from ..distill.losses import parse_loss_spec
+    from ..models.factory import MODELS
+    from ..prune import IMPORTANCES
+
+    if recipe.model.checkpoint:
+        if not Path(recipe.model.checkpoint).is_file():
+            raise ConfigError(f"model.checkpoint {recipe.model.checkpoint} does not exist; check the path")
+    else:
+        MODELS.get(recipe.model.name)  # RegistryError naming the closest model
+    for i, stage in enumerate(recipe.stages):
+        where, cfg = f"stages[{i}].{stage.kind}", stage.config
+        try:
+            if stage.kind == "load" and not Path(cfg.path).is_file():
+                raise ConfigError(f"path {cfg.path} does not exist; check the path")
+            if stage.kind == "distill":
+                parse_loss_spec(cfg.losses)
+            if stage.kind == "prune" and cfg.method != "unstructured":
+                IMPORTANCES.get(cfg.criterion)
+        except (ConfigError, RegistryError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+
 def _load_state(run_dir: Path, recipe: Recipe, resume: bool) -> dict:
-    path = run_dir / STATE
-    if not path.exists():
+    """The saved state (verified against the disk), or a fresh one; raises when it may not be used."""
+    if not (run_dir / STATE).exists():
         return {"recipe": recipe.to_dict(), "completed": []}
-    state = json.loads(path.read_text())
-    if state.get("recipe") != recipe.to_dict():
+    state = read_state(run_dir)
+    if state["recipe"] != recipe.to_dict():
         raise ConfigError(f"{run_dir} holds a run of a different recipe; choose another --out "
                           "(nothing there is overwritten)")
-    done = _finished(state, recipe)
-    if not done and not resume:
+    good, problem = verified_prefix(run_dir, state)
+    if problem is not None:
+        redo = "the run's input model" if good == 0 else f"stage {good} ({state['completed'][good]['stage']})"
+        if not resume:
+            raise ConfigError(f"{run_dir}: {problem}; pass --resume to redo the run from {redo} on, "
+                              "or choose another --out")
+        log.warning("%s; redoing the run from %s on", problem, redo)
+        del state["completed"][good:]
+        if state.get("teacher") and state["teacher"]["stage"] + 1 >= good:
+            del state["teacher"]
+    if not _finished(state, recipe) and not resume:
         raise ConfigError(f"{run_dir} holds an unfinished run ({max(len(state['completed']) - 1, 0)} of "
                           f"{len(recipe.stages)} stages); pass --resume to continue it or choose another --out")
     return state
@@ -111,26 +158,64 @@ def _finished(saved: dict, recipe: Recipe) -> bool:
 def run_recipe(recipe: Recipe, run_dir: str | Path, *, data_dir: Any = None, resume: bool = False,
                device: str | None = None, progress: bool = True,
                on_stage: Callable[[int, str, dict], None] | None = None) -> dict:
-    """Run (or resume, or re-report) ``recipe`` in ``run_dir``; returns the state dict."""
-    from ..export import load, save
+    """Run (or resume, or re-report) ``recipe`` in ``run_dir``; returns the state dict.
 
+    Nothing in ``run_dir`` is changed before its lock is held and its state is
+    found to belong to ``recipe``. A finished run is only re-reported (and its
+    final model re-written from the last stage's if that file is missing).
+
+    Raises:
+        RunDirError: another run holds ``run_dir``, its disk is full or read-only,
+            or its ``state.json`` is corrupt.
+        ConfigError: ``run_dir`` holds another recipe, an unfinished or damaged
+            run (without ``resume``), or the recipe names a missing file/model.
+    """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved = _load_state(run_dir, recipe, resume)
+    check_inputs(recipe)
     device = _resolve_device(device or recipe.device)
-    save_yaml_dict(recipe, run_dir / "recipe.yaml")
-    if _finished(saved, recipe):
+    with storage_errors(run_dir), locked(run_dir):
+        saved = _load_state(run_dir, recipe, resume)
+        clean_temp_files(run_dir)
+        _write_recipe(recipe, run_dir / "recipe.yaml")  # only now: the lock is held, the state is ours
+        if not _finished(saved, recipe):
+            _run_stages(recipe, run_dir, saved, data_dir, device, progress, on_stage)
+        _write_final(run_dir, saved)
         write_run_report(run_dir, saved)
         return saved
+
+
+def _start(recipe: Recipe, run_dir: Path, saved: dict, data_dir: Any, device: str,
+           progress: bool) -> RunState:
+    from ..export import load
+
     train, test, calib = _loaders(recipe, data_dir, device)
     example = next(iter(test))[0][:1].cpu()
     model = load(run_dir / saved["completed"][-1]["model"]) if saved["completed"] else _initial_model(recipe)
-    teacher_path = run_dir / "teacher.safetensors"
+    teacher = load(run_dir / TEACHER) if _has_teacher(run_dir, saved) else None
     state = RunState(recipe, run_dir, device, train, test, calib, example, model,
-                     teacher=load(teacher_path) if teacher_path.exists() else None, progress=progress)
+                     teacher=teacher, progress=progress)
     if not saved["completed"]:
         saved["completed"].append(_record(state, -1, "input", measure(state), 0.0))
+        atomic_write_json(run_dir / STATE, saved)
     _restore_quantized(state, saved)
+    return state
+
+
+def _has_teacher(run_dir: Path, saved: dict) -> bool:
+    if "teacher" in saved:
+        return True
+    # a state.json written before stage hashes were recorded: trust the file as before
+    legacy = not any("sha256" in e for e in saved["completed"])
+    return legacy and len(saved["completed"]) > 1 and (run_dir / TEACHER).exists()
+
+
+def _run_stages(recipe: Recipe, run_dir: Path, saved: dict, data_dir: Any, device: str, progress: bool,
+                on_stage: Callable[[int, str, dict], None] | None) -> None:
+    """Run the stages not yet completed. Each stage writes its files first and state.json last,
+    so state.json never lists a stage whose model (or the teacher) is not on disk."""
+    from ..export import save
+
+    state = _start(recipe, run_dir, saved, data_dir, device, progress)
     for i in range(len(saved["completed"]) - 1, len(recipe.stages)):
         stage = recipe.stages[i]
         state.stage_dir = run_dir / "stages" / f"{i:02d}-{stage.kind}"
@@ -139,14 +224,27 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, *, data_dir: Any = None, res
         had_teacher = state.teacher is not None
         STAGES.get(stage.kind)(state, stage.config)
         if state.teacher is not None and not had_teacher:
-            save(state.teacher, teacher_path)
+            save(state.teacher, run_dir / TEACHER)
+            saved["teacher"] = {"sha256": file_sha256(run_dir / TEACHER), "stage": i}
         saved["completed"].append(_record(state, i, stage.kind, measure(state), time.perf_counter() - t0))
         atomic_write_json(run_dir / STATE, saved)
         if on_stage:
             on_stage(i, stage.kind, saved["completed"][-1]["metrics"])
-    save(state.model, run_dir / "model.safetensors")
-    write_run_report(run_dir, saved)
-    return saved
+
+
+def _write_final(run_dir: Path, saved: dict) -> None:
+    """``model.safetensors``: a copy of the last stage's model, unless it is already exactly that."""
+    last = saved["completed"][-1]
+    final, sha = run_dir / FINAL, last.get("sha256")
+    if check_file(final, sha) is None:  # without a recorded hash: if it exists
+        return
+    source = run_dir / last["model"]
+    with open(source, "rb") as src:
+        atomic_write_with(final, lambda dst: shutil.copyfileobj(src, dst, 1 << 20))
+    problem = check_file(final, sha)
+    if problem:
+        raise RunDirError(f"{problem} right after it was copied from {source}; the disk is failing "
+                          "or another program writes there. Choose another --out")
 
 
 def _record(state: RunState, index: int, kind: str, metrics: dict, wall: float) -> dict:
@@ -155,11 +253,9 @@ def _record(state: RunState, index: int, kind: str, metrics: dict, wall: float) 
     name = "stages/input" if index < 0 else f"stages/{index:02d}-{kind}"
     path = state.run_dir / name / "model.safetensors"
     save(state.model, path)
-    entry = {"index": index, "stage": kind, "model": str(path.relative_to(state.run_dir)),
+    entry = {"index": index, "stage": kind, "model": f"{name}/model.safetensors", "sha256": file_sha256(path),
              "metrics": metrics | {"wall_s": wall}, "artifacts": _jsonable(state.artifacts)}
     atomic_write_json(path.parent / "metrics.json", entry)
-    if index < 0:
-        atomic_write_json(state.run_dir / STATE, {"recipe": state.recipe.to_dict(), "completed": [entry]})
     return entry
 
 
@@ -169,18 +265,20 @@ def _jsonable(d: dict) -> dict:
 
 def _restore_quantized(state: RunState, saved: dict) -> None:
     for entry in saved["completed"]:
-        path = entry.get("artifacts", {}).get("int8_onnx")
-        if path and Path(path).exists():
+        name = entry.get("artifacts", {}).get("int8_onnx")
+        if name and (state.run_dir / Path(name).name).is_file():
             from ..quant import QuantizedModel
 
-            state.quantized = QuantizedModel(path, example_inputs=state.example)
+            state.quantized = QuantizedModel(str(state.run_dir / Path(name).name), example_inputs=state.example)
 
 
-def save_yaml_dict(recipe: Recipe, path: Path) -> None:
-    from ..io import atomic_write_text
+def _write_recipe(recipe: Recipe, path: Path) -> None:
+    """The resolved recipe as YAML, written only when it differs from what is there."""
     import yaml
 
-    atomic_write_text(path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    text = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+    if not (path.is_file() and path.read_text(encoding="utf-8", errors="replace") == text):
+        atomic_write_text(path, text)
 
 
 def write_run_report(run_dir: Path, saved: dict) -> dict:
