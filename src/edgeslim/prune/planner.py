@@ -120,6 +120,13 @@ def plan_removal(graph: DependencyGraph, scores: np.ndarray, budget: Budget,
     lo, hi = 0, len(order)
     if met(removal(0)):
         return removal(0)
+    if not order:
+        reasons = "; ".join(graph.lock_reasons()) or "no conv/linear layer has output channels to cut"
+        raise ConfigError(
+            f"the pruning target is not reachable: no channel can be removed, every channel group is "
+            f"locked (by: {reasons}). Fix: protect_first=False, fewer ignore= paths, or "
+            "on_unsupported='error' to see which operation locks them"
+        )
     if not met(removal(hi)):
         most = removal(hi)
         macs, params = graph.cost(most)
