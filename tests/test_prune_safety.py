@@ -269,6 +269,14 @@ def test_a_conv_called_twice_prunes_exactly_without_protect_first() -> None:
     assert auto.c1.out_channels == auto.c2.out_channels == 4
 
 
+def test_a_module_called_twice_costs_its_macs_twice() -> None:
+    """The planner's cost model (what target_flops is planned against) is the profiler's."""
+    model = _seeded(Twice())
+    assert build_dependency_graph(model, X).cost() == (count_flops(model, X)[1] // 2, count_params(model))
+    pruned = edgeslim.prune(model, X, target_flops=0.5, protect_first=False)
+    assert 0.4 <= count_flops(pruned, X)[0] / count_flops(model, X)[0] <= 0.5
+
+
 class Tied(nn.Module):
     def __init__(self, kind: str = "conv") -> None:
         super().__init__()

@@ -119,6 +119,8 @@ class DependencyGraph:
         macs, params = 0, self._fixed_params
         for (_, rec), i, o in zip(self._sliced, n_in, n_out):
             m, p = rec.slicer.cost(rec.module, i, o, rec.out_shape)
+            for shape in rec.call_shapes[:-1]:  # a module called again costs its MACs again
+                m += rec.slicer.cost(rec.module, i, o, shape)[0]
             macs += m
             params += p
         return macs, params

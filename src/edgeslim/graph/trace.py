@@ -41,8 +41,9 @@ class ModuleRecord:
     slicer: Slicer | None
     in_label: Label | None = None
     out_label: Label | None = None
-    out_shape: tuple[int, ...] = ()
+    out_shape: tuple[int, ...] = ()  # of the last call
     ignored: bool = False
+    call_shapes: list[tuple[int, ...]] = field(default_factory=list)  # output shape of every call
 
 
 @dataclass
@@ -383,6 +384,7 @@ def _visit_module(ctx: TraceContext, node: fx.Node, labels: Labels, root: nn.Mod
     out_shape = _meta_shape(node) or ()
     rec = ctx.records.setdefault(path, ModuleRecord(path, module, slicer_for(module)))
     rec.out_shape = out_shape
+    rec.call_shapes.append(out_shape)
     if _is_ignored(path, ignore) or rec.slicer is None:
         if rec.slicer is None and not _is_ignored(path, ignore):
             raise _Unsupported(f"no slicer for layer type {type(module).__name__}")
