@@ -25,7 +25,7 @@ from ..errors import ConfigError, EdgeslimError
 from ..graph import DependencyGraph, build_dependency_graph
 from ..models.utils import eval_mode, flatten_outputs
 from .importance import Importance, ImportanceContext, get_importance
-from .planner import Budget, Constraints, plan_removal
+from .planner import Budget, Constraints, explain_locks, plan_removal
 from .surgery import prune_channels_
 
 log = logging.getLogger(__name__)
@@ -195,10 +195,7 @@ def _unchanged_reason(graph: DependencyGraph, cfg: PruneConfig, n0: int) -> str:
     """Why a non-trivial target removed nothing, and what to change."""
     head = f"prune({cfg.target}) left the model unchanged: "
     if n0 == 0:
-        reasons = "; ".join(graph.lock_reasons()) or "no conv/linear layer has output channels to cut"
-        return head + (f"no channel can be removed, every channel group is locked (by: {reasons}). "
-                       "Fix: protect_first=False, fewer ignore= paths, or a model whose layers "
-                       "edgeslim can prune (see edgeslim.graph.build_dependency_graph(...).summary())")
+        return head + explain_locks(graph)
     if cfg.ratio is not None:
         return head + (f"ratio={cfg.ratio} of the {n0} prunable channels rounds to 0 channels. "
                        f"Fix: ask for ratio >= {0.5 / n0:.3g}")
