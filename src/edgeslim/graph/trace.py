@@ -523,35 +523,43 @@ def _tie_label_sides(rec: ModuleRecord, name: str) -> list[Label | None]:
     return [rec.out_label] if name == "bias" else [rec.out_label, rec.in_label]
 
 
+def _same_role(a: ModuleRecord, name_a: str, b: ModuleRecord, name_b: str) -> bool:
+    """Whether two holders of one tensor use it alike (so their channels can be coupled)."""
+    sizes = [[None if lab is None else len(lab) for lab in _tie_label_sides(r, n)]
+             for r, n in ((a, name_a), (b, name_b))]
+    return type(a.module) is type(b.module) and name_a == name_b and sizes[0] == sizes[1]
+
+
+def _lock_tie(ctx: TraceContext, holders: list[tuple[ModuleRecord, str]], reason: str) -> None:
+    for rec, name in holders:
+        for label in _tie_label_sides(rec, name):
+            ctx.lock(label, reason)
+
+
 def _couple_tied(ctx: TraceContext, model: nn.Module, on_unsupported: OnUnsupported) -> list:
-    """A tied parameter is one tensor: its modules' channels are removed together (so both
-    slices are equal and surgery can re-tie them); ties that cannot be coupled are locked
-    or refused."""
+    """A tied parameter is one tensor: its holders' channels are removed together (so the
+    slices are equal and surgery re-ties them); a tie that cannot be coupled is locked (one
+    holder ignored or never called; different roles with on_unsupported='lock') or refused."""
     ties = shared_parameters(model)
     for tie in ties:
         both = " and ".join(f"{p}.{n}" for p, n in tie)
-        traced = [(ctx.records[p], n) for p, n in tie if p in ctx.records and not ctx.records[p].ignored]
-        if traced and len(traced) < len(tie):  # a holder that is ignored or never called
-            for rec, name in traced:
-                for label in _tie_label_sides(rec, name):
-                    ctx.lock(label, f"{both} are one tied parameter, partly ignored or unused")
+        holders = [(ctx.records[p], n) for p, n in tie if p in ctx.records and not ctx.records[p].ignored]
+        if holders and len(holders) < len(tie):
+            _lock_tie(ctx, holders, f"{both} are one tied parameter, partly ignored or unused")
             continue
-        for (a, na), (b, nb) in zip(traced, traced[1:]):
-            sides_a, sides_b = _tie_label_sides(a, na), _tie_label_sides(b, nb)
-            same = type(a.module) is type(b.module) and na == nb and \
-                [None if s is None else len(s) for s in sides_a] == [None if s is None else len(s) for s in sides_b]
-            if not same and on_unsupported == "error":
+        for (a, na), (b, nb) in zip(holders, holders[1:]):
+            if _same_role(a, na, b, nb):
+                for la, lb in zip(_tie_label_sides(a, na), _tie_label_sides(b, nb)):
+                    if la is not None and lb is not None:
+                        ctx.table.union_labels(la, lb)
+            elif on_unsupported == "error":
                 raise UnsupportedModelError(
                     f"cannot prune the tied parameter {both}: modules {a.path!r} and {b.path!r} use "
                     "it in different roles. Fix: ignore=[...] one of them (its channels stay), or "
                     "on_unsupported='lock'"
                 )
-            for la, lb in zip(sides_a, sides_b):
-                if la is not None and lb is not None and same:
-                    ctx.table.union_labels(la, lb)
-                elif not same:
-                    ctx.lock(la, f"tied parameter {both}")
-                    ctx.lock(lb, f"tied parameter {both}")
+            else:
+                _lock_tie(ctx, [(a, na), (b, nb)], f"tied parameter {both} (on_unsupported='lock')")
     return ties
 
 
