@@ -75,8 +75,7 @@ class PruneConfig:
             raise ConfigError(f"steps, round_to and min_channels must be integers >= 1; got {counts}")
         if self.on_unsupported not in ("error", "lock"):
             raise ConfigError(f"on_unsupported={self.on_unsupported!r}: use 'error' or 'lock'")
-        if isinstance(self.ignore, str):
-            self.ignore = (self.ignore,)  # one path, not its characters
+        self.ignore = (self.ignore,) if isinstance(self.ignore, str) else tuple(self.ignore)  # a str is one path
 
     @property
     def target(self) -> str:
@@ -211,9 +210,8 @@ def prune_(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plan
     """In-place version of :func:`prune` (the model object itself shrinks)."""
     _check_options(options)
     cfg = PruneConfig(criterion=criterion, planner=planner, ratio=ratio, target_flops=target_flops,
-                      target_params=target_params, steps=steps,
-                      ignore=(ignore,) if isinstance(ignore, str) else tuple(ignore),
-                      round_to=round_to, **options)
+                      target_params=target_params, steps=steps, ignore=ignore, round_to=round_to,
+                      **options)
     inputs = _example(model, example_inputs)
     _check_request(model, inputs, cfg, calib_data)
     teacher = copy.deepcopy(model) if finetune == "kd" else None
@@ -252,11 +250,14 @@ def prune(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plann
 
     Args:
         model: any torch.fx-traceable ``nn.Module`` (residual adds, concatenation,
-            depthwise/grouped convs, split, squeeze-excitation are handled).
-        example_inputs: a tensor (or tuple) for one forward pass.
+            depthwise/grouped convs, split, squeeze-excitation, a module called twice and
+            tied parameters are handled; a grouped conv keeps its group count and loses
+            the same channels from every group).
+        example_inputs: a tensor (or tuple, one per ``forward`` argument) for one forward pass.
         criterion: a registered importance name (``l1``, ``l2``, ``bn_scale``, ``taylor``,
             ``random``, ``information_gain``, ``information_gain_taylor``) or an
-            ``Importance`` instance.
+            ``Importance`` instance. The data-driven ones score a model that returns a
+            tuple/list/dict (``(logits, features)``) on its first tensor.
         planner: ``"global"`` (one ranking over all layers) or ``"layerwise"``.
         ratio: fraction of the prunable channels to remove.
         target_flops: fraction of the FLOPs to keep (``0.5`` halves them).
@@ -264,16 +265,26 @@ def prune(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plann
         steps: reach the target in this many prune (+ fine-tune) steps.
         finetune: ``None``, ``"plain"``, ``"kd"`` (the unpruned model teaches) or a
             callable ``finetune(model, step)``; strings need ``train_data=``.
-        ignore: module paths to leave alone.
+        ignore: module paths to leave alone (each must be a ``named_modules()`` path).
         round_to: keep channel counts multiples of this (fast kernels like 8 or 16).
         calib_data: batches for data-driven criteria.
         **options: ``train_data``, ``finetune_epochs``, ``finetune_options`` (TrainConfig
             fields), ``min_channels``, ``protect_first`` (default True: the first conv
             keeps its channels), ``on_unsupported`` (``"error"``/``"lock"``),
-            ``calib_batches``.
+            ``calib_batches``; any other keyword raises ``PruneArgumentError``.
 
     Returns:
         The pruned model; ``model.edgeslim_plans`` lists each step's plan.
+
+    Raises:
+        ConfigError: a bad request (target, keyword, ``ignore`` path, criterion without the
+            data it needs, inputs that do not fit the model) or an unreachable target.
+        UnsupportedModelError: an operation the tracer cannot prune through, a tied
+            parameter in two roles, NaN/inf weights, a model on the meta device.
+
+    Warns:
+        PruneWarning: the target removed nothing (every channel locked, or a ratio that
+            rounds to 0 channels); the message says why.
     """
     return prune_(copy.deepcopy(model), example_inputs, criterion=criterion, planner=planner,
                   ratio=ratio, target_flops=target_flops, target_params=target_params, steps=steps,
