@@ -69,19 +69,29 @@ def _shapes(out) -> list[tuple[int, ...]]:
     return [tuple(t.shape) for t in flatten_outputs(out)]
 
 
+class CheckFailed(AssertionError):
+    """A pruned model that runs but is wrong (raised even under ``python -O``)."""
+
+
+def _expect(ok: bool, what: str) -> None:
+    if not ok:
+        raise CheckFailed(what)
+
+
 def check_pruned(model, pruned, x, before: dict, ref_shapes: list) -> None:
-    """Raise AssertionError unless the pruned model is sound (see the module docstring)."""
+    """Raise CheckFailed unless the pruned model is sound (see the module docstring)."""
     with torch.no_grad():
         out = pruned(x)
-    assert _shapes(out) == ref_shapes, f"output shapes {_shapes(out)} != {ref_shapes}"
-    assert all(torch.isfinite(t).all() for t in flatten_outputs(out)), "non-finite output"
+    _expect(_shapes(out) == ref_shapes, f"output shapes {_shapes(out)} != {ref_shapes}")
+    _expect(all(torch.isfinite(t).all() for t in flatten_outputs(out)), "non-finite output")
     params, macs = count_params(pruned), count_flops(pruned, x)[1]
-    assert params == nets.analytic_params(pruned), f"params {params} != analytic {nets.analytic_params(pruned)}"
-    assert macs == nets.analytic_macs(pruned, x), f"MACs {macs} != analytic {nets.analytic_macs(pruned, x)}"
-    cost = build_dependency_graph(pruned, x).cost()
-    assert cost == (macs // x.shape[0], params), f"graph cost {cost} != measured {(macs // x.shape[0], params)}"
+    want_params, want_macs = nets.analytic_params(pruned), nets.analytic_macs(pruned, x)
+    _expect(params == want_params, f"params {params} != analytic {want_params}")
+    _expect(macs == want_macs, f"MACs {macs} != analytic {want_macs}")
+    cost, measured = build_dependency_graph(pruned, x).cost(), (macs // x.shape[0], params)
+    _expect(cost == measured, f"graph cost {cost} != measured {measured}")
     after = model.state_dict()
-    assert all(torch.equal(v, after[k]) for k, v in before.items()), "the input model changed"
+    _expect(all(torch.equal(v, after[k]) for k, v in before.items()), "the input model changed")
 
 
 def run_one(model, x, calib, opts: dict) -> tuple[str, str]:
@@ -140,7 +150,8 @@ def fuzz(n_nets: int, seed: int, sample: bool, max_crashes: int = 5) -> dict:
     return {"nets": n_nets, "runs": sum(counts.values()), "seed": seed,
             "mode": "one random criterion per net" if sample else "every criterion on every net",
             "nets_with_feature_output": features_nets, "outcomes": dict(counts),
-            "causes": dict(kinds.most_common()), "per_criterion": {c: dict(v) for c, v in per_criterion.items()},
+            "causes": dict(kinds.most_common()),
+            "per_criterion": {c: dict(v) for c, v in per_criterion.items()},
             "first_crashes": crashes, "seconds": round(time.perf_counter() - start, 1),
             "torch_threads": torch.get_num_threads()}
 

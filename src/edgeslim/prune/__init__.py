@@ -18,7 +18,8 @@ _LAZY = {
 }
 
 __all__ = [
-    "prune", "prune_", "PruneConfig", "PruneWarning", "PruneArgumentError", "plain_finetune", "IMPORTANCES", "Importance",
+    "prune", "prune_", "PruneConfig", "PruneWarning", "PruneArgumentError", "plain_finetune",
+    "IMPORTANCES", "Importance",
     "ImportanceContext", "get_importance", "Budget", "Constraints", "plan_removal", "apply_plan",
     "plan_to_removal", "prune_channels_", "removal_to_plan", *_LAZY,
 ]

@@ -75,7 +75,8 @@ class PruneConfig:
             raise ConfigError(f"steps, round_to and min_channels must be integers >= 1; got {counts}")
         if self.on_unsupported not in ("error", "lock"):
             raise ConfigError(f"on_unsupported={self.on_unsupported!r}: use 'error' or 'lock'")
-        self.ignore = (self.ignore,) if isinstance(self.ignore, str) else tuple(self.ignore)  # a str is one path
+        # a str is one path, not a sequence of one-letter paths
+        self.ignore = (self.ignore,) if isinstance(self.ignore, str) else tuple(self.ignore)
 
     @property
     def target(self) -> str:
