@@ -399,7 +399,7 @@ class PReLUGroupNormNet(nn.Module):
         self.gn2 = nn.GroupNorm(16, 16)
         self.act2 = nn.PReLU()
         self.conv3 = nn.Conv2d(16, 16, 3, 1, 1)
-        self.gn3 = nn.GroupNorm(2, 16)  # channels locked: a group must stay whole
+        self.gn3 = nn.GroupNorm(2, 16)  # prunable by the same count per group
         self.act3 = nn.PReLU(16)
         self.conv4 = nn.Conv2d(16, 24, 1)
         self.head = _Head(24)
@@ -746,7 +746,7 @@ def analytic_params(model: nn.Module) -> int:
     total = 0
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            total += _conv_params(m)
+            total += _conv_params(m) + (m.out_channels if isinstance(m, ScaledStdConv2d) else 0)  # gain
         elif isinstance(m, nn.Linear):
             total += m.in_features * m.out_features + (m.out_features if m.bias is not None else 0)
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -786,3 +786,98 @@ def analytic_macs(model: nn.Module, x: torch.Tensor) -> int:
         for h in hooks:
             h.remove()
     return total
+
+
+# ----------------------------------------------------------------------------------------
+# Plain-PyTorch replicas of timm / torchvision layers that subclass torch.nn layers or that
+# torch.fx would otherwise trace into (timm.layers.norm_act, timm.layers.conv2d_same,
+# timm.layers.std_conv, torchvision.ops.misc.FrozenBatchNorm2d, torchvision.ops.stochastic_depth)
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """timm's norm + activation layer: a BatchNorm2d whose forward asserts on ``x.ndim`` and
+    branches on Python attributes before ``F.batch_norm``, then drops and activates."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__(c)
+        self.drop = nn.Identity()
+        self.act = nn.PReLU(c)  # a per-channel parameter the BatchNorm slicer does not know
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._assert(x.ndim == 4, "expected 4D input")
+        factor = 0.0 if self.momentum is None else self.momentum
+        bn_training = True if self.training else (self.running_mean is None) and (self.running_var is None)
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         bn_training, factor, self.eps)
+        return self.act(self.drop(x))
+
+
+class Conv2dSame(nn.Conv2d):
+    """timm's TF-'SAME' conv: pads from the input's shape at run time, then convolves."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.size()[-2:]
+        kh, kw = self.weight.size()[-2:]
+        ph = max((-(-ih // self.stride[0]) - 1) * self.stride[0] + kh - ih, 0)
+        pw = max((-(-iw // self.stride[1]) - 1) * self.stride[1] + kw - iw, 0)
+        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, (0, 0), self.dilation, self.groups)
+
+
+class ScaledStdConv2d(nn.Conv2d):
+    """timm's NF-Net conv: weights standardised in forward, with a learned per-filter gain."""
+
+    def __init__(self, cin: int, cout: int, k: int, **kw) -> None:
+        super().__init__(cin, cout, k, padding=k // 2, **kw)
+        self.gain = nn.Parameter(torch.ones(cout, 1, 1, 1))
+        self.scale = (cin * k * k) ** -0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                              weight=(self.gain * self.scale).view(-1), training=True, momentum=0.0,
+                              eps=1e-6).reshape_as(self.weight)
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """torchvision's frozen BatchNorm: four buffers, not a BatchNorm2d subclass."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        for name, value in (("weight", torch.ones(c)), ("bias", torch.zeros(c)),
+                            ("running_mean", torch.zeros(c)), ("running_var", torch.ones(c))):
+            self.register_buffer(name, value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + 1e-5).rsqrt()
+        return x * scale + (self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale)
+
+
+def stochastic_depth(x: torch.Tensor, p: float, mode: str, training: bool = True) -> torch.Tensor:
+    """torchvision.ops.stochastic_depth: identity in eval, per-sample drop in training."""
+    if not training or p == 0.0:
+        return x
+    keep = x.new_empty([x.shape[0]] + [1] * (x.ndim - 1)).bernoulli_(1.0 - p)
+    return x * keep / (1.0 - p)
+
+
+stochastic_depth.__module__ = "torchvision.ops.stochastic_depth"  # where torchvision defines it
+torch.fx.wrap("stochastic_depth")  # torchvision wraps it the same way: one fx node
+
+
+class TimmLayersNet(nn.Module):
+    """A residual net built from the replicas above."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = Conv2dSame(3, 16, 3, stride=2)
+        self.bn1 = BatchNormAct2d(16)
+        self.conv2 = ScaledStdConv2d(16, 24, 3)
+        self.bn2 = FrozenBatchNorm2d(24)
+        self.conv3 = nn.Conv2d(24, 16, 1)
+        self.bn3 = BatchNormAct2d(16)
+        self.head = _Head(16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn1(self.stem(x))
+        y = self.bn3(self.conv3(F.relu(self.bn2(self.conv2(x)))))
+        return self.head(x + stochastic_depth(y, 0.1, "row", self.training))

@@ -50,6 +50,7 @@ def _same(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
 @pytest.fixture()
 def no_pickle(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any unpickling during the test fails it."""
+    import torch._dynamo  # noqa: F401  (defines pickle.Unpickler subclasses at import: import it first)
 
     def forbidden(*args, **kwargs):
         raise AssertionError("edgeslim.load must not unpickle")
@@ -273,3 +274,39 @@ def test_module_paths_that_are_not_identifiers_round_trip(tmp_path: Path, no_pic
     path = edgeslim.save(pruned, tmp_path / "m.safetensors")
     assert "fx" in _manifest(path)["arch"]
     _same(pruned, edgeslim.load(path), x)
+
+
+def test_timm_style_layers_prune_save_and_reload_from_the_users_instance(tmp_path: Path, no_pickle) -> None:
+    """Layers that subclass torch.nn ones (BatchNormAct2d, Conv2dSame, ScaledStdConv2d), a frozen
+    BatchNorm and torchvision's stochastic_depth: pruned, exact counts, ONNX parity; the file
+    cannot hold their classes, so load(path) says how, and load(path, model=unpruned) rebuilds."""
+    from edgeslim.profile import count_flops
+
+    model = randomize_bn_(nets.TimmLayersNet()).eval()
+    x = example_input(2)
+    pruned = edgeslim.prune(model, x, ratio=0.5, protect_first=False)
+    assert pruned.stem.out_channels < 16 and pruned(x).shape == (2, 10)
+    assert pruned.bn1.num_features == pruned.bn1.act.num_parameters == pruned.stem.out_channels
+    assert pruned.conv2.gain.shape[0] == pruned.conv2.out_channels == pruned.bn2.weight.numel()
+    assert count_params(pruned) == nets.analytic_params(pruned)
+    assert count_flops(pruned, x)[1] == nets.analytic_macs(pruned, x)
+    assert edgeslim.export_onnx(pruned, x, tmp_path / "m.onnx") < 1e-4
+    path = edgeslim.save(pruned, tmp_path / "m.safetensors")
+    assert "instance" in _manifest(path)["arch"]
+    with pytest.raises(CheckpointError, match=r"model=<the unpruned model"):
+        edgeslim.load(path)
+    again = edgeslim.load(path, model=nets.TimmLayersNet())
+    _same(pruned, again, x)
+
+
+def test_load_with_model_replays_plans_on_any_saved_model(tmp_path: Path, no_pickle) -> None:
+    model = randomize_bn_(nets.resnet_basic()).eval()
+    x = example_input(2)
+    pruned = edgeslim.prune(model, x, ratio=0.4, steps=2)
+    path = edgeslim.save(pruned, tmp_path / "m.safetensors")
+    _same(pruned, edgeslim.load(path, model=nets.resnet_basic()), x)
+    zoo, xz = _zoo("resnet20", width_mult=0.25)
+    path = edgeslim.save(edgeslim.prune(zoo, xz[:1], ratio=0.5), tmp_path / "z.safetensors")
+    _same(edgeslim.load(path), edgeslim.load(path, model=create_model("resnet20", width_mult=0.25)), xz)
+    with pytest.raises(CheckpointError, match="cannot replay pruning step 1|do not fit"):
+        edgeslim.load(path, model=create_model("resnet32", width_mult=0.25))

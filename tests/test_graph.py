@@ -198,21 +198,18 @@ def test_constant_split_sizes_lock() -> None:
     assert all_locked(graph, "a")
 
 
-def test_inline_channel_shuffle_is_refused_with_a_fix() -> None:
-    with pytest.raises(UnsupportedModelError) as err:
-        graph_of(nets.shuffle_net())
-    msg = str(err.value)
-    assert "'view'" in msg and "'block1'" in msg and "ignore=['block1']" in msg
-    assert "on_unsupported='lock'" in msg
+def test_channel_shuffle_couples_each_in_group_position() -> None:
+    """view(b, g, c/g) -> transpose -> view: position k of every group is one unit, so a cut
+    keeps the groups equal and both reshapes valid (ShuffleNet, not locked any more)."""
+    graph = graph_of(nets.shuffle_net())
+    feeder = graph.records["block1.branch2.5"]  # the conv whose output reaches the shuffle
+    assert not all_locked(graph, "block1.branch2.5")
+    group = next(g for g in graph.groups if "block1.branch2.5" in g.members)
+    assert group.size == feeder.module.out_channels // 2  # 2 groups: one unit per in-group position
+    assert none_locked(graph, "block1.branch2.0")
 
 
 def test_channel_shuffle_lock_and_ignore() -> None:
-    graph = graph_of(nets.shuffle_net(), on_unsupported="lock")
-    assert all_locked(graph, "block1.branch2.6")  # feeds the shuffle
-    assert all_locked(graph, "stem.0")
-    assert none_locked(graph, "block1.branch2.0")  # inside the branch: still prunable
-    with pytest.raises(UnsupportedModelError, match="'shuffle'"):
-        graph_of(nets.shuffle_module_net())
     graph = graph_of(nets.shuffle_module_net(), ignore=["shuffle"])
     assert "shuffle" in graph.records and graph.records["shuffle"].ignored
     assert all_locked(graph, "block1.branch2.6") and all_locked(graph, "shuffle")
@@ -250,14 +247,15 @@ def test_linear_on_tokens_is_refused() -> None:
 
 def test_group_norm_and_prelu() -> None:
     """GroupNorm with 1 group or one group per channel and per-channel PReLU follow their
-    input; GroupNorm(2, C) must keep its groups whole, so it locks; a shared PReLU slope
-    is not tied to any channel."""
+    input; GroupNorm(2, C) couples position k of both groups (a cut keeps them equal); a
+    shared PReLU slope is not tied to any channel."""
     graph = graph_of(nets.PReLUGroupNormNet())
     assert {"gn1", "act1", "conv2"} <= set(group_of(graph, "conv1").members)
     assert none_locked(graph, "conv1") and none_locked(graph, "conv2")
     assert "gn2" in group_of(graph, "conv2").members
     assert graph.records["act2"].in_label is None  # one shared slope: nothing to slice
-    assert all_locked(graph, "conv3") and "act3" in group_of(graph, "conv3").members
+    assert none_locked(graph, "conv3") and "act3" in group_of(graph, "conv3").members
+    assert group_of(graph, "conv3").size == 8  # GroupNorm(2, 16): 8 in-group positions
 
 
 def test_ignore_locks_a_layer_and_a_whole_block() -> None:

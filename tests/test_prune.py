@@ -216,20 +216,26 @@ def test_prelu_and_groupnorm_are_sliced() -> None:
     assert pruned.gn1.num_channels == pruned.act1.num_parameters == pruned.conv1.out_channels
     assert pruned.gn2.num_channels == pruned.gn2.num_groups == pruned.conv2.out_channels
     assert pruned.act2.weight.numel() == 1
-    assert pruned.conv3.out_channels == pruned.gn3.num_channels == 16  # GroupNorm(2, 16): locked
+    # GroupNorm(2, 16): the same count goes from both groups, which stay 2
+    assert pruned.conv3.out_channels == pruned.gn3.num_channels == pruned.act3.num_parameters
+    assert pruned.gn3.num_groups == 2 and pruned.gn3.num_channels % 2 == 0
+    assert pruned(x).shape == (2, 10)
 
 
-def test_channel_shuffle_prunes_with_ignore_or_lock() -> None:
+def test_channel_shuffle_prunes_group_consistently(tmp_path) -> None:
     x = example_input(2)
-    with pytest.raises(UnsupportedModelError):
-        edgeslim.prune(nets.shuffle_net(), x, ratio=0.3)
-    for model, opts in ((nets.shuffle_net(), {"on_unsupported": "lock"}),
+    for model, opts in ((nets.shuffle_net(), {}), (nets.shuffle_module_net(), {}),
                         (nets.shuffle_module_net(), {"ignore": ["shuffle"]})):
         model = randomize_bn_(model).eval()
-        pruned = edgeslim.prune(model, x, ratio=0.3, **opts)
+        pruned = edgeslim.prune(model, x, ratio=0.6, **opts, protect_first=False)
         assert pruned(x).shape == (2, 10)
         assert count_params(pruned) < count_params(model)
-        assert pruned.block1.branch2[5].out_channels == 8  # feeds the shuffle: untouched
+        assert edgeslim.export_onnx(pruned, x, tmp_path / "m.onnx") < 1e-4
+        if not opts:  # the stream through the shuffle is cut too, equally in both halves
+            assert pruned.stem[0].out_channels < 16 and pruned.stem[0].out_channels % 2 == 0
+            assert pruned.block1.branch2[5].out_channels == pruned.stem[0].out_channels // 2
+        else:
+            assert pruned.block1.branch2[5].out_channels == 8  # feeds the ignored shuffle: untouched
 
 
 def test_control_flow_model_raises() -> None:

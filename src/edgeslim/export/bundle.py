@@ -29,7 +29,7 @@ from .. import __version__
 from ..errors import CheckpointError, EdgeslimError
 from ..graph.trace import symbolic_trace
 from ..io import atomic_path
-from . import fxgraph, modspec
+from . import fxgraph, modspec, replay
 
 FORMAT = "edgeslim-bundle/1"
 
@@ -60,22 +60,14 @@ def _arch_of(model: nn.Module, arch: dict | None) -> tuple[dict, nn.Module]:
 
 
 def _traced_arch(model: nn.Module) -> tuple[dict, nn.Module]:
+    """The model's forward as a stored graph; where that cannot be (not traceable, or it calls
+    functions a stored graph may not hold), a record that only the user's own code can build
+    it again (``load(path, model=...)``, see ``replay.py``)."""
     try:
         gm = symbolic_trace(model)
-    except EdgeslimError as exc:
-        raise CheckpointError(
-            f"cannot save a {type(model).__name__}: it is not an edgeslim zoo model, not plain "
-            f"torch.nn layers, and not traceable ({exc}). Fix: pass arch={{'import': "
-            "'package.module:factory', 'kwargs': {...}}, or deploy with export_onnx()."
-        ) from None
-    return {"fx": _fx_json(gm)}, gm
-
-
-def _fx_json(gm: fx.GraphModule) -> dict:
-    try:
-        return fxgraph.graph_to_json(gm)
-    except TypeError as exc:
-        raise CheckpointError(f"cannot save this model's graph: {exc}. Deploy it with export_onnx().") from None
+        return {"fx": fxgraph.graph_to_json(gm)}, gm
+    except (EdgeslimError, TypeError) as exc:
+        return replay.instance_arch(model, str(exc).splitlines()[0]), model
 
 
 def _build_arch(arch: dict, factory: Callable[..., nn.Module] | None, allow_import: bool) -> nn.Module:
@@ -138,7 +130,7 @@ def save(model: nn.Module, path: str | Path, *, arch: dict | None = None,
     """
     arch, source = _arch_of(model, arch)
     replacements: list = []
-    if "fx" not in arch:
+    if "fx" not in arch and "instance" not in arch:
         allow = "import" in arch  # the caller named the factory, so importing it is their choice
         try:
             replacements = _replacements(_build_arch(arch, None, allow), model)
@@ -147,7 +139,7 @@ def save(model: nn.Module, path: str | Path, *, arch: dict | None = None,
                 raise
             arch, source = _traced_arch(model)  # layers were swapped for custom ones: save the graph
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in source.state_dict().items()}
-    if "fx" in arch:
+    if "fx" in arch or "instance" in arch:
         ref_keys = set(tensors)
     else:
         ref_keys = set(_apply(_build_arch(arch, None, "import" in arch), replacements).state_dict())
@@ -322,9 +314,20 @@ def _complete(model: nn.Module, manifest: dict, tensors: dict[str, torch.Tensor]
     return model
 
 
-def load(path: str | Path, *, factory: Callable[..., nn.Module] | None = None,
-         allow_import: bool = False, map_location: str = "cpu") -> nn.Module:
-    """Rebuild a model written by :func:`save`; nothing is unpickled.
+def load(path: str | Path, model: nn.Module | None = None, *,
+         factory: Callable[..., nn.Module] | None = None, allow_import: bool = False,
+         map_location: str = "cpu") -> nn.Module:
+    """Rebuild a model written by :func:`save`; nothing is unpickled, no code named in the
+    file is imported or run.
+
+    Args:
+        path: the file.
+        model: optional: the *unpruned* model, built by your own code (e.g.
+            ``timm.create_model("efficientnet_b0")``). The file's pruning plans are replayed
+            on a copy of it and its weights loaded. Needed for models whose classes cannot
+            be stored as data; works for every file.
+        factory, allow_import: for files saved with ``arch={"import": ...}``.
+        map_location: where the weights go.
 
     Raises:
         CheckpointError: missing or corrupt file, weights that do not match the
@@ -338,10 +341,15 @@ def load(path: str | Path, *, factory: Callable[..., nn.Module] | None = None,
     if _weights_digest({k: v.cpu() for k, v in tensors.items()}) != manifest["sha256"]:
         raise CheckpointError(f"{path}: weights do not match the manifest's SHA-256; the file was "
                               "modified after saving. Re-export it from the original model.")
-    stored = sum(t.numel() for t in tensors.values())
-    # a manifest may name any layer size: building it may allocate about what the file holds, no more
-    with AllocationBudget(2 * stored + MAX_UNSTORED_ELEMENTS, what=str(path)):
-        model = _rebuild(manifest, tensors, factory, allow_import, path)
+    if model is not None:
+        model = _apply(replay.from_instance(model, manifest, path), manifest.get("replacements", []))
+    elif "instance" in manifest["arch"]:
+        raise replay.needs_instance(manifest["arch"], path)
+    else:
+        stored = sum(t.numel() for t in tensors.values())
+        # a manifest may name any layer size: building it may allocate about what the file holds
+        with AllocationBudget(2 * stored + MAX_UNSTORED_ELEMENTS, what=str(path)):
+            model = _rebuild(manifest, tensors, factory, allow_import, path)
     model = _complete(model, manifest, tensors, path)
     model.load_state_dict(tensors)
     if "zoo" in manifest["arch"]:

@@ -37,7 +37,7 @@ from ..errors import CheckpointError
 # the operations
 # --------------------------------------------------------------------------- #
 _TORCH = {
-    "abs", "add", "addcmul", "addmm", "amax", "amin", "argmax", "argmin", "baddbmm", "bmm",
+    "_assert", "abs", "add", "addcmul", "addmm", "amax", "amin", "argmax", "argmin", "baddbmm", "bmm",
     "broadcast_to", "cat", "ceil", "channel_shuffle", "chunk", "clamp", "clamp_max", "clamp_min",
     "clip", "concat", "concatenate", "conv1d", "conv2d", "conv3d", "conv_transpose2d", "cos",
     "cumsum", "div", "dstack", "einsum", "empty_like", "erf", "exp", "flatten", "flip", "floor",

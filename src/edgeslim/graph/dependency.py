@@ -200,6 +200,10 @@ def build_dependency_graph(model: nn.Module, example_inputs: tuple | torch.Tenso
     graph.output_shape = output_shape(fx_graph)
     graph.lock_notes, graph.tied = table.lock_notes, ctx.tied
     graph.space_of = np.asarray(table.owner, dtype=np.int64)
+    # what it takes to rebuild this graph on a fresh copy of the model (``apply_plan``)
+    graph.replay = {"inputs": [[list(t.shape), str(t.dtype).removeprefix("torch.")]
+                               for t in example_inputs if isinstance(t, torch.Tensor)],
+                    "ignore": list(ignore), "on_unsupported": on_unsupported}
     return graph
 
 

@@ -82,10 +82,25 @@ def register_slicer(*types: type) -> "callable":
 
 
 def slicer_for(module: nn.Module) -> Slicer | None:
+    """The slicer of ``module``'s class or nearest registered base class; else, for a layer
+    recognised by what it holds (``_BY_CONTENT``), that slicer; else None."""
     for klass in type(module).__mro__:
         if klass in _BY_TYPE:
             return _BY_TYPE[klass]
-    return None
+    return next((slicer for matches, slicer in _BY_CONTENT if matches(module)), None)
+
+
+_NORM_TENSORS = {"weight", "bias", "running_mean", "running_var"}
+
+
+def _is_frozen_norm(module: nn.Module) -> bool:
+    """torchvision's / timm's FrozenBatchNorm2d (not a BatchNorm subclass): no children, and
+    exactly a per-channel weight, bias, running mean and variance (buffers or parameters)."""
+    if next(module.children(), None) is not None:
+        return False
+    own = dict(module.named_parameters(recurse=False)) | dict(module.named_buffers(recurse=False))
+    return set(own) == _NORM_TENSORS and len({t.shape for t in own.values()}) == 1 \
+        and next(iter(own.values())).dim() == 1
 
 
 def _spatial(shape: Sequence[int]) -> int:
@@ -243,22 +258,43 @@ class NormSlicer(Slicer):
         return 0, (2 * n_out if module.affine else 0)  # no MACs: see Slicer.cost
 
 
+class FrozenNormSlicer(Slicer):
+    """A frozen BatchNorm: four per-channel tensors, sliced like BatchNorm's, no statistics kept."""
+
+    kind = "norm"
+
+    def trace(self, ctx, path, module, in_label, out_shape):
+        ctx.consume(path, in_label)
+        return in_label
+
+    def slice_(self, module, in_keep, out_keep):
+        for name in sorted(_NORM_TENSORS):
+            _set_param(module, name, _take(getattr(module, name), 0, out_keep))
+        if isinstance(getattr(module, "num_features", None), int):
+            module.num_features = _n(out_keep, module.num_features)
+
+    def cost(self, module, n_in, n_out, out_shape):
+        return 0, (2 * n_out if isinstance(module.weight, nn.Parameter) else 0)
+
+
+_BY_CONTENT: list[tuple["callable", Slicer]] = [(_is_frozen_norm, FrozenNormSlicer())]
+
+
 @register_slicer(nn.GroupNorm)
 class GroupNormSlicer(Slicer):
-    """GroupNorm: prunable when it has 1 group (LayerNorm-like) or one group per
-    channel (InstanceNorm-like); otherwise its channels are locked."""
+    """GroupNorm with g groups: position k of every group is one unit (``couple_groups``), so a
+    cut removes the same number of channels from each group and the group count stays (1 group:
+    LayerNorm-like; one per channel: InstanceNorm-like, whole groups go)."""
 
     kind = "norm"
 
     def trace(self, ctx, path, module, in_label, out_shape):
         ctx.consume(path, in_label)
         if module.num_groups not in (1, module.num_channels):
-            ctx.lock(in_label, f"GroupNorm {path!r} ({module.num_groups} groups) keeps its groups whole")
+            couple_groups(ctx, in_label, module.num_groups)
         return in_label
 
     def slice_(self, module, in_keep, out_keep):
-        if module.num_groups not in (1, module.num_channels):
-            return
         per_channel = module.num_groups == module.num_channels
         for name in ("weight", "bias"):
             _set_param(module, name, _take(getattr(module, name), 0, out_keep))

@@ -23,7 +23,7 @@ from .._checks import run_checked
 from ..errors import ConfigError, UnsupportedModelError
 from ..models.utils import eval_mode
 from .channels import ElementTable
-from .slicers import Label, Slicer, slicer_for
+from .slicers import Label, Slicer, couple_groups, slicer_for
 
 OnUnsupported = Literal["error", "lock"]
 
@@ -75,6 +75,8 @@ class TraceContext:
     def lock(self, label: Label | None, reason: str | None = None) -> None:
         """Freeze ``label``'s channels; ``reason`` (default: the node being traced) explains
         it when nothing is left to prune."""
+        if isinstance(label, ChannelGroups):
+            label = list(label.label)
         if label is not None:
             self.table.lock(label, self.where() if reason is None else reason)
 
@@ -136,10 +138,31 @@ Labels = dict[fx.Node, Any]
 Handler = Callable[[TraceContext, fx.Node, Labels], Any]
 
 
+@dataclass(frozen=True)
+class ChannelGroups:
+    """The label of a tensor whose channel dim was split into ``(groups, per_group)`` dims
+    (the first half of a channel shuffle, ``x.view(b, g, c // g, h, w)``); ``swapped`` after
+    ``transpose(1, 2)``. Position k of every group is one unit (``couple_groups``), so a cut
+    removes the same in-group positions everywhere and the reshapes stay valid."""
+
+    label: tuple
+    groups: int
+    swapped: bool = False
+
+    def merged(self) -> Label:
+        """The channel label once the two dims are merged back by a view."""
+        if not self.swapped:
+            return list(self.label)
+        per = len(self.label) // self.groups
+        return [self.label[j * per + i] for i in range(per) for j in range(self.groups)]
+
+
 def _pass(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
     """Channel-wise op: output channel i is input channel i."""
     src = _first_tensor(node)
     label, out = labels.get(src), _meta_shape(node)
+    if isinstance(label, ChannelGroups) and node.target in ("contiguous", "clone", "detach"):
+        return label
     if label is not None and (out is None or len(out) < 2 or out[1] != len(label)):
         raise _Unsupported("the channel dimension changed")
     return label
@@ -188,6 +211,14 @@ def _view_like(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
     label, ins, out = labels.get(src), _meta_shape(src), _meta_shape(node)
     if label is None or out is None:
         return None
+    if isinstance(label, ChannelGroups):
+        if len(out) == len(ins) - 1 and out[0] == ins[0] and out[1] == ins[1] * ins[2] and out[2:] == ins[3:]:
+            return label.merged()
+        raise _Unsupported(f"reshape from {list(ins)} to {list(out)} of channel groups")
+    if len(out) == len(ins) + 1 and len(ins) >= 2 and out[0] == ins[0] and out[1] * out[2] == ins[1] \
+            and out[3:] == ins[2:] and out[1] > 1:
+        couple_groups(ctx, label, out[1])  # the channel-shuffle view: (b, c) -> (b, g, c // g)
+        return ChannelGroups(tuple(label), out[1])
     if len(out) >= 2 and len(ins) >= 2 and out[:2] == ins[:2]:
         return label
     if len(out) == 2 and out[0] == ins[0] and len(ins) > 2:
@@ -282,6 +313,12 @@ def _permute(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
     ins, out = _meta_shape(src), _meta_shape(node)
     if labels.get(src) is None:
         return None
+    label = labels[src]
+    if isinstance(label, ChannelGroups):
+        dims = sorted(a % len(ins) for a in node.args[1:3]) if node.target in ("transpose", torch.transpose) else []
+        if dims == [1, 2]:
+            return ChannelGroups(label.label, label.groups, not label.swapped)
+        raise _Unsupported("permute of channel groups other than the shuffle's transpose(1, 2)")
     if out is not None and len(out) >= 2 and out[:2] == ins[:2] and node.target in ("transpose", torch.transpose):
         d0, d1 = (a % len(ins) for a in node.args[1:3])
         if min(d0, d1) >= 2:
@@ -333,6 +370,13 @@ HANDLERS.update({f: _split for f in (torch.split, torch.chunk, "split", "chunk")
 HANDLERS.update({f: _permute for f in (torch.transpose, "transpose", torch.permute, "permute")})
 HANDLERS.update({f: _no_label for f in (getattr, "size", "dim", "numel", len)})
 HANDLERS[operator.getitem] = _getitem
+_GROUP_AWARE = {_pass, _view_like, _permute}
+# Functions of libraries edgeslim does not import, known by where they live. Both are
+# identity in eval mode (the traced mode) and per-sample scaling in training: channel-wise.
+_BY_QUALNAME: dict[tuple[str, str], Handler] = {
+    ("torchvision.ops.stochastic_depth", "stochastic_depth"): _pass,
+    ("timm.layers.drop", "drop_path"): _pass,
+}
 
 
 def register_handler(target: Any) -> Callable[[Handler], Handler]:
@@ -355,6 +399,8 @@ def _module_path(node: fx.Node) -> str:
 
 
 def _all_labels(value: Any) -> list[Label]:
+    if isinstance(value, ChannelGroups):
+        return [list(value.label)]
     if isinstance(value, (tuple, list)) and value and not isinstance(value[0], int):
         return [lab for v in value for lab in _all_labels(v)]
     return [value] if value else []
@@ -381,6 +427,8 @@ def _visit_module(ctx: TraceContext, node: fx.Node, labels: Labels, root: nn.Mod
     if in_label is None and in_shape is not None and len(in_shape) >= 2:
         in_label = ctx.table.new_space(in_shape[1], f"{path}:input", locked=True,
                                        reason=f"the input of module {path!r}")
+    if isinstance(in_label, ChannelGroups):
+        raise _Unsupported("a layer applied to channel groups (a split channel dimension)")
     out_shape = _meta_shape(node) or ()
     rec = ctx.records.setdefault(path, ModuleRecord(path, module, slicer_for(module)))
     rec.out_shape = out_shape
@@ -398,6 +446,7 @@ def _visit_module(ctx: TraceContext, node: fx.Node, labels: Labels, root: nn.Mod
         ctx.lock(out, why)
         rec.out_label = out
         return out
+    _check_subclass_channels(module, in_label, out_shape)
     out = rec.slicer.trace(ctx, path, module, in_label, out_shape)
     # A module with per-channel state (it consumed its input) that is called twice
     # ties the channels of both calls together. A stateless one (torchvision's shared
@@ -407,6 +456,26 @@ def _visit_module(ctx: TraceContext, node: fx.Node, labels: Labels, root: nn.Mod
         ctx.table.union_labels(rec.out_label, out)
     rec.out_label = out
     return out
+
+
+def _check_subclass_channels(module: nn.Module, in_label: Any, out_shape: Sequence[int]) -> None:
+    """A subclass of a known layer (timm's BatchNormAct2d, Conv2dSame, StdConv2d) is pruned by
+    its base class's slicer, so it must compute what the base computes, channel-wise: its output
+    has the channels the base would give it."""
+    if is_plain_torch_layer(module) or len(out_shape) < 2:
+        return
+    expected = next((getattr(module, a) for a in ("out_channels", "out_features", "num_features")
+                     if isinstance(getattr(module, a, None), int)), None)
+    if expected is None and isinstance(in_label, list):
+        expected = len(in_label)
+    dim = -1 if isinstance(module, nn.Linear) else 1
+    if expected is not None and out_shape[dim] != expected:
+        raise _Unsupported(f"{type(module).__name__} (a subclass of a known layer) outputs "
+                           f"{out_shape[dim]} channels where its base class would give {expected}")
+
+
+def is_plain_torch_layer(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("torch.nn.")
 
 
 def _visit(ctx: TraceContext, node: fx.Node, labels: Labels, root: nn.Module,
@@ -421,11 +490,17 @@ def _visit(ctx: TraceContext, node: fx.Node, labels: Labels, root: nn.Module,
         return None
     if node.op == "call_module":
         return _visit_module(ctx, node, labels, root, ignore)
-    handler = HANDLERS.get(node.target)
+    handler = HANDLERS.get(node.target) or _BY_QUALNAME.get(_qualname(node.target))
     if handler is None:
         name = getattr(node.target, "__name__", str(node.target))
         raise _Unsupported(f"operation {name!r} is not known to edgeslim's tracer")
+    if handler not in _GROUP_AWARE and any(isinstance(labels.get(a), ChannelGroups) for a in _tensor_args(node)):
+        raise _Unsupported("an operation on channel groups other than a channel shuffle")
     return handler(ctx, node, labels)
+
+
+def _qualname(target: Any) -> tuple[str, str]:
+    return getattr(target, "__module__", "") or "", getattr(target, "__name__", "")
 
 
 def _flat_nodes(args: Any) -> list[fx.Node]:
@@ -467,7 +542,7 @@ def trace_labels(model: nn.Module, example_inputs: tuple, ignore: Sequence[str] 
     # Traced in eval mode, the mode the pruned model is checked and deployed in: training-only
     # branches (stochastic depth, aux heads) drop out. eval_mode restores every module's flag.
     with eval_mode(model), torch.no_grad():
-        graph = _trace_graph(model, ignore)
+        graph = _trace_graph(model, ignore, sliced_leaves=True)
         run_checked(lambda: _ShapeRecorder(model, graph=graph).run(*example_inputs), model,
                     example_inputs, "prune")
     ctx = TraceContext()
@@ -564,13 +639,27 @@ def _couple_tied(ctx: TraceContext, model: nn.Module, on_unsupported: OnUnsuppor
 
 
 class _Tracer(fx.Tracer):
-    """fx tracer that keeps the modules named in ``leaves`` opaque (not traced into)."""
+    """fx tracer that keeps the modules named in ``leaves`` opaque (not traced into).
 
-    def __init__(self, leaves: Sequence[str]) -> None:
+    With ``sliced_leaves`` (the pruning trace), every module a slicer knows is a leaf too,
+    subclasses included: timm's ``BatchNormAct2d`` (a BatchNorm2d whose forward adds an
+    activation), ``Conv2dSame``/``StdConv2d`` (Conv2d subclasses with their own forward),
+    torchvision's ``FrozenBatchNorm2d`` (recognised by its per-channel tensors). Tracing into
+    them would meet Python-level bookkeeping (``if self.num_batches_tracked is not None``,
+    weight standardisation) that says nothing about channels; what they compute per channel
+    is what their base computes, which ``_check_subclass_channels`` verifies on the shapes.
+    Saving traces with ``sliced_leaves=False``, so stored graphs hold only torch.nn layers.
+    """
+
+    def __init__(self, leaves: Sequence[str], sliced_leaves: bool = False) -> None:
         super().__init__()
         self.leaves = tuple(leaves)
+        self.sliced_leaves = sliced_leaves
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if self.sliced_leaves and not isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) \
+                and slicer_for(m) is not None:
+            return True
         return _is_ignored(qualname, self.leaves) or super().is_leaf_module(m, qualname)
 
 
@@ -590,10 +679,10 @@ def symbolic_trace(model: nn.Module, leaves: Sequence[str] = (), *, what: str = 
 
 
 def _trace_graph(model: nn.Module, leaves: Sequence[str] = (), what: str = "edgeslim",
-                 fix: str = PRUNE_FIX) -> fx.Graph:
+                 fix: str = PRUNE_FIX, sliced_leaves: bool = False) -> fx.Graph:
     """The fx graph of ``model`` (see :func:`symbolic_trace`), without generating its code."""
     try:
-        return _Tracer(leaves).trace(model)
+        return _Tracer(leaves, sliced_leaves).trace(model)
     except Exception as exc:  # fx raises many types (TraceError, TypeError, ...)
         raise UnsupportedModelError(
             f"{what} needs a torch.fx-traceable model, but tracing {type(model).__name__} failed "
