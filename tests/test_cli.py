@@ -149,3 +149,12 @@ def test_recipe_name_cannot_escape_runs(tmp_path: Path, monkeypatch: pytest.Monk
     assert "name='../../escaped' is invalid" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
     assert sorted(p.name for p in work.iterdir()) == ["r.yaml"]
+
+
+def test_python_dash_m_edgeslim_runs_the_cli() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "edgeslim", "--help"], capture_output=True, text=True,
+                         check=True)
+    assert "usage: edgeslim" in out.stdout and "compress" in out.stdout
