@@ -247,7 +247,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
     try:
         return cls(**kwargs)
     except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        from edgeslim.options import FieldError  # "name=value ..." errors read as a key path
+
+        raise ConfigError(f"{where}{'.' if isinstance(exc, FieldError) else ': '}{exc}") from None
 
 
 def _plain(value: Any) -> Any:
