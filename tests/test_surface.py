@@ -1,6 +1,7 @@
 """One surface: stage registry by config type, deprecated names, versioned run state."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -72,3 +73,59 @@ def test_run_of_an_older_edgeslim_resumes_and_a_changed_value_is_named(tiny_data
     with pytest.raises(ConfigError, match=re.escape("recipe.stages[1].prune.remove_channels changed from "
                                                     "0.3 to 0.4")):
         run_recipe(parse_recipe(tiny_recipe(tiny_data, changed)), out, progress=False)
+
+
+# ------------------------------------------------------------------ schema and CLI flags: one set of names
+import yaml  # noqa: E402
+from schemacheck import KNOWN, errors, keywords  # noqa: E402
+
+from edgeslim.cli import build_parser, main  # noqa: E402
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict:
+    from edgeslim.schema import recipe_schema
+
+    return json.loads(json.dumps(recipe_schema()))  # exactly what `edgeslim schema` prints
+
+
+def test_schema_command_prints_draft_2020_12_json(capsys: pytest.CaptureFixture, schema: dict) -> None:
+    assert main(["schema"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == schema and printed["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert keywords(printed) <= KNOWN  # the checker below understands every keyword used
+    for cls in STAGE_CONFIG_TYPES:
+        d = printed["$defs"][cls.kind]
+        assert d["type"] == "object" and d["additionalProperties"] is False
+        assert {f.name for f in dataclasses.fields(cls)} <= set(d["properties"])
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_validate_against_the_schema(path: Path, schema: dict) -> None:
+    assert errors(yaml.safe_load(path.read_text()), schema, schema) == []
+
+
+def test_schema_rejects_what_the_parser_rejects(schema: dict) -> None:
+    good = tiny_recipe(Path("d"), [{"train": {"epochs": 1}}, "export"])
+    assert errors(good, schema, schema) == []
+    for bad in ([{"train": {"epochz": 1}}], [{"trian": {}}], [{"train": {"epochs": -1}}],
+                [{"prune": {"method": "nope"}}], [{"train": {"optimizer": "adam"}}], []):
+        assert errors(tiny_recipe(Path("d"), bad), schema, schema), bad
+
+
+def _flags(parser: object, command: str) -> set[str]:
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]  # type: ignore[attr-defined]
+    return {s for a in sub._actions for s in a.option_strings}
+
+
+def test_each_stage_property_is_a_flag_of_its_command(schema: dict) -> None:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    shared = [k for k in schema["$defs"] if k in commands]
+    assert {"train", "prune", "lighten", "distill", "merge", "profile", "export"} <= set(shared)
+    for kind in shared:
+        flags = _flags(parser, kind)
+        for prop in schema["$defs"][kind]["properties"]:
+            assert "--" + prop.replace("_", "-") in flags, (kind, prop)
