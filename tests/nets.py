@@ -9,12 +9,17 @@ channel split, channel shuffle, PReLU, GroupNorm, an Inception block, channel
 slicing and a forward with Python control flow on tensor values.
 
 ``build_random_net(spec)`` assembles a network from a list of block specs; the
-property-based tests draw specs with hypothesis. Every builder here returns a
-model whose input is ``[N, 3, H, W]`` (``INPUT``) and whose output is ``[N, 10]``.
+property-based tests draw specs with hypothesis, ``benchmarks/fuzz_prune.py``
+with ``random_specs`` (both from the same space: ``BLOCKS``, ``WIDTHS``,
+``STRIDES``, ``MAX_BLOCKS``, ``valid_specs``). Every builder here returns a
+model whose input is ``[N, 3, H, W]`` (``INPUT``) and whose output is ``[N, 10]``
+(a random net built with ``features=True`` also returns its pooled features).
 """
 from __future__ import annotations
 
+import functools
 import math
+import random
 from dataclasses import dataclass
 from typing import Callable
 
@@ -562,8 +567,11 @@ class BlockSpec:
 
     kind: ``plain`` (conv-bn-relu), ``residual`` (two convs + identity/projection),
     ``concat`` (two parallel branches concatenated), ``dense`` (input concatenated
-    with new features), ``depthwise`` (inverted residual), ``grouped`` (grouped 3x3,
-    ResNeXt-like) or ``se`` (conv + SE with 1x1 convs).
+    with new features), ``depthwise`` (inverted residual), ``depthwise_x2``
+    (depthwise with a channel multiplier of 2), ``grouped`` / ``grouped4`` (grouped
+    3x3 with 2 / 4 groups, ResNeXt-like), ``se`` (conv + SE with 1x1 convs),
+    ``unused`` (a side branch whose output is discarded) or ``twice`` (one conv
+    applied twice).
     """
 
     kind: str
@@ -614,11 +622,11 @@ class _Depthwise(nn.Module):
 
 
 class _Grouped(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, groups: int = 2, width: int = 8) -> None:
         super().__init__()
-        self.reduce = _conv_bn(cin, 8, 1)
-        self.grouped = _conv_bn(8, 8, 3, stride, groups=2)
-        self.expand = nn.Sequential(nn.Conv2d(8, cout, 1, bias=True), nn.BatchNorm2d(cout))
+        self.reduce = _conv_bn(cin, width, 1)
+        self.grouped = _conv_bn(width, width, 3, stride, groups=groups)
+        self.expand = nn.Sequential(nn.Conv2d(width, cout, 1, bias=True), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.expand(self.grouped(self.reduce(x))))
@@ -634,13 +642,73 @@ class _SE(nn.Module):
         return self.se(self.conv(x))
 
 
-BLOCKS: dict[str, type] = {"plain": lambda cin, cout, s: _conv_bn(cin, cout, 3, s),
-                           "residual": _Residual, "concat": _Concat, "dense": _Dense,
-                           "depthwise": _Depthwise, "grouped": _Grouped, "se": _SE}
+class _DepthwiseX2(nn.Module):
+    """Depthwise conv with a channel multiplier (``groups == in_channels``, out = 2 x in)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.dw = nn.Sequential(nn.Conv2d(cin, 2 * cin, 3, stride, 1, groups=cin, bias=False),
+                                nn.BatchNorm2d(2 * cin), nn.ReLU(inplace=True))
+        self.pw = _conv_bn(2 * cin, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pw(self.dw(x))
+
+
+class _Unused(nn.Module):
+    """A side branch computed and thrown away (an auxiliary head left in the forward)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv = _conv_bn(cin, cout, 3, stride)
+        self.aux = nn.Conv2d(cout, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        self.aux(x)
+        return x
+
+
+class _Twice(nn.Module):
+    """One conv applied twice (weights shared across depth)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv = _conv_bn(cin, cout, 3, stride)
+        self.shared = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.shared(F.relu(self.shared(self.conv(x)))))
+
+
+BLOCKS: dict[str, Callable[[int, int, int], nn.Module]] = {
+    "plain": lambda cin, cout, s: _conv_bn(cin, cout, 3, s),
+    "residual": _Residual, "concat": _Concat, "dense": _Dense, "depthwise": _Depthwise,
+    "depthwise_x2": _DepthwiseX2, "grouped": _Grouped,
+    "grouped4": functools.partial(_Grouped, groups=4, width=16), "se": _SE, "unused": _Unused,
+    "twice": _Twice,
+}
+WIDTHS = (8, 12, 16)
+STRIDES = (1, 1, 2)  # a downsampling block one time in three
+MAX_BLOCKS = 4
+MAX_DOWNSAMPLES = 3  # 16x16 input: at least 2x2 at the end
+
+
+def valid_specs(specs: list[BlockSpec]) -> bool:
+    return sum(s.stride == 2 for s in specs) <= MAX_DOWNSAMPLES
+
+
+def random_specs(rng: random.Random) -> list[BlockSpec]:
+    """A random architecture from the space the hypothesis tests draw from."""
+    while True:
+        specs = [BlockSpec(rng.choice(sorted(BLOCKS)), rng.choice(WIDTHS), rng.choice(STRIDES))
+                 for _ in range(rng.randint(1, MAX_BLOCKS))]
+        if valid_specs(specs):
+            return specs
 
 
 class RandomNet(nn.Module):
-    def __init__(self, specs: list[BlockSpec], stem: int = 8) -> None:
+    def __init__(self, specs: list[BlockSpec], stem: int = 8, features: bool = False) -> None:
         super().__init__()
         self.stem = _conv_bn(3, stem, 3, 1)
         blocks, c = [], stem
@@ -650,14 +718,18 @@ class RandomNet(nn.Module):
             c = cout
         self.blocks = nn.Sequential(*blocks)
         self.head = _Head(c)
+        self.features = features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.stem(x)))
+    def forward(self, x: torch.Tensor):
+        y = self.blocks(self.stem(x))
+        if self.features:  # (logits, pooled features), a common distillation setup
+            return self.head(y), y.mean((2, 3))
+        return self.head(y)
 
 
-def build_random_net(specs: list[BlockSpec], seed: int = 0) -> RandomNet:
+def build_random_net(specs: list[BlockSpec], seed: int = 0, features: bool = False) -> RandomNet:
     torch.manual_seed(seed)
-    return randomize_bn_(RandomNet(specs), seed).eval()
+    return randomize_bn_(RandomNet(specs, features=features), seed).eval()
 
 
 # ----------------------------------------------------------------------------------------

@@ -158,3 +158,16 @@ def test_python_dash_m_edgeslim_runs_the_cli() -> None:
     out = subprocess.run([sys.executable, "-m", "edgeslim", "--help"], capture_output=True, text=True,
                          check=True)
     assert "usage: edgeslim" in out.stdout and "compress" in out.stdout
+
+
+def test_prune_on_data_the_model_does_not_fit_is_one_clear_error(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """vgg11 wants 3x32x32 images; a folder of 1x28x28 ones used to end in a RuntimeError traceback."""
+    from tinydata import make_image_folder
+
+    data = make_image_folder(tmp_path / "data")
+    argv = ["prune", "--model", "vgg11", "--width-mult", "0.25", "--dataset", str(data), "--ratio", "0.3",
+            "--device", "cpu", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "does not run on the example input(s) of shape (1, 1, 28, 28)" in err and "Traceback" not in err

@@ -2,8 +2,8 @@
 
 Each test states which channels a block couples: a residual sum ties its
 branches, a depthwise conv follows its input, a concatenation only stacks, an
-SE gate multiplies into its input, ``chunk`` halves shrink together; grouped
-convs, GroupNorm with several groups, constant channel slices and channel
+SE gate multiplies into its input, ``chunk`` halves shrink together, a grouped
+conv keeps its groups equal; GroupNorm with several groups, constant channel slices and channel
 shuffles lock what they touch (or refuse, with a message that says how to go on).
 """
 from __future__ import annotations
@@ -112,12 +112,17 @@ def test_bottleneck_with_downsample() -> None:
         assert group_of(graph, path).id == path
 
 
-def test_resnext_grouped_conv_locks_its_channels() -> None:
-    """A grouped (not depthwise) conv's groups must stay whole, so its channels are frozen;
-    the rest of the network stays prunable."""
+def test_resnext_grouped_conv_keeps_its_groups_equal() -> None:
+    """A grouped (not depthwise) conv's groups must stay equal: in-group position k of every
+    group is one channel, on its input side (conv1's filters) and on its output side, so a cut
+    removes the same channels from each of the 4 groups; nothing is locked."""
     graph = graph_of(nets.resnext())
     assert graph.records["layer1.0.conv2"].module.groups == 4
-    assert all_locked(graph, "layer1.0.conv1") and all_locked(graph, "layer1.0.conv2")
+    for path in ("layer1.0.conv1", "layer1.0.conv2"):
+        cls = out_classes(graph, path)
+        assert len(cls) == 16 and cls[:4] == cls[4:8] == cls[8:12] == cls[12:] and len(set(cls)) == 4
+        assert none_locked(graph, path) and group_of(graph, path).size == 4
+    assert in_classes(graph, "layer1.0.conv2") == out_classes(graph, "layer1.0.conv1")
     assert none_locked(graph, "layer1.0.conv3")
 
 

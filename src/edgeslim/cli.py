@@ -7,14 +7,15 @@ the same checkpoints, ``--resume``, metrics table and report for free.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .cliargs import add_config_flags, config_fields, deprecated_flag
-from .errors import EdgeslimDeprecationWarning, EdgeslimError
+from .errors import ConfigError, EdgeslimDeprecationWarning, EdgeslimError
 from .registry import RegistryError
 
 Command = Callable[[argparse.Namespace], int]
@@ -227,10 +228,30 @@ def _example(model: Any, args: argparse.Namespace) -> Any:
 
     size = getattr(model, "default_input_size", None)
     if args.input_size:
-        size = tuple(int(s) for s in args.input_size.split(","))
+        try:
+            size = tuple(int(s) for s in args.input_size.split(","))
+        except ValueError:
+            size = ()
+        if not size or min(size) < 1:
+            raise ConfigError(f"--input-size {args.input_size!r}: give the per-sample shape as "
+                              "positive integers separated by commas, e.g. --input-size 3,32,32")
     if size is None:
         raise EdgeslimError("this model has no default input size; pass --input-size C,H,W")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size}: must be >= 1")
     return torch.randn(args.batch_size, *size)
+
+
+@contextlib.contextmanager
+def _input_flags_hint() -> Iterator[None]:
+    """Point an input that does not fit the model at the flags that set it."""
+    from ._checks import InputMismatchError
+
+    try:
+        yield
+    except InputMismatchError as exc:
+        raise InputMismatchError(f"{exc} (on the command line: --input-size C,H,W and "
+                                 "--batch-size N; models with several inputs need the Python API)") from exc
 
 
 @command("eval")
@@ -253,8 +274,9 @@ def _profile(args: argparse.Namespace) -> int:
 
     cfg = _stage_config("profile", args)
     model = _load_model(args)
-    result = profile(model, _example(model, args), latency=True, threads=cfg.threads, runs=cfg.runs,
-                     onnx=args.onnx)
+    with _input_flags_hint():
+        result = profile(model, _example(model, args), latency=True, threads=cfg.threads, runs=cfg.runs,
+                         onnx=args.onnx)
     print(format_table([result]))
     if args.json:
         from .io import atomic_write_json
@@ -269,7 +291,8 @@ def _export(args: argparse.Namespace) -> int:
 
     cfg = _stage_config("export", args)
     model = _load_model(args)
-    diff = export_onnx(model, _example(model, args), args.out, tol=cfg.tol, opset=cfg.opset)
+    with _input_flags_hint():
+        diff = export_onnx(model, _example(model, args), args.out, tol=cfg.tol, opset=cfg.opset)
     print(f"wrote {args.out}; onnxruntime max abs difference {diff:.2e}")
     return 0
 

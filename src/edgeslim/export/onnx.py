@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeslim._checks import check_model_and_inputs, run_checked
 from edgeslim.errors import ExportError
 from edgeslim.io import atomic_path
 from edgeslim.models.utils import as_input_tuple, eval_mode, flatten_outputs
@@ -185,13 +186,16 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.
         ExportError: the export failed, the checker rejected the graph, or the
             difference exceeds ``tol + rtol * max|output|`` (the message names the file
             and the diff).
+        ConfigError: the example inputs do not fit the model (wrong shape or number).
+        UnsupportedModelError: the model's weights are on the meta device.
     """
     inputs = as_input_tuple(example_inputs)
+    check_model_and_inputs(model, inputs, "export_onnx")
     target = Path(path)
     on_cuda = any(t.device.type == "cuda" for t in inputs)
     with eval_mode(model), torch.no_grad():
         with _true_fp32(on_cuda):
-            reference = flatten_outputs(model(*inputs))
+            reference = flatten_outputs(run_checked(lambda: model(*inputs), model, inputs, "export_onnx"))
         input_names, output_names = _names("input", len(inputs)), _names("output", len(reference))
         axes = {n: {0: "batch"} for n in input_names + output_names} if dynamic_batch else None
         with atomic_path(target, suffix=".onnx") as tmp:

@@ -28,21 +28,29 @@ class Space:
 
 @dataclass
 class ElementTable:
-    """Union-find over channel elements, with per-class lock flags."""
+    """Union-find over channel elements, with per-class lock flags.
+
+    ``lock_notes`` records why channels were locked, as ``(elements, reason)``
+    pairs, so that "nothing can be pruned" can be explained after the unions.
+    """
 
     parent: list[int] = field(default_factory=list)
     locked: list[bool] = field(default_factory=list)
     spaces: list[Space] = field(default_factory=list)
     owner: list[int] = field(default_factory=list)  # element -> space id
+    lock_notes: list[tuple[list[int], str]] = field(default_factory=list)
 
-    def new_space(self, size: int, producer: str, locked: bool = False) -> list[int]:
+    def new_space(self, size: int, producer: str, locked: bool = False, reason: str = "") -> list[int]:
         start = len(self.parent)
         sid = len(self.spaces)
         self.spaces.append(Space(sid, start, size, producer, locked))
         self.parent.extend(range(start, start + size))
         self.locked.extend([locked] * size)
         self.owner.extend([sid] * size)
-        return list(range(start, start + size))
+        label = list(range(start, start + size))
+        if locked and reason:
+            self.lock_notes.append((label, reason))
+        return label
 
     def find(self, e: int) -> int:
         root = e
@@ -65,9 +73,11 @@ class ElementTable:
         for x, y in zip(a, b, strict=True):
             self.union(x, y)
 
-    def lock(self, label: list[int]) -> None:
+    def lock(self, label: list[int], reason: str = "") -> None:
         for e in label:
             self.locked[self.find(e)] = True
+        if reason and label:
+            self.lock_notes.append((list(label), reason))
 
     def is_locked(self, e: int) -> bool:
         return self.locked[self.find(e)]

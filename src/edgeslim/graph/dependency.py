@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import check_model_and_inputs
 from .trace import ModuleRecord, OnUnsupported, output_shape, trace_labels
 
 
@@ -58,6 +59,9 @@ class DependencyGraph:
         }
         self.group_classes = [np.asarray(g.classes, dtype=np.int64) for g in groups]
         self.output_shape: tuple[int, ...] | None = None  # the model's, on the example inputs
+        self.lock_notes: list[tuple[list[int], str]] = []  # (elements, why they are locked)
+        self.tied: list[list[tuple[str, str]]] = []  # tied parameters: [(module path, name), ...]
+        self.space_of = np.zeros(0, dtype=np.int64)  # element id -> space id
         self._init_cost_tables()
 
     def _init_cost_tables(self) -> None:
@@ -115,6 +119,8 @@ class DependencyGraph:
         macs, params = 0, self._fixed_params
         for (_, rec), i, o in zip(self._sliced, n_in, n_out):
             m, p = rec.slicer.cost(rec.module, i, o, rec.out_shape)
+            for shape in rec.call_shapes[:-1]:  # a module called again costs its MACs again
+                m += rec.slicer.cost(rec.module, i, o, shape)[0]
             macs += m
             params += p
         return macs, params
@@ -140,6 +146,19 @@ class DependencyGraph:
         with np.errstate(invalid="ignore", divide="ignore"):
             return total / count if reduce == "mean" else np.where(count > 0, total, np.nan)
 
+    def lock_reasons(self, limit: int = 5) -> list[str]:
+        """Why channels are locked, most channels first (inputs of the network excluded):
+        what to change when nothing, or too little, can be pruned."""
+        produced = [s.id for s in self.spaces if s.producer in self.records]
+        counts: dict[str, set[int]] = {}
+        for elements, reason in self.lock_notes:
+            idx = np.asarray(elements, dtype=np.int64)
+            classes = self.class_of[idx[np.isin(self.space_of[idx], produced)]]
+            if len(classes):
+                counts.setdefault(reason, set()).update(classes.tolist())
+        # the logits are always locked by the output: say so last
+        return sorted(counts, key=lambda r: (r == "the model output", -len(counts[r])))[:limit]
+
     def summary(self) -> str:
         lines = [f"{len(self.groups)} groups, {len(self.prunable_classes())} prunable channels"]
         for g in self.groups:
@@ -163,12 +182,15 @@ def build_dependency_graph(model: nn.Module, example_inputs: tuple | torch.Tenso
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
+    ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
+    check_model_and_inputs(model, tuple(example_inputs), "prune")
     ctx, fx_graph = trace_labels(model, tuple(example_inputs), ignore, on_unsupported)
     table = ctx.table
     if protect_first:
         first = next((s for s in table.spaces if not s.locked), None)
         if first is not None:
-            table.lock(list(range(first.start, first.start + first.size)))
+            table.lock(list(range(first.start, first.start + first.size)),
+                       f"protect_first=True keeps the first layer {first.producer!r} whole")
     n = len(table)
     roots = _roots(np.asarray(table.parent, dtype=np.int64))
     locked = np.zeros(n, dtype=bool)
@@ -176,6 +198,8 @@ def build_dependency_graph(model: nn.Module, example_inputs: tuple | torch.Tenso
     groups = _make_groups(table, roots, locked, ctx.records)
     graph = DependencyGraph(model, ctx.records, roots, locked, table.spaces, groups)
     graph.output_shape = output_shape(fx_graph)
+    graph.lock_notes, graph.tied = table.lock_notes, ctx.tied
+    graph.space_of = np.asarray(table.owner, dtype=np.int64)
     return graph
 
 

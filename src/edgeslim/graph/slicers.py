@@ -95,48 +95,80 @@ def _spatial(shape: Sequence[int]) -> int:
     return n
 
 
+def couple_groups(ctx: "TraceContext", label: Label | None, groups: int) -> None:
+    """Tie position k of every one of ``groups`` equal blocks of ``label`` together, so a cut
+    removes the same in-group positions from each block and the groups stay equal."""
+    if label is None or groups <= 1:
+        return
+    per = len(label) // groups
+    for j in range(1, groups):
+        ctx.table.union_labels(label[:per], label[j * per:(j + 1) * per])
+
+
+def _in_group_positions(keep: Sequence[int] | None, size: int, groups: int) -> list[int] | None:
+    """The kept positions inside one group, the same in every group (checked)."""
+    if keep is None:
+        return None
+    per = size // groups
+    local = [i for i in keep if i < per]
+    if list(keep) != [j * per + i for j in range(groups) for i in local]:
+        raise ValueError(f"internal error: channels {list(keep)} of {size} in {groups} groups "
+                         "are not cut group-consistently; please report this")
+    return local
+
+
 @register_slicer(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 class ConvSlicer(Slicer):
     """Standard, depthwise and grouped convolutions.
 
     groups == 1: input channels follow the input label, output channels are a
-    new prunable space. Depthwise (groups == in == out): output channel i *is*
-    input channel i, so both follow the input label. Other grouped convs
-    (ResNeXt, depthwise with a channel multiplier): channels are locked, since
-    removing one would break the group structure.
+    new prunable space. Depthwise (groups == in_channels, with a channel
+    multiplier m = out/in): output channel i is made from input channel i // m
+    only, so it carries that input's label (m times) and cutting a channel
+    removes a whole group. Other grouped convs (ResNeXt): a cut must remove the
+    same number of channels from every group, on both sides, so position k of
+    each input group is one unit, and likewise for the output groups (the rule
+    ``chunk`` follows, see ``couple_groups``); the group count stays.
     """
 
     kind = "conv"
 
     def trace(self, ctx, path, module, in_label, out_shape):
         conv: nn.Conv2d = module
-        if conv.groups == 1:
-            ctx.consume(path, in_label)
-            return ctx.produce(path, conv.out_channels)
-        if conv.groups == conv.in_channels == conv.out_channels:
-            ctx.consume(path, in_label)
-            return in_label
-        ctx.lock(in_label)
         ctx.consume(path, in_label)
-        return ctx.produce(path, conv.out_channels, locked=True)
+        if conv.groups == 1:
+            return ctx.produce(path, conv.out_channels)
+        if conv.groups == conv.in_channels:
+            m = conv.out_channels // conv.groups
+            return in_label if m == 1 or in_label is None else [e for e in in_label for _ in range(m)]
+        couple_groups(ctx, in_label, conv.groups)
+        out = ctx.produce(path, conv.out_channels)
+        couple_groups(ctx, out, conv.groups)
+        return out
 
     def slice_(self, module, in_keep, out_keep):
         conv: nn.Conv2d = module
-        if conv.groups == 1:
+        g = conv.groups
+        if g == 1:
             w = _take(_take(conv.weight, 0, out_keep), 1, in_keep)
-            conv.in_channels, conv.out_channels = _n(in_keep, conv.in_channels), _n(out_keep, conv.out_channels)
-        elif conv.groups == conv.in_channels == conv.out_channels:
+        elif g == conv.in_channels:  # depthwise: whole groups go
             w = _take(conv.weight, 0, out_keep)
-            conv.in_channels = conv.out_channels = conv.groups = _n(out_keep, conv.out_channels)
-        else:
-            return  # locked
+            conv.groups = _n(out_keep, conv.out_channels) // (conv.out_channels // g)
+            if in_keep is not None and len(in_keep) != conv.groups:
+                raise ValueError(f"internal error: depthwise conv keeps {conv.groups} groups but "
+                                 f"{len(in_keep)} inputs; please report this")
+        else:  # grouped: the same in-group positions go from every group
+            _in_group_positions(out_keep, conv.out_channels, g)
+            w = _take(_take(conv.weight, 0, out_keep), 1, _in_group_positions(in_keep, conv.in_channels, g))
+        conv.in_channels = conv.groups if g == conv.in_channels else _n(in_keep, conv.in_channels)
+        conv.out_channels = _n(out_keep, conv.out_channels)
         _set_param(conv, "weight", w)
         _set_param(conv, "bias", _take(conv.bias, 0, out_keep))
 
     def cost(self, module, n_in, n_out, out_shape):
         conv: nn.Conv2d = module
         k = math.prod(conv.kernel_size)
-        groups = n_in if conv.groups == conv.in_channels == conv.out_channels else conv.groups
+        groups = n_in if conv.groups == conv.in_channels else conv.groups  # depthwise: one per input
         per_out = (n_in // max(groups, 1)) * k
         params = n_out * per_out + (n_out if conv.bias is not None else 0)
         return n_out * per_out * _spatial(out_shape), params
@@ -151,8 +183,9 @@ class ConvTransposeSlicer(Slicer):
     def trace(self, ctx, path, module, in_label, out_shape):
         ctx.consume(path, in_label)
         if module.groups != 1:
-            ctx.lock(in_label)
-            return ctx.produce(path, module.out_channels, locked=True)
+            why = f"grouped ConvTranspose {path!r} (groups={module.groups}) is not pruned"
+            ctx.lock(in_label, why)
+            return ctx.produce(path, module.out_channels, locked=True, reason=why)
         return ctx.produce(path, module.out_channels)
 
     def slice_(self, module, in_keep, out_keep):
@@ -220,7 +253,7 @@ class GroupNormSlicer(Slicer):
     def trace(self, ctx, path, module, in_label, out_shape):
         ctx.consume(path, in_label)
         if module.num_groups not in (1, module.num_channels):
-            ctx.lock(in_label)
+            ctx.lock(in_label, f"GroupNorm {path!r} ({module.num_groups} groups) keeps its groups whole")
         return in_label
 
     def slice_(self, module, in_keep, out_keep):

@@ -9,6 +9,7 @@ pruned through something we do not understand.
 """
 from __future__ import annotations
 
+import difflib
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, NamedTuple, Sequence
@@ -18,7 +19,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UnsupportedModelError
+from .._checks import run_checked
+from ..errors import ConfigError, UnsupportedModelError
 from ..models.utils import eval_mode
 from .channels import ElementTable
 from .slicers import Label, Slicer, slicer_for
@@ -39,8 +41,9 @@ class ModuleRecord:
     slicer: Slicer | None
     in_label: Label | None = None
     out_label: Label | None = None
-    out_shape: tuple[int, ...] = ()
+    out_shape: tuple[int, ...] = ()  # of the last call
     ignored: bool = False
+    call_shapes: list[tuple[int, ...]] = field(default_factory=list)  # output shape of every call
 
 
 @dataclass
@@ -50,12 +53,13 @@ class TraceContext:
     table: ElementTable = field(default_factory=ElementTable)
     records: dict[str, ModuleRecord] = field(default_factory=dict)
     node: fx.Node | None = None
+    tied: list[list[tuple[str, str]]] = field(default_factory=list)  # see shared_parameters
 
-    def produce(self, path: str, size: int, locked: bool = False) -> Label:
+    def produce(self, path: str, size: int, locked: bool = False, reason: str = "") -> Label:
         rec = self.records.get(path)
         if rec is not None and rec.out_label is not None and len(rec.out_label) == size:
             return rec.out_label  # a module called twice produces the same channels
-        return self.table.new_space(size, path, locked)
+        return self.table.new_space(size, path, locked, reason)
 
     def consume(self, path: str, label: Label | None) -> None:
         rec = self.records[path]
@@ -68,9 +72,21 @@ class TraceContext:
         else:
             raise _Unsupported(f"module {path!r} is called on inputs with different channel counts")
 
-    def lock(self, label: Label | None) -> None:
+    def lock(self, label: Label | None, reason: str | None = None) -> None:
+        """Freeze ``label``'s channels; ``reason`` (default: the node being traced) explains
+        it when nothing is left to prune."""
         if label is not None:
-            self.table.lock(label)
+            self.table.lock(label, self.where() if reason is None else reason)
+
+    def where(self) -> str:
+        """The node being traced, in words: ``"'split' in module 'block1'"``."""
+        node = self.node
+        if node is None:
+            return ""
+        if node.op == "call_module":
+            return f"module {node.target!r}"
+        name = getattr(node.target, "__name__", node.target)
+        return f"{name!r} in module {_module_path(node)!r}"
 
     def unsupported(self, path: str, reason: str) -> None:
         raise _Unsupported(reason)
@@ -219,7 +235,7 @@ def _split(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
         for piece in out[1:]:
             ctx.table.union_labels(out[0], piece)
     elif len(out) > 1:
-        ctx.lock(label)
+        ctx.lock(label, f"constant split sizes ({ctx.where()})")
     return tuple(out)
 
 
@@ -237,10 +253,11 @@ def _channel_slice(ctx: TraceContext, label: Label, index: Any) -> Label:
     open_end = stop is None or stop >= n
     if start == 0 and open_end and step == 1:
         return label
+    why = f"constant channel slice ({ctx.where()})"
     if step != 1 or start < 0 or (stop is not None and stop < 0):
-        ctx.lock(label)
+        ctx.lock(label, why)
     else:
-        ctx.lock(label[:start] if open_end else label[:stop])
+        ctx.lock(label[:start] if open_end else label[:stop], why)
     return label[index]
 
 
@@ -343,10 +360,10 @@ def _all_labels(value: Any) -> list[Label]:
     return [value] if value else []
 
 
-def _fresh_locked(ctx: TraceContext, node: fx.Node) -> Any:
+def _fresh_locked(ctx: TraceContext, node: fx.Node, reason: str) -> Any:
     shape = _meta_shape(node)
     if shape is not None and len(shape) >= 2:
-        return ctx.table.new_space(shape[1], node.name, locked=True)
+        return ctx.table.new_space(shape[1], node.name, locked=True, reason=reason)
     return None
 
 
@@ -362,20 +379,23 @@ def _visit_module(ctx: TraceContext, node: fx.Node, labels: Labels, root: nn.Mod
     in_label = labels.get(src[0]) if src else None
     in_shape = _meta_shape(src[0]) if src else None
     if in_label is None and in_shape is not None and len(in_shape) >= 2:
-        in_label = ctx.table.new_space(in_shape[1], f"{path}:input", locked=True)
+        in_label = ctx.table.new_space(in_shape[1], f"{path}:input", locked=True,
+                                       reason=f"the input of module {path!r}")
     out_shape = _meta_shape(node) or ()
     rec = ctx.records.setdefault(path, ModuleRecord(path, module, slicer_for(module)))
     rec.out_shape = out_shape
+    rec.call_shapes.append(out_shape)
     if _is_ignored(path, ignore) or rec.slicer is None:
         if rec.slicer is None and not _is_ignored(path, ignore):
             raise _Unsupported(f"no slicer for layer type {type(module).__name__}")
         rec.ignored = True
+        why = f"module {path!r} is ignored"
         for s in src:
-            ctx.lock(labels.get(s))
+            ctx.lock(labels.get(s), why)
         ctx.consume(path, in_label)
         reuse = rec.out_label is not None and len(out_shape) >= 2 and len(rec.out_label) == out_shape[1]
-        out = rec.out_label if reuse else _fresh_locked(ctx, node)
-        ctx.lock(out)
+        out = rec.out_label if reuse else _fresh_locked(ctx, node, why)
+        ctx.lock(out, why)
         rec.out_label = out
         return out
     out = rec.slicer.trace(ctx, path, module, in_label, out_shape)
@@ -392,12 +412,12 @@ def _visit_module(ctx: TraceContext, node: fx.Node, labels: Labels, root: nn.Mod
 def _visit(ctx: TraceContext, node: fx.Node, labels: Labels, root: nn.Module,
            ignore: Sequence[str]) -> Any:
     if node.op == "placeholder":
-        return _fresh_locked(ctx, node)
+        return _fresh_locked(ctx, node, "the model input")
     if node.op == "get_attr":
-        return _fresh_locked(ctx, node)
+        return _fresh_locked(ctx, node, f"constant {node.target!r}")
     if node.op == "output":
         for lab in _all_labels([labels.get(a) for a in _flat_nodes(node.args)]):
-            ctx.lock(lab)
+            ctx.lock(lab, "the model output")
         return None
     if node.op == "call_module":
         return _visit_module(ctx, node, labels, root, ignore)
@@ -443,11 +463,13 @@ def output_shape(graph: fx.Graph) -> tuple[int, ...] | None:
 def trace_labels(model: nn.Module, example_inputs: tuple, ignore: Sequence[str] = (),
                  on_unsupported: OnUnsupported = "error") -> tuple[TraceContext, fx.Graph]:
     """Trace ``model`` and propagate labels; returns the context and the fx graph."""
+    check_module_paths(model, ignore)
     # Traced in eval mode, the mode the pruned model is checked and deployed in: training-only
     # branches (stochastic depth, aux heads) drop out. eval_mode restores every module's flag.
     with eval_mode(model), torch.no_grad():
         graph = _trace_graph(model, ignore)
-        _ShapeRecorder(model, graph=graph).run(*example_inputs)
+        run_checked(lambda: _ShapeRecorder(model, graph=graph).run(*example_inputs), model,
+                    example_inputs, "prune")
     ctx = TraceContext()
     labels: Labels = {}
     for node in graph.nodes:
@@ -462,10 +484,83 @@ def trace_labels(model: nn.Module, example_inputs: tuple, ignore: Sequence[str] 
                     f"ignore=[{_module_path(node)!r}] (a module path), or pass on_unsupported='lock' "
                     "to freeze every channel that touches it."
                 ) from None
+            why = f"{ctx.where()} is not supported ({exc}; on_unsupported='lock')"
             for s in _tensor_args(node):
-                ctx.lock(labels.get(s))
-            labels[node] = _fresh_locked(ctx, node)
+                ctx.lock(labels.get(s), why)
+            labels[node] = _fresh_locked(ctx, node, why)
+    ctx.node = None
+    ctx.tied = _couple_tied(ctx, model, on_unsupported)
     return ctx, graph
+
+
+def check_module_paths(model: nn.Module, paths: Sequence[str], what: str = "ignore") -> None:
+    """Every path must name a submodule (a typo would silently prune what it meant to keep)."""
+    known = [name for name, _ in model.named_modules(remove_duplicate=False) if name]
+    names = set(known)
+    for path in paths:
+        if path in names:
+            continue
+        close = difflib.get_close_matches(str(path), known, n=3)
+        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise ConfigError(
+            f"{what}=[{path!r}]: {type(model).__name__} has no submodule {path!r}.{hint} Fix: give "
+            f"module paths as model.named_modules() lists them (e.g. {', '.join(map(repr, known[:3]))})"
+        )
+
+
+def shared_parameters(model: nn.Module) -> list[list[tuple[str, str]]]:
+    """Parameters held by several modules (tied weights, ``c3.weight = c2.weight``): for each,
+    the ``(module path, parameter name)`` pairs holding it."""
+    owners: dict[int, list[tuple[str, str]]] = {}
+    for path, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            owners.setdefault(id(param), []).append((path, name))
+    return [pairs for pairs in owners.values() if len(pairs) > 1]
+
+
+def _tie_label_sides(rec: ModuleRecord, name: str) -> list[Label | None]:
+    """The labels a parameter's dimensions follow: a bias only the output's."""
+    return [rec.out_label] if name == "bias" else [rec.out_label, rec.in_label]
+
+
+def _same_role(a: ModuleRecord, name_a: str, b: ModuleRecord, name_b: str) -> bool:
+    """Whether two holders of one tensor use it alike (so their channels can be coupled)."""
+    sizes = [[None if lab is None else len(lab) for lab in _tie_label_sides(r, n)]
+             for r, n in ((a, name_a), (b, name_b))]
+    return type(a.module) is type(b.module) and name_a == name_b and sizes[0] == sizes[1]
+
+
+def _lock_tie(ctx: TraceContext, holders: list[tuple[ModuleRecord, str]], reason: str) -> None:
+    for rec, name in holders:
+        for label in _tie_label_sides(rec, name):
+            ctx.lock(label, reason)
+
+
+def _couple_tied(ctx: TraceContext, model: nn.Module, on_unsupported: OnUnsupported) -> list:
+    """A tied parameter is one tensor: its holders' channels are removed together (so the
+    slices are equal and surgery re-ties them); a tie that cannot be coupled is locked (one
+    holder ignored or never called; different roles with on_unsupported='lock') or refused."""
+    ties = shared_parameters(model)
+    for tie in ties:
+        both = " and ".join(f"{p}.{n}" for p, n in tie)
+        holders = [(ctx.records[p], n) for p, n in tie if p in ctx.records and not ctx.records[p].ignored]
+        if holders and len(holders) < len(tie):
+            _lock_tie(ctx, holders, f"{both} are one tied parameter, partly ignored or unused")
+            continue
+        for (a, na), (b, nb) in zip(holders, holders[1:]):
+            if _same_role(a, na, b, nb):
+                for la, lb in zip(_tie_label_sides(a, na), _tie_label_sides(b, nb)):
+                    if la is not None and lb is not None:
+                        ctx.table.union_labels(la, lb)
+            elif on_unsupported == "error":
+                raise UnsupportedModelError(
+                    f"cannot prune the tied parameter {both}: modules {a.path!r} and {b.path!r} use "
+                    "it in different roles. Fix: ignore=[...] one of them (its channels stay), or "
+                    "on_unsupported='lock'"
+                )
+            else:
+                _lock_tie(ctx, [(a, na), (b, nb)], f"tied parameter {both} (on_unsupported='lock')")
+    return ties
 
 
 class _Tracer(fx.Tracer):

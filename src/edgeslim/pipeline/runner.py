@@ -229,6 +229,16 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, *, data_dir: Any = None, res
         return saved
 
 
+def _check_fits_data(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> None:
+    """The model runs on the dataset's images (one clear error, before any stage, otherwise)."""
+    from .._checks import check_model_and_inputs, run_checked
+
+    what = f"recipe {recipe.name!r}: model {recipe.model.name!r} on dataset {recipe.data.name!r}"
+    check_model_and_inputs(model, (example,), what)
+    with torch.no_grad():
+        run_checked(lambda: model.eval()(example), model, (example,), what)
+
+
 def _start(recipe: Recipe, run_dir: Path, saved: dict, data_dir: Any, device: str,
            progress: bool) -> RunState:
     from ..export import load
@@ -237,6 +247,7 @@ def _start(recipe: Recipe, run_dir: Path, saved: dict, data_dir: Any, device: st
     example = next(iter(test))[0][:1].cpu()
     model = load(run_dir / saved["completed"][-1]["model"]) if saved["completed"] else _initial_model(recipe)
     teacher = load(run_dir / TEACHER) if _has_teacher(run_dir, saved) else None
+    _check_fits_data(model, example, recipe)
     state = RunState(recipe, run_dir, device, train, test, calib, example, model,
                      teacher=teacher, progress=progress)
     if not saved["completed"]:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeslim._checks import check_model_and_inputs, run_checked
 from edgeslim.models.utils import as_input_tuple
 from edgeslim.profile.counters import count_flops, count_params, weight_bytes
 from edgeslim.profile.latency import measure_latency, ort_latency
@@ -38,9 +39,14 @@ def profile(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tens
         ``latency_ms`` and ``latency_p90_ms`` (None when ``latency=False``),
         ``peak_memory_bytes`` when ``memory=True``, and ``onnx_latency_ms`` /
         ``onnx_latency_p90_ms`` when ``onnx=True``.
+
+    Raises:
+        ConfigError: the example inputs do not fit the model (wrong shape or number).
+        UnsupportedModelError: the model's weights are on the meta device.
     """
     inputs = as_input_tuple(example_inputs)
-    flops, macs = count_flops(model, inputs)
+    check_model_and_inputs(model, inputs, "profile")
+    flops, macs = run_checked(lambda: count_flops(model, inputs), model, inputs, "profile")
     result: dict[str, Any] = {
         "params": count_params(model),
         "nonzero_params": count_params(model, nonzero=True),

@@ -4,7 +4,7 @@ from __future__ import annotations
 from .._callable import make_callable
 from .._lazy import lazy_getattr
 from . import information_gain  # noqa: F401  (registers the information-gain criteria)
-from .api import PruneConfig, plain_finetune, prune, prune_
+from .api import PruneArgumentError, PruneConfig, PruneWarning, plain_finetune, prune, prune_
 from .importance import IMPORTANCES, Importance, ImportanceContext, get_importance
 from .planner import Budget, Constraints, plan_removal
 from .surgery import apply_plan, plan_to_removal, prune_channels_, removal_to_plan
@@ -18,7 +18,8 @@ _LAZY = {
 }
 
 __all__ = [
-    "prune", "prune_", "PruneConfig", "plain_finetune", "IMPORTANCES", "Importance",
+    "prune", "prune_", "PruneConfig", "PruneWarning", "PruneArgumentError", "plain_finetune",
+    "IMPORTANCES", "Importance",
     "ImportanceContext", "get_importance", "Budget", "Constraints", "plan_removal", "apply_plan",
     "plan_to_removal", "prune_channels_", "removal_to_plan", *_LAZY,
 ]

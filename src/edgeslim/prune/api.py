@@ -9,22 +9,35 @@ unpruned model (Liu, Zhang, Chen 2020), or any callable.
 from __future__ import annotations
 
 import copy
+import difflib
+import inspect
 import logging
+import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from .._checks import check_finite, check_model_and_inputs
 from ..errors import ConfigError, EdgeslimError
 from ..graph import DependencyGraph, build_dependency_graph
-from ..models.utils import eval_mode
-from .importance import ImportanceContext, get_importance
-from .planner import Budget, Constraints, plan_removal
+from ..models.utils import eval_mode, flatten_outputs
+from .importance import Importance, ImportanceContext, get_importance
+from .planner import Budget, Constraints, explain_locks, plan_removal
 from .surgery import prune_channels_
 
 log = logging.getLogger(__name__)
 Finetune = Callable[[nn.Module, int], None]
+
+
+class PruneWarning(UserWarning):
+    """A pruning request that left the model unchanged (the message says why)."""
+
+
+class PruneArgumentError(ConfigError, TypeError):
+    """An unknown keyword argument to ``prune``/``prune_`` (also a TypeError, as Python's is)."""
 
 
 @dataclass
@@ -51,12 +64,30 @@ class PruneConfig:
             raise ConfigError("give exactly one pruning target: ratio= (fraction of channels removed), "
                               f"target_flops= or target_params= (fraction kept); got {targets or 'none'}")
         (name, value), = targets.items()
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r} must be a number")
         ok = 0.0 <= value < 1.0 if name == "ratio" else 0.0 < value <= 1.0
         if not ok:
             rng = "[0, 1)" if name == "ratio" else "(0, 1]"
             raise ConfigError(f"{name}={value} is impossible: it must lie in {rng}")
-        if self.steps < 1 or self.round_to < 1 or self.min_channels < 1:
-            raise ConfigError("steps, round_to and min_channels must be >= 1")
+        counts = {"steps": self.steps, "round_to": self.round_to, "min_channels": self.min_channels}
+        if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in counts.values()):
+            raise ConfigError(f"steps, round_to and min_channels must be integers >= 1; got {counts}")
+        if self.on_unsupported not in ("error", "lock"):
+            raise ConfigError(f"on_unsupported={self.on_unsupported!r}: use 'error' or 'lock'")
+        # a str is one path, not a sequence of one-letter paths
+        self.ignore = (self.ignore,) if isinstance(self.ignore, str) else tuple(self.ignore)
+
+    @property
+    def target(self) -> str:
+        """The target as given, e.g. ``"ratio=0.5"``."""
+        return next(f"{k}={v}" for k, v in (("ratio", self.ratio), ("target_flops", self.target_flops),
+                                             ("target_params", self.target_params)) if v is not None)
+
+    @property
+    def trivial(self) -> bool:
+        """Whether the target asks to remove nothing (``ratio=0``, a 100% FLOPs/params budget)."""
+        return self.ratio == 0 or self.target_flops == 1 or self.target_params == 1
 
 
 def _budget(cfg: PruneConfig, step: int, n0: int, macs0: int, params0: int,
@@ -90,9 +121,50 @@ def _graph(model: nn.Module, inputs: tuple, cfg: PruneConfig) -> DependencyGraph
 
 
 def _example(model: nn.Module, example_inputs: Any) -> tuple:
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in inputs)
+    if isinstance(example_inputs, torch.Tensor):
+        inputs: tuple = (example_inputs,)
+    elif isinstance(example_inputs, (tuple, list)):
+        inputs = tuple(example_inputs)
+    else:
+        raise ConfigError(f"prune: example_inputs must be a tensor or a tuple of tensors, got "
+                          f"{type(example_inputs).__name__}; e.g. torch.randn(1, 3, 32, 32)")
+    device = next((p.device for p in model.parameters() if not p.is_meta), torch.device("cpu"))
+    return tuple(t.to(device) if isinstance(t, torch.Tensor) and not t.is_meta else t for t in inputs)
+
+
+_OPTIONS = ("min_channels", "protect_first", "on_unsupported", "calib_batches")  # PruneConfig's
+
+
+def _check_options(options: dict) -> None:
+    """``**options`` are PruneConfig fields; anything else is a typo, refused like Python does."""
+    for key in options:
+        if key in _OPTIONS:
+            continue
+        valid = [n for n in inspect.signature(prune_).parameters
+                 if n not in ("model", "example_inputs", "options")] + list(_OPTIONS)
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise PruneArgumentError(f"prune() got an unexpected keyword argument {key!r}.{hint} "
+                                 f"Valid keywords: {', '.join(sorted(valid))}")
+
+
+def _check_request(model: nn.Module, inputs: tuple, cfg: PruneConfig, calib_data: Any) -> None:
+    """What can be refused before any work: a model without data or with NaN weights, inputs
+    that do not fit it, a data-driven criterion without data."""
+    check_model_and_inputs(model, inputs, "prune")
+    check_finite(model, "prune")
+    importance = get_importance(cfg.criterion)
+    if importance.needs_data:
+        ImportanceContext(calib_data=calib_data, max_batches=cfg.calib_batches).check(importance.name)
+
+
+def _check_scores(graph: DependencyGraph, scores: Any, importance: Importance) -> None:
+    prunable = graph.prunable_classes()
+    if prunable and not (scores[prunable] == scores[prunable]).any():  # all NaN
+        raise ConfigError(
+            f"criterion {importance.name} scored none of the {len(prunable)} prunable channels "
+            "(every score is NaN). Fix: check calib_data for NaN/inf values, or use criterion='l1'"
+        )
 
 
 def prune_step_(model: nn.Module, inputs: tuple, cfg: PruneConfig, budget: Budget,
@@ -103,10 +175,31 @@ def prune_step_(model: nn.Module, inputs: tuple, cfg: PruneConfig, budget: Budge
     if graph is None:
         graph = _graph(model, inputs, cfg)
     ctx = ImportanceContext(calib_data=calib_data, max_batches=cfg.calib_batches)
-    scores = get_importance(cfg.criterion)(graph, model, ctx)
+    importance = get_importance(cfg.criterion)
+    scores = importance(graph, model, ctx)
+    _check_scores(graph, scores, importance)
     removed = plan_removal(graph, scores, budget, cfg.planner,
                            Constraints(cfg.min_channels, cfg.round_to), already_removed)
     return prune_channels_(model, graph, removed) | {"removed": int(removed.sum())}
+
+
+def _caller_level() -> int:
+    """``warnings.warn``'s stacklevel for the first frame outside edgeslim (the user's call)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("edgeslim."):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _unchanged_reason(graph: DependencyGraph, cfg: PruneConfig, n0: int) -> str:
+    """Why a non-trivial target removed nothing, and what to change."""
+    head = f"prune({cfg.target}) left the model unchanged: "
+    if n0 == 0:
+        return head + explain_locks(graph)
+    if cfg.ratio is not None:
+        return head + (f"ratio={cfg.ratio} of the {n0} prunable channels rounds to 0 channels. "
+                       f"Fix: ask for ratio >= {0.5 / n0:.3g}")
+    return head + "the budget is already met"
 
 
 def prune_(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", planner: str = "global",
@@ -116,15 +209,18 @@ def prune_(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plan
            train_data: Any = None, finetune_epochs: int = 1, finetune_options: dict | None = None,
            **options: Any) -> nn.Module:
     """In-place version of :func:`prune` (the model object itself shrinks)."""
+    _check_options(options)
     cfg = PruneConfig(criterion=criterion, planner=planner, ratio=ratio, target_flops=target_flops,
-                      target_params=target_params, steps=steps, ignore=tuple(ignore),
-                      round_to=round_to, **options)
+                      target_params=target_params, steps=steps, ignore=ignore, round_to=round_to,
+                      **options)
     inputs = _example(model, example_inputs)
+    _check_request(model, inputs, cfg, calib_data)
     teacher = copy.deepcopy(model) if finetune == "kd" else None
     tune = _resolve_finetune(finetune, teacher, train_data or calib_data, finetune_epochs,
                              finetune_options or {})
     graph0 = _graph(model, inputs, cfg)
-    out_shape = graph0.output_shape  # recorded by the trace's forward pass
+    # recorded by the trace's forward pass (a single output tensor), else measured now
+    out_shape = graph0.output_shape or _output_shape(model, inputs)
     n0 = len(graph0.prunable_classes())
     macs0, params0 = graph0.cost()
     fixed = _unmodelled(model, inputs, cfg, macs0, params0) if cfg.ratio is None else (0.0, 0.0)
@@ -139,6 +235,8 @@ def prune_(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plan
                  removed_total, n0)
         if tune is not None:
             tune(model, step)
+    if removed_total == 0 and not cfg.trivial:
+        warnings.warn(PruneWarning(_unchanged_reason(graph0, cfg, n0)), stacklevel=_caller_level())
     model.edgeslim_plans = plans
     _check_forward(model, inputs, out_shape)
     return model
@@ -153,11 +251,14 @@ def prune(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plann
 
     Args:
         model: any torch.fx-traceable ``nn.Module`` (residual adds, concatenation,
-            depthwise/grouped convs, split, squeeze-excitation are handled).
-        example_inputs: a tensor (or tuple) for one forward pass.
+            depthwise/grouped convs, split, squeeze-excitation, a module called twice and
+            tied parameters are handled; a grouped conv keeps its group count and loses
+            the same channels from every group).
+        example_inputs: a tensor (or tuple, one per ``forward`` argument) for one forward pass.
         criterion: a registered importance name (``l1``, ``l2``, ``bn_scale``, ``taylor``,
             ``random``, ``information_gain``, ``information_gain_taylor``) or an
-            ``Importance`` instance.
+            ``Importance`` instance. The data-driven ones score a model that returns a
+            tuple/list/dict (``(logits, features)``) on its first tensor.
         planner: ``"global"`` (one ranking over all layers) or ``"layerwise"``.
         ratio: fraction of the prunable channels to remove.
         target_flops: fraction of the FLOPs to keep (``0.5`` halves them).
@@ -165,16 +266,26 @@ def prune(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plann
         steps: reach the target in this many prune (+ fine-tune) steps.
         finetune: ``None``, ``"plain"``, ``"kd"`` (the unpruned model teaches) or a
             callable ``finetune(model, step)``; strings need ``train_data=``.
-        ignore: module paths to leave alone.
+        ignore: module paths to leave alone (each must be a ``named_modules()`` path).
         round_to: keep channel counts multiples of this (fast kernels like 8 or 16).
         calib_data: batches for data-driven criteria.
         **options: ``train_data``, ``finetune_epochs``, ``finetune_options`` (TrainConfig
             fields), ``min_channels``, ``protect_first`` (default True: the first conv
             keeps its channels), ``on_unsupported`` (``"error"``/``"lock"``),
-            ``calib_batches``.
+            ``calib_batches``; any other keyword raises ``PruneArgumentError``.
 
     Returns:
         The pruned model; ``model.edgeslim_plans`` lists each step's plan.
+
+    Raises:
+        ConfigError: a bad request (target, keyword, ``ignore`` path, criterion without the
+            data it needs, inputs that do not fit the model) or an unreachable target.
+        UnsupportedModelError: an operation the tracer cannot prune through, a tied
+            parameter in two roles, NaN/inf weights, a model on the meta device.
+
+    Warns:
+        PruneWarning: the target removed nothing (every channel locked, or a ratio that
+            rounds to 0 channels); the message says why.
     """
     return prune_(copy.deepcopy(model), example_inputs, criterion=criterion, planner=planner,
                   ratio=ratio, target_flops=target_flops, target_params=target_params, steps=steps,
@@ -216,9 +327,15 @@ def plain_finetune(epochs: int, train_data: Any, **options: Any) -> Finetune:
 
 
 def _output_shape(model: nn.Module, inputs: tuple) -> Any:
+    """The output's shape; for a tuple/list/dict output, the shapes of its tensors."""
     with eval_mode(model), torch.no_grad():  # restores each submodule's own flag (frozen BN)
         out = model(*inputs)
-    return tuple(out.shape) if isinstance(out, torch.Tensor) else None
+    if isinstance(out, torch.Tensor):
+        return tuple(out.shape)
+    try:
+        return tuple(tuple(t.shape) for t in flatten_outputs(out))
+    except TypeError:
+        return None
 
 
 def _check_forward(model: nn.Module, inputs: tuple, expected: Any) -> None:

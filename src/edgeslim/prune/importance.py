@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import first_tensor
 from ..errors import ConfigError
 from ..graph import DependencyGraph
 from ..models.utils import eval_mode
@@ -40,11 +41,21 @@ class ImportanceContext:
     seed: int = 0
 
     def batches(self, model: nn.Module, who: str) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        self.check(who)
+        return self._batches(model)
+
+    def check(self, who: str) -> None:
+        """Refuse to run a data-driven criterion ``who`` without calibration data."""
         if self.calib_data is None:
             raise ConfigError(
                 f"criterion {who!r} is data-driven: pass calib_data= (a DataLoader, an edgeslim "
                 "TensorLoader, or a tuple (X, Y) of tensors)"
             )
+        if self.max_batches < 1:
+            raise ConfigError(f"criterion {who} needs calibration data: calib_batches must be >= 1 "
+                              f"(got {self.max_batches})")
+
+    def _batches(self, model: nn.Module) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         from ..data import as_loader
 
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -59,6 +70,13 @@ class Importance:
     in a global ranking (``"mean"``: divide each layer's scores by their mean)."""
 
     normalize: Normalize = "mean"
+    needs_data = False  # True: scores come from calibration batches (``ImportanceContext``)
+
+    @property
+    def name(self) -> str:
+        """The registered name (``"taylor"``), or the class name for an unregistered one."""
+        return next((n for n in IMPORTANCES.names() if IMPORTANCES.get(n) is type(self)),
+                    type(self).__name__)
 
     def scores(self, graph: DependencyGraph, model: nn.Module,
                ctx: ImportanceContext) -> dict[str, torch.Tensor]:
@@ -134,6 +152,17 @@ class BNScaleImportance(Importance):
                 if isinstance(r.module, nn.modules.batchnorm._BatchNorm) and r.module.affine
                 and not r.ignored}
 
+    def __call__(self, graph, model, ctx=None):
+        out = super().__call__(graph, model, ctx)
+        prunable = graph.prunable_classes()
+        if prunable and np.isnan(out[prunable]).all():
+            has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine
+                         for m in model.modules())
+            where = "the BatchNorm layers it has only follow locked channels" if has_bn else "model has none"
+            raise ConfigError("criterion bn_scale needs BatchNorm layers after the pruned convs; "
+                              f"{where}: use l1")
+        return out
+
 
 @IMPORTANCES.register("random")
 class RandomImportance(Importance):
@@ -148,15 +177,16 @@ class RandomImportance(Importance):
 
 
 def capture_activations(model: nn.Module, paths: list[str], retain_grad: bool = True):
-    """Register forward hooks that store each module's output (with grad retained)."""
+    """Register forward hooks that store each module's output (with grad retained; an output
+    that needs no grad, e.g. of a frozen layer, is made a leaf that does)."""
     store: dict[str, torch.Tensor] = {}
     handles = []
     for path in paths:
         module = model.get_submodule(path)
 
         def hook(_m, _i, out, path=path):
-            if retain_grad and out.requires_grad:
-                out.retain_grad()
+            if retain_grad and torch.is_grad_enabled() and out.is_floating_point():
+                out.retain_grad() if out.requires_grad else out.requires_grad_(True)
             store[path] = out
 
         handles.append(module.register_forward_hook(hook))
@@ -168,27 +198,57 @@ class TaylorImportance(Importance):
     """First-order Taylor estimate of the loss change when a channel is removed:
     |sum over positions of a * dL/da|, averaged over calibration batches
     (Molchanov et al., "Pruning Convolutional Neural Networks for Resource Efficient
-    Inference", ICLR 2017)."""
+    Inference", ICLR 2017).
+
+    The loss is ``loss_fn(logits, y)``; a model returning a tuple/list/dict (``(logits,
+    features)``) has it computed on the first tensor. An activation the loss does not
+    depend on (an unused branch) has no gradient and scores 0.
+    """
+
+    needs_data = True
 
     def scores(self, graph, model, ctx):
         paths = [r.path for r in graph.producers() if r.out_label is not None]
-        loss_fn = ctx.loss_fn or F.cross_entropy
         totals: dict[str, torch.Tensor] = {}
         store, handles = capture_activations(model, paths)
         try:
-            with eval_mode(model):  # restores each submodule's own flag (frozen BN)
-                for x, y in ctx.batches(model, "taylor"):
+            with eval_mode(model), torch.enable_grad():  # eval_mode keeps frozen BN frozen
+                for x, y in ctx.batches(model, self.name):
                     model.zero_grad(set_to_none=True)
-                    loss_fn(model(x), y).backward()
+                    store.clear()
+                    loss = _loss(ctx, first_tensor(model(x), "criterion taylor"), y)
+                    if loss.requires_grad:
+                        loss.backward()
                     for p in paths:
-                        a = store[p]
-                        contrib = (a * a.grad).flatten(2).sum(2) if a.dim() > 2 else a * a.grad
-                        totals[p] = totals.get(p, 0) + contrib.abs().mean(0).detach()
+                        totals[p] = totals.get(p, 0) + _taylor_term(store.get(p))
         finally:
             for h in handles:
                 h.remove()
             model.zero_grad(set_to_none=True)
-        return totals
+        if paths and not totals:
+            raise ConfigError("criterion taylor got no calibration batch: calib_data is empty")
+        return {p: t for p, t in totals.items() if isinstance(t, torch.Tensor)}
+
+
+def _loss(ctx: ImportanceContext, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    try:
+        return (ctx.loss_fn or F.cross_entropy)(logits, y)
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        raise ConfigError(
+            f"criterion taylor: the loss failed on the model output of shape {tuple(logits.shape)} "
+            f"and labels of shape {tuple(y.shape)} ({exc}). Fix: calib_data batches must be (x, y) "
+            "with class labels y for these logits, or pass an ImportanceContext with a loss_fn"
+        ) from exc
+
+
+def _taylor_term(a: torch.Tensor | None) -> torch.Tensor | int:
+    """|sum over positions of a * dL/da| per channel, batch mean; 0 where a has no gradient."""
+    if a is None:
+        return 0
+    if a.grad is None:
+        return torch.zeros(a.shape[1] if a.dim() > 1 else a.shape[0])
+    contrib = (a * a.grad).flatten(2).sum(2) if a.dim() > 2 else a * a.grad
+    return contrib.abs().mean(0).detach()
 
 
 def get_importance(criterion: "str | Importance") -> Importance:

@@ -26,6 +26,10 @@ channel's whole block of features), in all consumers of the class at once
 (the several convs reading one residual stream). Channel-wise layers (norms,
 depthwise convs, PReLU) only carry a channel; they are not consumers.
 
+The output distribution ``p`` is the softmax of the model's output or, for a
+model that returns a tuple/list/dict (``(logits, features)``), of its first
+tensor.
+
 Not modelled: a channel whose values leave the traced graph through an
 operation that drops the channel label (e.g. ``x.mean(dim=1)``) changes that
 value when removed; the zeroing here does not see it.
@@ -70,6 +74,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import first_tensor
 from ..errors import ConfigError
 from ..graph import DependencyGraph
 from .importance import IMPORTANCES, Importance, ImportanceContext, Normalize
@@ -91,7 +96,7 @@ class Consumer:
 
 
 def _conv_mixes(module: nn.Module) -> bool:
-    depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+    depthwise = module.groups > 1 and module.groups == module.in_channels  # any channel multiplier
     return not depthwise
 
 
@@ -187,20 +192,25 @@ def exact_information_gain(model: nn.Module, graph: DependencyGraph, batches: Ba
     try:
         with _scoring_mode(model):
             for x, _ in batches:
-                logp = F.log_softmax(model(x).float(), 1)
+                logp = F.log_softmax(_logits(model, x), 1)
                 if totals is None:
                     totals = torch.zeros(len(todo), dtype=torch.float64, device=logp.device)
                 for j, c in enumerate(todo):
                     active.clear()
                     active.update(where.get(c, {}))
                     if active:  # a class nothing reads changes nothing: IG 0
-                        totals[j] += _kl(logp, F.log_softmax(model(x).float(), 1)).double().sum()
+                        totals[j] += _kl(logp, F.log_softmax(_logits(model, x), 1)).double().sum()
                 active.clear()
                 n += x.shape[0]
     finally:
         for h in handles:
             h.remove()
     return _scatter(graph, todo, None if totals is None else totals.cpu().numpy() / max(n, 1))
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's class scores: its output, or the first tensor of a tuple/list/dict output."""
+    return first_tensor(model(x), "information gain").float()
 
 
 def _positions_by_class(consumers: list[Consumer], wanted: set[int],
@@ -252,10 +262,12 @@ def _class_derivative(objective: torch.Tensor, retain: bool, *, consumers: list[
     derivative along "zero class c everywhere".
     """
     idx = [i for i in range(len(consumers)) if i in gates]
-    grads = torch.autograd.grad(objective, [gates[i] for i in idx], retain_graph=retain,
-                                allow_unused=True)
     first = gates[idx[0]]
     out = torch.zeros(first.shape[0], n_classes, dtype=torch.float32, device=first.device)
+    if not objective.requires_grad:  # no gated channel reaches the output
+        return out
+    grads = torch.autograd.grad(objective, [gates[i] for i in idx], retain_graph=retain,
+                                allow_unused=True)
     for i, g in zip(idx, grads):
         if g is not None:
             cls = consumers[i].classes.to(g.device).expand(g.shape[0], -1)
@@ -335,10 +347,10 @@ def taylor_information_gain(model: nn.Module, graph: DependencyGraph, batches: B
     handles = _gated(consumers, gates)
     totals, n, generator = torch.zeros(n_classes, dtype=torch.float64), 0, None
     try:
-        with _scoring_mode(model):
+        with _scoring_mode(model), torch.enable_grad():
             for x, y in batches:
                 gates.clear()
-                logits = model(x)
+                logits = first_tensor(model(x), "information_gain_taylor")
                 n += x.shape[0]
                 if not gates:
                     continue  # nothing reads any channel: every score stays 0
@@ -367,11 +379,12 @@ class _ClassImportance(Importance):
                      ctx: ImportanceContext) -> np.ndarray:
         raise NotImplementedError
 
+    needs_data = True
+
     def __call__(self, graph: DependencyGraph, model: nn.Module,
                  ctx: ImportanceContext | None = None) -> np.ndarray:
         ctx = ctx or ImportanceContext()
-        name = type(self).__name__
-        return self.class_scores(graph, model, ctx.batches(model, name), ctx)
+        return self.class_scores(graph, model, ctx.batches(model, self.name), ctx)
 
     def scores(self, graph: DependencyGraph, model: nn.Module,
                ctx: ImportanceContext) -> dict[str, torch.Tensor]:

@@ -96,6 +96,24 @@ def apply_constraints(graph: DependencyGraph, removed: np.ndarray, scores: np.nd
     return removed
 
 
+# What to change for each kind of lock reason (see DependencyGraph.lock_reasons).
+_UNLOCK_HINTS = (
+    ("protect_first=True", "protect_first=False"),
+    ("is ignored", "fewer ignore= paths"),
+    ("is not supported", "make that operation traceable (edgeslim.graph.register_handler)"),
+    ("tied parameter", "untie the parameter"),
+)
+
+
+def explain_locks(graph: DependencyGraph) -> str:
+    """'no channel can be removed ... (by: reasons). Fix: ...' for a graph with nothing prunable."""
+    reasons = graph.lock_reasons()
+    fixes = [fix for key, fix in _UNLOCK_HINTS if any(key in r for r in reasons)]
+    fixes.append("see build_dependency_graph(model, x).summary() for the groups")
+    return (f"no channel can be removed, every channel group is locked (by: "
+            f"{'; '.join(reasons) or 'no layer has channels to cut'}). Fix: {', or '.join(fixes)}")
+
+
 def plan_removal(graph: DependencyGraph, scores: np.ndarray, budget: Budget,
                  planner: str = "global", constraints: Constraints = Constraints(),
                  already_removed: int = 0) -> np.ndarray:
@@ -120,6 +138,8 @@ def plan_removal(graph: DependencyGraph, scores: np.ndarray, budget: Budget,
     lo, hi = 0, len(order)
     if met(removal(0)):
         return removal(0)
+    if not order:
+        raise ConfigError(f"the pruning target is not reachable: {explain_locks(graph)}")
     if not met(removal(hi)):
         most = removal(hi)
         macs, params = graph.cost(most)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, EdgeslimError
 from ..graph import DependencyGraph, build_dependency_graph
 
 Plan = dict[str, Any]
@@ -68,7 +68,22 @@ def prune_channels_(model: nn.Module, graph: DependencyGraph, removed: np.ndarra
         if rec.out_label is None:
             out_keep = None
         rec.slicer.slice_(rec.module, in_keep, out_keep)
+    _retie(model, graph.tied)
     return plan
+
+
+def _retie(model: nn.Module, ties: list[list[tuple[str, str]]]) -> None:
+    """Slicing gives each holder of a tied parameter its own copy; make them one tensor again
+    (the graph coupled their channels, so the copies are equal)."""
+    for tie in ties:
+        holders = [(model.get_submodule(path), name) for path, name in tie]
+        shared = getattr(*holders[0])
+        for module, name in holders[1:]:
+            param = getattr(module, name)
+            if param is not shared and param.shape != shared.shape:
+                raise EdgeslimError(f"internal error: the tied parameter {tie} was cut to "
+                                      f"{tuple(shared.shape)} and {tuple(param.shape)}; please report this")
+            setattr(module, name, shared)
 
 
 def apply_plan(model: nn.Module, example_inputs: Any, plan: Plan, **graph_options: Any) -> nn.Module:
