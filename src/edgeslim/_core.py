@@ -3,6 +3,7 @@
 * :func:`as_input_tuple` - a tensor or a sequence of tensors -> a tuple
 * :func:`eval_mode` - eval mode (optionally under ``no_grad``), every submodule's flag restored
 * :func:`device_of` - the device a model lives on
+* :func:`flatten_outputs` - the tensors of a model's output, in order
 * :func:`take_batches` - the first ``n`` input batches of a loader (calibration data)
 * :func:`did_you_mean` - the " Did you mean 'x'?" hint of every "unknown name" error
 
@@ -45,6 +46,19 @@ def as_input_tuple(example_inputs: Any) -> tuple[Any, ...]:
         "example_inputs must be a tensor or a tuple/list of tensors, "
         f"got {type(example_inputs).__name__}; pass e.g. torch.randn(1, 3, 32, 32)"
     )
+
+
+def flatten_outputs(outputs: Any) -> list["torch.Tensor"]:
+    """The tensors of a model's output (a tensor, a sequence or a dict), in order."""
+    import torch
+
+    if isinstance(outputs, torch.Tensor):
+        return [outputs]
+    if isinstance(outputs, dict):
+        outputs = list(outputs.values())
+    if isinstance(outputs, (list, tuple)):
+        return [t for item in outputs for t in flatten_outputs(item)]
+    raise TypeError(f"model output of type {type(outputs).__name__} is not a tensor or a sequence")
 
 
 @contextlib.contextmanager
