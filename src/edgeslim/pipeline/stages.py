@@ -112,7 +112,7 @@ def _distill(state: RunState, cfg: R.DistillStage) -> None:
                           T=cfg.T, val_data=state.test, **opts)
 
 
-def _finetune_callback(state: RunState, mode: str, epochs: int, lr: float) -> Any:
+def _finetune_callback(state: RunState, mode: str, epochs: int, lr: float, T: float | None = None) -> Any:
     if mode == "none" or epochs == 0:
         return None
     opts = state.train_options(lr=lr)
@@ -120,7 +120,7 @@ def _finetune_callback(state: RunState, mode: str, epochs: int, lr: float) -> An
         from ..distill import kd_finetune
 
         state.ensure_teacher()
-        return kd_finetune(state.teacher, epochs, state.train, **opts)
+        return kd_finetune(state.teacher, epochs, state.train, **opts, **({} if T is None else {"T": T}))
     from ..prune import plain_finetune
 
     return plain_finetune(epochs, state.train, **opts)
@@ -180,7 +180,7 @@ def _prune(state: RunState, cfg: R.PruneStage) -> None:
 
 @stage(R.FinetuneStage)
 def _finetune(state: RunState, cfg: R.FinetuneStage) -> None:
-    tune = _finetune_callback(state, cfg.mode, cfg.epochs, cfg.lr)
+    tune = _finetune_callback(state, cfg.mode, cfg.epochs, cfg.lr, cfg.T)  # T used to be ignored
     if tune is not None:
         tune(state.model, 0)
 
