@@ -151,6 +151,15 @@ def test_recipe_name_cannot_escape_runs(tmp_path: Path, monkeypatch: pytest.Monk
     assert sorted(p.name for p in work.iterdir()) == ["r.yaml"]
 
 
+def test_python_dash_m_edgeslim_runs_the_cli() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "edgeslim", "--help"], capture_output=True, text=True,
+                         check=True)
+    assert "usage: edgeslim" in out.stdout and "compress" in out.stdout
+
+
 def test_prune_on_data_the_model_does_not_fit_is_one_clear_error(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture) -> None:
     """vgg11 wants 3x32x32 images; a folder of 1x28x28 ones used to end in a RuntimeError traceback."""

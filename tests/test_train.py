@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +110,26 @@ def test_zero_epochs_changes_nothing() -> None:
 
 # --------------------------------------------------------------------------- optimisers / schedules
 def test_registries_match_config_literals() -> None:
-    assert sorted(typing.get_args(OptimizerName)) == OPTIMIZERS.names()
-    assert sorted(typing.get_args(ScheduleName)) == SCHEDULES.names()
+    # the registries are the one source of valid names: TrainConfig and the recipe stage accept
+    # exactly the registered ones, including one registered later (no Literal copy to update)
+    from edgeslim.pipeline.configs import TrainStage
+
+    assert OptimizerName is str and ScheduleName is str
+    for name in OPTIMIZERS.names():
+        assert cfg(optimizer=name).optimizer == name and TrainStage(optimizer=name).optimizer == name
+    for name in SCHEDULES.names():
+        assert cfg(schedule=name).schedule == name and TrainStage(schedule=name).schedule == name
+    OPTIMIZERS.register("sgd_plain_test")(lambda params, c: torch.optim.SGD(params, lr=c.lr))
+    try:
+        assert cfg(optimizer="sgd_plain_test").optimizer == "sgd_plain_test"
+        assert TrainStage(optimizer="sgd_plain_test").optimizer == "sgd_plain_test"
+    finally:
+        OPTIMIZERS._items.pop("sgd_plain_test")
+    for bad in ({"optimizer": "sgd_plain_test"}, {"schedule": "cosin"}):
+        with pytest.raises(ConfigError):
+            cfg(**bad)
+        with pytest.raises(ConfigError):
+            TrainStage(**bad)
 
 
 def test_warmup_then_cosine() -> None:

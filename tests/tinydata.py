@@ -12,7 +12,7 @@ from PIL import Image
 
 #: 2 training epochs (so a mid-training checkpoint exists), then pruning with one finetune epoch
 STAGES = [{"train": {"epochs": 2, "lr": 0.05}},
-          {"prune": {"ratio": 0.3, "finetune": "plain", "finetune_epochs": 1}}]
+          {"prune": {"remove_channels": 0.3, "finetune": "plain", "finetune_epochs": 1}}]
 
 
 def make_image_folder(root: Path, n_train: int = 16, n_test: int = 8) -> Path:

@@ -10,10 +10,12 @@ import argparse
 import contextlib
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .errors import ConfigError, EdgeslimError
+from .cliargs import add_config_flags, config_fields, deprecated_flag
+from .errors import ConfigError, EdgeslimDeprecationWarning, EdgeslimError
 from .registry import RegistryError
 
 Command = Callable[[argparse.Namespace], int]
@@ -43,7 +45,9 @@ def _model_args(p: argparse.ArgumentParser, default: str | None = "lenet5") -> N
     p.add_argument("--model", default=default, help="zoo model name (see `edgeslim models`)")
     p.add_argument("--checkpoint", default=None, help="weights written by edgeslim (model.safetensors)")
     p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--width-mult", type=float, default=None, help="zoo width multiplier")
+    p.add_argument("--model-width-mult", type=float, default=None, help="zoo width multiplier")
+    if not any(a.dest == "cfg_width_mult" for a in p._actions):  # lighten's --width-mult is the student's
+        deprecated_flag(p, "--width-mult", "--model-width-mult", dest="model_width_mult", type=float)
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -53,7 +57,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _recipe_base(args: argparse.Namespace, name: str) -> dict:
-    kwargs = {} if args.width_mult is None else {"width_mult": args.width_mult}
+    kwargs = {} if args.model_width_mult is None else {"width_mult": args.model_width_mult}
     return {
         "name": name,
         "model": {"name": args.model, "num_classes": args.num_classes, "kwargs": kwargs,
@@ -139,30 +143,17 @@ def _data(args: argparse.Namespace) -> int:
 
 @command("train")
 def _train(args: argparse.Namespace) -> int:
-    fields = {"epochs": args.epochs, "lr": args.lr, "optimizer": args.optimizer,
-              "weight_decay": args.weight_decay, "schedule": args.schedule,
-              "warmup_epochs": args.warmup_epochs, "label_smoothing": args.label_smoothing}
-    return _run(args, "train", [{"train": _with_config(args, fields)}])
+    return _run(args, "train", [{"train": _with_config(args, config_fields(args))}])
 
 
 @command("prune")
 def _prune(args: argparse.Namespace) -> int:
-    fields = {"method": args.method, "criterion": args.criterion, "planner": args.planner,
-              "ratio": args.ratio, "target_flops": args.target_flops, "target_params": args.target_params,
-              "target_filters": args.target_filters, "sparsity": args.sparsity, "scope": args.scope,
-              "steps": args.steps, "round_to": args.round_to, "finetune": args.finetune,
-              "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr,
-              "admm_epochs": args.admm_epochs, "rho": args.rho}
-    if args.unstructured:
-        fields["method"] = "unstructured"
-    return _run(args, "prune", [{"prune": _with_config(args, fields)}])
+    return _run(args, "prune", [{"prune": _with_config(args, config_fields(args))}])
 
 
 @command("lighten")
 def _lighten(args: argparse.Namespace) -> int:
-    return _run(args, "lighten", [{"lighten": {"width_mult": args.student_width,
-                                               "keep_first_conv": not args.convert_first,
-                                               "head": args.head}}])
+    return _run(args, "lighten", [{"lighten": _with_config(args, config_fields(args))}])
 
 
 @command("distill")
@@ -170,16 +161,24 @@ def _distill(args: argparse.Namespace) -> int:
     if args.student != "lighten":
         raise EdgeslimError("--student: only 'lighten' (build the student from the teacher) is "
                             "supported from the command line; use edgeslim.distill() for other students")
-    stages = [{"lighten": {}},
-              {"distill": {"losses": args.loss, "T": args.T, "epochs": args.epochs, "lr": args.lr}}]
+    stages = [{"lighten": {}}, {"distill": _with_config(args, config_fields(args))}]
     args.checkpoint = args.teacher
     return _run(args, "distill", stages)
 
 
 @command("merge")
 def _merge(args: argparse.Namespace) -> int:
-    mode = "streamline" if args.streamline else "exact"
-    return _run(args, "merge", [{"merge": {"mode": mode, "retrain_epochs": args.retrain_epochs}}])
+    return _run(args, "merge", [{"merge": _with_config(args, config_fields(args))}])
+
+
+@command("schema")
+def _schema(args: argparse.Namespace) -> int:
+    import json
+
+    from .schema import recipe_schema
+
+    print(json.dumps(recipe_schema(), indent=2))
+    return 0
 
 
 @command("compress")
@@ -208,13 +207,19 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage_config(kind: str, args: argparse.Namespace) -> Any:
+    from .pipeline.recipe import parse_stage
+
+    return parse_stage(kind, config_fields(args), where=f"edgeslim {kind}").config
+
+
 def _load_model(args: argparse.Namespace) -> Any:
     from .export import load
     from .models import create_model
 
     if args.checkpoint:
         return load(args.checkpoint)
-    kwargs = {} if args.width_mult is None else {"width_mult": args.width_mult}
+    kwargs = {} if args.model_width_mult is None else {"width_mult": args.model_width_mult}
     return create_model(args.model, num_classes=args.num_classes, **kwargs)
 
 
@@ -267,9 +272,11 @@ def _profile(args: argparse.Namespace) -> int:
     from .profile import profile
     from .profile.summary import format_table
 
+    cfg = _stage_config("profile", args)
     model = _load_model(args)
     with _input_flags_hint():
-        result = profile(model, _example(model, args), latency=True, threads=args.threads, onnx=args.onnx)
+        result = profile(model, _example(model, args), latency=True, threads=cfg.threads, runs=cfg.runs,
+                         onnx=args.onnx)
     print(format_table([result]))
     if args.json:
         from .io import atomic_write_json
@@ -282,9 +289,10 @@ def _profile(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .export import export_onnx
 
+    cfg = _stage_config("export", args)
     model = _load_model(args)
     with _input_flags_hint():
-        diff = export_onnx(model, _example(model, args), args.out)
+        diff = export_onnx(model, _example(model, args), args.out, tol=cfg.tol, opset=cfg.opset)
     print(f"wrote {args.out}; onnxruntime max abs difference {diff:.2e}")
     return 0
 
@@ -299,11 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("action", choices=["check"])
     d.add_argument("--dataset", default="all")
     d.add_argument("--data-dir", default=None)
-    _train_parser(sub)
-    _prune_parser(sub)
-    _lighten_parser(sub)
-    _distill_parser(sub)
-    _merge_parser(sub)
+    _stage_parsers(sub)
     c = sub.add_parser("compress", help="run a YAML recipe end to end")
     c.add_argument("recipe")
     c.add_argument("--data-dir", default=None)
@@ -311,75 +315,64 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(c)
     r = sub.add_parser("report", help="regenerate report.md/html of a run directory")
     r.add_argument("run_dir")
+    sub.add_parser("schema", help="print the JSON Schema of recipes (for editors and validators)")
     _simple_parsers(sub)
     return p
 
 
-def _train_parser(sub: Any) -> None:
-    t = sub.add_parser("train", help="train a zoo model")
-    _model_args(t), _data_args(t), _run_args(t)
-    t.add_argument("--config", help="YAML with train-stage fields (flags override)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--optimizer", choices=["sgd", "adamw"])
-    t.add_argument("--weight-decay", type=float)
-    t.add_argument("--schedule", choices=["cosine", "step", "constant"])
-    t.add_argument("--warmup-epochs", type=float)
-    t.add_argument("--label-smoothing", type=float)
+#: Stage commands: name -> (help, what the command adds to the stage's own flags)
+_STAGE_HELP = {
+    "train": "train a zoo model",
+    "prune": "structured (filter), EasiEdge (ADMM) or unstructured pruning",
+    "lighten": "build a depthwise-separable, GAP-head student",
+    "distill": "multi-level knowledge distillation (the student is built by lighten)",
+    "merge": "BN folding / exact merges, or DeepRebirth streamline merging",
+}
 
 
-def _prune_parser(sub: Any) -> None:
-    t = sub.add_parser("prune", help="structured (filter), EasiEdge (ADMM) or unstructured pruning")
-    _model_args(t), _data_args(t), _run_args(t)
-    t.add_argument("--config", help="YAML with prune-stage fields (flags override)")
-    t.add_argument("--method", choices=["structured", "easiedge", "unstructured"])
-    t.add_argument("--unstructured", action="store_true", help="same as --method unstructured")
-    t.add_argument("--criterion")
-    t.add_argument("--planner", choices=["global", "layerwise"])
-    t.add_argument("--ratio", type=float, help="fraction of channels removed")
-    t.add_argument("--target-flops", type=float, help="fraction of FLOPs kept")
-    t.add_argument("--target-params", type=float, help="fraction of parameters kept")
-    t.add_argument("--target-filters", type=float, help="EasiEdge: fraction of filters removed")
-    t.add_argument("--sparsity", type=float, help="unstructured: fraction of weights zeroed")
-    t.add_argument("--scope", choices=["global", "layer"])
-    t.add_argument("--steps", type=int)
-    t.add_argument("--round-to", type=int)
-    t.add_argument("--finetune", choices=["none", "plain", "kd"])
-    t.add_argument("--finetune-epochs", type=int)
-    t.add_argument("--finetune-lr", type=float)
-    t.add_argument("--admm-epochs", type=int)
-    t.add_argument("--rho", type=float)
+def _stage_parser(sub: Any, kind: str) -> argparse.ArgumentParser:
+    from .pipeline.recipe import stage_types
+
+    t = sub.add_parser(kind, help=_STAGE_HELP[kind])
+    t.add_argument("--config", help=f"YAML with {kind}-stage fields (flags override)")
+    add_config_flags(t, stage_types()[kind])
+    _model_args(t, default="vgg16" if kind == "lighten" else "lenet5"), _data_args(t), _run_args(t)
+    return t
 
 
-def _lighten_parser(sub: Any) -> None:
-    t = sub.add_parser("lighten", help="build a depthwise-separable, GAP-head student")
-    _model_args(t, default="vgg16"), _data_args(t), _run_args(t)
-    t.add_argument("--student-width", type=float, default=1.0)
-    t.add_argument("--convert-first", action="store_true", help="also convert the first conv")
-    t.add_argument("--head", default="gap_linear", choices=["gap_linear", "conv", "keep"])
+def _stage_parsers(sub: Any) -> None:
+    for kind in _STAGE_HELP:
+        t = _stage_parser(sub, kind)
+        _DEPRECATED_FLAGS.get(kind, lambda t: None)(t)
 
 
-def _distill_parser(sub: Any) -> None:
-    t = sub.add_parser("distill", help="multi-level knowledge distillation")
-    _model_args(t), _data_args(t), _run_args(t)
+def _prune_flags(t: argparse.ArgumentParser) -> None:
+    deprecated_flag(t, "--unstructured", "--method unstructured", dest="cfg_method", value="unstructured")
+
+
+def _lighten_flags(t: argparse.ArgumentParser) -> None:
+    deprecated_flag(t, "--student-width", "--width-mult", dest="cfg_width_mult", type=float)
+    deprecated_flag(t, "--convert-first", "--no-keep-first-conv", dest="cfg_keep_first_conv", value=False)
+
+
+def _distill_flags(t: argparse.ArgumentParser) -> None:
     t.add_argument("--teacher", required=True, help="teacher weights (model.safetensors)")
     t.add_argument("--student", default="lighten", help="'lighten': build it from the teacher")
-    t.add_argument("--loss", default="kd:0.9,ce:0.1", help="weighted losses, e.g. kd:0.9,hint:1.0")
-    t.add_argument("--T", type=float, default=4.0)
-    t.add_argument("--epochs", type=int, default=3)
-    t.add_argument("--lr", type=float, default=0.05)
+    deprecated_flag(t, "--loss", "--losses", dest="cfg_losses")
 
 
-def _merge_parser(sub: Any) -> None:
-    t = sub.add_parser("merge", help="BN folding / exact merges, or DeepRebirth streamline merging")
-    _model_args(t), _data_args(t), _run_args(t)
-    g = t.add_mutually_exclusive_group()
-    g.add_argument("--exact", action="store_true", default=True)
-    g.add_argument("--streamline", action="store_true")
-    t.add_argument("--retrain-epochs", type=int, default=0)
+def _merge_flags(t: argparse.ArgumentParser) -> None:
+    deprecated_flag(t, "--exact", "--mode exact", dest="cfg_mode", value="exact")
+    deprecated_flag(t, "--streamline", "--mode streamline", dest="cfg_mode", value="streamline")
+
+
+_DEPRECATED_FLAGS = {"prune": _prune_flags, "lighten": _lighten_flags, "distill": _distill_flags,
+                     "merge": _merge_flags}
 
 
 def _simple_parsers(sub: Any) -> None:
+    from .pipeline.recipe import stage_types
+
     e = sub.add_parser("eval", help="accuracy of a model on a test set")
     _model_args(e), _data_args(e)
     for name, helptext in (("profile", "params, FLOPs, bytes, latency"), ("export", "ONNX export with parity check")):
@@ -387,15 +380,27 @@ def _simple_parsers(sub: Any) -> None:
         _model_args(t)
         t.add_argument("--batch-size", type=int, default=1)
         t.add_argument("--input-size", default=None, help="C,H,W (default: the model's)")
+        add_config_flags(t, stage_types()[name])
         if name == "profile":
-            t.add_argument("--threads", type=int, default=1)
             t.add_argument("--onnx", action="store_true", help="also time onnxruntime")
             t.add_argument("--json", default=None, help="write the result as JSON here")
         else:
             t.add_argument("--out", default="model.onnx")
 
 
+def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                  line: Any = None) -> None:
+    print(f"edgeslim: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", EdgeslimDeprecationWarning)
+        warnings.showwarning = _show_warning  # one line, no source excerpt; restored on exit
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:

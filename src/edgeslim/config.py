@@ -19,7 +19,6 @@ size and alias expansion and refuses duplicate keys): configs are data, never co
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from typing import Any, Callable, TypeVar, Union
 import yaml
 
 from edgeslim import yamlsafe
+from edgeslim._core import did_you_mean
 from edgeslim.errors import ConfigError
 
 T = TypeVar("T")
@@ -100,8 +100,7 @@ def _check_literal(value: Any, tp: Any, where: str) -> Any:
         if value == choice and type(value) is type(choice):
             return choice
     valid = ", ".join(repr(c) for c in choices)
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(value, [str(c) for c in choices])
     raise ConfigError(f"{where}: invalid value {value!r}.{hint} Valid values: {valid}")
 
 
@@ -201,8 +200,7 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def _unknown_key_error(key: str, valid: list[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, valid, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(key, valid)
     return ConfigError(
         f"{where}: unknown key {key!r}.{hint} Valid keys: {', '.join(sorted(valid))}"
     )
@@ -247,7 +245,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
     try:
         return cls(**kwargs)
     except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        from edgeslim.options import FieldError  # "name=value ..." errors read as a key path
+
+        raise ConfigError(f"{where}{'.' if isinstance(exc, FieldError) else ': '}{exc}") from None
 
 
 def _plain(value: Any) -> Any:

@@ -29,3 +29,7 @@ class ExportError(EdgeslimError):
 class RunDirError(ConfigError):
     """A run directory (``--out``) cannot be used: another run holds it, it is not
     writable or its disk is full, or its state is corrupt."""
+
+
+class EdgeslimDeprecationWarning(FutureWarning):
+    """An old option name or spelling still works but goes in the next release (shown to users)."""

@@ -5,14 +5,19 @@ loss or model is one small class or function plus a ``@REGISTRY.register``.
 """
 from __future__ import annotations
 
-import difflib
 from typing import Callable, Generic, Iterator, TypeVar
+
+from ._core import did_you_mean
+from .errors import EdgeslimError
 
 T = TypeVar("T")
 
 
-class RegistryError(KeyError):
-    """An unknown or duplicate name; the message lists the valid names."""
+class RegistryError(EdgeslimError, KeyError):
+    """An unknown or duplicate name; the message lists the valid names.
+
+    An ``EdgeslimError`` (the CLI prints it without a traceback) and, as before, a ``KeyError``.
+    """
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else ""
@@ -46,10 +51,9 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         key = name.lower()
         if key not in self._items:
-            close = difflib.get_close_matches(key, self._items, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise RegistryError(
-                f"unknown {self.kind} {name!r}.{hint} Valid: {', '.join(sorted(self._items))}"
+                f"unknown {self.kind} {name!r}.{did_you_mean(key, self._items)} "
+                f"Valid: {', '.join(sorted(self._items))}"
             )
         return self._items[key]
 

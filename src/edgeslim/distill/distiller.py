@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from edgeslim._core import device_of
 from edgeslim.distill.losses import LOSSES, LossContext, LossSetup, LossSpec, build_loss, parse_loss_spec
 from edgeslim.distill.pairing import ExampleInputs, LayerPair, pair_layers
 from edgeslim.distill.taps import FeatureTaps
@@ -45,10 +46,7 @@ class _Models:
 
 
 def _device_of(module: nn.Module) -> torch.device | None:
-    tensor = next(module.parameters(), None)
-    if tensor is None:
-        tensor = next(module.buffers(), None)
-    return tensor.device if tensor is not None else None
+    return device_of(module, default=None)
 
 
 class Distiller(nn.Module):

@@ -30,7 +30,7 @@ from torch import nn
 from edgeslim._checks import check_model_and_inputs, run_checked
 from edgeslim.errors import ExportError
 from edgeslim.io import atomic_path
-from edgeslim.models.utils import as_input_tuple, eval_mode, flatten_outputs
+from edgeslim._core import as_input_tuple, eval_mode, flatten_outputs
 
 
 @dataclass(frozen=True)

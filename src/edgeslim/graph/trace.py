@@ -21,7 +21,7 @@ from torch import nn
 
 from .._checks import run_checked
 from ..errors import ConfigError, UnsupportedModelError
-from ..models.utils import eval_mode
+from .._core import eval_mode
 from .channels import ElementTable
 from .slicers import Label, Slicer, couple_groups, slicer_for
 

@@ -1,13 +1,19 @@
-"""Small helpers shared by the model zoo, the profiler and the exporter."""
+"""Helpers of the model zoo (channel rounding, weight init).
+
+``as_input_tuple``, ``flatten_outputs``, ``eval_mode`` and ``model_device`` moved
+to :mod:`edgeslim._core`; they are re-exported here so old imports keep working.
+"""
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
-from typing import Any
 
-import torch
 from torch import nn
+
+from edgeslim._core import as_input_tuple, device_of, eval_mode, flatten_outputs
+
+model_device = device_of
+__all__ = ["as_input_tuple", "eval_mode", "flatten_outputs", "init_weights", "make_divisible",
+           "model_device", "scale_channels", "zero_init_"]
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -63,53 +69,3 @@ def zero_init_(norm: nn.Module) -> None:
     """
     if isinstance(norm, (nn.BatchNorm2d, nn.GroupNorm)) and norm.weight is not None:
         nn.init.zeros_(norm.weight)
-
-
-def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
-    """Normalise ``example_inputs`` (a tensor or a sequence of tensors) to a tuple."""
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, Sequence) and all(
-        isinstance(t, torch.Tensor) for t in example_inputs
-    ):
-        return tuple(example_inputs)
-    raise TypeError(
-        "example_inputs must be a tensor or a tuple/list of tensors, "
-        f"got {type(example_inputs).__name__}; pass e.g. torch.randn(1, 3, 32, 32)"
-    )
-
-
-def flatten_outputs(outputs: Any) -> list[torch.Tensor]:
-    """The tensors of a model's output (a tensor, a sequence or a dict), in order."""
-    if isinstance(outputs, torch.Tensor):
-        return [outputs]
-    if isinstance(outputs, dict):
-        outputs = list(outputs.values())
-    if isinstance(outputs, (list, tuple)):
-        return [t for item in outputs for t in flatten_outputs(item)]
-    raise TypeError(f"model output of type {type(outputs).__name__} is not a tensor or a sequence")
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode, restoring every submodule's own flag on exit.
-
-    ``model.train(was_training)`` would overwrite submodules a user froze in
-    eval mode on purpose (e.g. frozen BatchNorm), so each flag is saved.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the first parameter or buffer (CPU for a stateless model)."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")

@@ -9,145 +9,69 @@ A recipe file looks like::
       - train: {epochs: 3, lr: 0.05}
       - lighten: {}
       - distill: {losses: "kd:0.9,hint:1.0,ce:0.1", epochs: 3}
-      - prune: {ratio: 0.5, steps: 2, finetune: kd}
+      - prune: {remove_channels: 0.5, steps: 2, finetune: kd}
       - export: {}
 
-Every stage has a dataclass config; unknown stages or keys are errors that name
-the key and suggest the closest valid one (``edgeslim.config.from_dict``).
+Every stage has a dataclass config (``configs.py``) registered with its handler
+(``stages.py``); unknown stages or keys are errors that name the key and
+suggest the closest valid one; values are checked by the configs themselves.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal, Optional
 
 from .. import yamlsafe
+from .._core import did_you_mean
 from ..config import from_dict, to_dict
 from ..errors import ConfigError
-from ..registry import Registry
+from ..options import INT_GE1, MAX_LR, MAX_T, SEED, FieldError, opt, rename_deprecated, validate  # noqa: F401
+from .configs import (DistillStage, ExportStage, FinetuneStage, LightenStage, LoadStage,  # noqa: F401
+                      MergeStage, ProfileStage, PruneStage, QuantizeStage, StageConfig, TrainStage)
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _check_name(key: str, name: str) -> None:
+    # both names become folder names (runs/<name>, runs/<command>-<model>)
+    if not _NAME.fullmatch(name):
+        raise FieldError(f"{key}={name!r} is invalid: it becomes a folder name "
+                         "(runs/<name>), so use 1-100 of A-Z a-z 0-9 . _ - , not starting with a dot "
+                         "(no '/', spaces or '..')")
 
 
 @dataclass
 class ModelSpec:
     """The starting model: a zoo name, optionally with weights (edgeslim.save file)."""
 
-    name: str = "lenet5"
-    num_classes: int = 10
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    checkpoint: Optional[str] = None
+    name: str = opt("lenet5", "zoo model name (see `edgeslim models`)")
+    num_classes: int = opt(10, "classes of the classifier", check=INT_GE1)
+    kwargs: dict[str, Any] = opt(help="keyword arguments of the zoo model (e.g. width_mult)", factory=dict)
+    checkpoint: Optional[str] = opt(None, "weights written by edgeslim (model.safetensors)")
+
+    def __post_init__(self) -> None:
+        validate(self)
+        _check_name("name", self.name)
 
 
 @dataclass
 class DataSpec:
     """The dataset and how it is batched (``name``: mnist, cifar10 or a folder path)."""
 
-    name: str = "mnist"
-    batch_size: int = 128
-    train_subset: Optional[int] = None
-    test_subset: Optional[int] = None
-    augment: Optional[bool] = None
-    calib_batches: int = 4
+    name: str = opt("mnist", "mnist, cifar10, or an image-folder path")
+    batch_size: int = opt(128, "images per batch", check=INT_GE1)
+    train_subset: Optional[int] = opt(None, "train on N random images", check=INT_GE1)
+    test_subset: Optional[int] = opt(None, "evaluate on N random images", check=INT_GE1)
+    augment: Optional[bool] = opt(None, "random crop + flip (default: on for CIFAR-like sets)")
+    calib_batches: int = opt(4, "training batches kept for calibration", check=INT_GE1)
 
-
-@dataclass
-class TrainStage:
-    epochs: int = 3
-    lr: float = 0.05
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    weight_decay: float = 5e-4
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-
-
-@dataclass
-class LoadStage:
-    path: str = ""
-
-
-@dataclass
-class LightenStage:
-    width_mult: float = 1.0
-    keep_first_conv: bool = True
-    head: Literal["gap_linear", "conv", "keep"] = "gap_linear"
-    exclude: list[str] = field(default_factory=list)
-
-
-@dataclass
-class DistillStage:
-    losses: str = "kd:0.9,ce:0.1"
-    T: float = 4.0
-    epochs: int = 3
-    lr: float = 0.05
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 0.5  # a fresh student's first logits can be huge: ramp the lr up
-
-
-@dataclass
-class PruneStage:
-    method: Literal["structured", "easiedge", "unstructured"] = "structured"
-    criterion: str = "l1"
-    planner: Literal["global", "layerwise"] = "global"
-    ratio: Optional[float] = None
-    target_flops: Optional[float] = None
-    target_params: Optional[float] = None
-    target_filters: Optional[float] = None
-    sparsity: Optional[float] = None
-    scope: Literal["global", "layer"] = "global"
-    steps: int = 1
-    round_to: int = 1
-    finetune: Literal["none", "plain", "kd"] = "plain"
-    finetune_epochs: int = 1
-    finetune_lr: float = 0.01
-    admm_epochs: int = 2
-    rho: float = 1e-3
-
-
-@dataclass
-class FinetuneStage:
-    mode: Literal["plain", "kd"] = "plain"
-    epochs: int = 1
-    lr: float = 0.01
-    T: float = 4.0
-
-
-@dataclass
-class MergeStage:
-    mode: Literal["exact", "streamline"] = "exact"
-    rebirth_steps: int = 200
-    retrain_epochs: int = 0
-    lr: float = 0.01
-
-
-@dataclass
-class QuantizeStage:
-    backend: Literal["onnxruntime", "torch"] = "onnxruntime"
-    calib_batches: int = 4
-
-
-@dataclass
-class ExportStage:
-    opset: int = 17
-    tol: float = 1e-4
-
-
-@dataclass
-class ProfileStage:
-    threads: int = 1
-    runs: int = 50
-
-
-STAGE_CONFIGS: Registry[type] = Registry("stage")
-for _name, _cls in [("train", TrainStage), ("load", LoadStage), ("lighten", LightenStage),
-                    ("distill", DistillStage), ("prune", PruneStage), ("finetune", FinetuneStage),
-                    ("merge", MergeStage), ("quantize", QuantizeStage), ("export", ExportStage),
-                    ("profile", ProfileStage)]:
-    STAGE_CONFIGS.register(_name)(_cls)
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass
@@ -156,15 +80,25 @@ class Stage:
     config: Any
 
 
+#: Version of the recipe schema; state.json records it (see runner._check_same_recipe).
+SCHEMA_VERSION = 2
+
+
 @dataclass
 class Recipe:
-    name: str = "recipe"
-    model: ModelSpec = field(default_factory=ModelSpec)
-    data: DataSpec = field(default_factory=DataSpec)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
-    latency_runs: int = 30
-    stages: list = field(default_factory=list)
+    """A named model + dataset + ordered stages; ``stages`` items are ``{kind: config}`` in YAML."""
+
+    name: str = opt("recipe", "run name (runs/<name>)")
+    model: ModelSpec = opt(help="the starting model", factory=ModelSpec)
+    data: DataSpec = opt(help="the dataset", factory=DataSpec)
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "where training runs")
+    seed: int = opt(0, "random seed", check=SEED)
+    latency_runs: int = opt(30, "timed runs per latency measurement", check=INT_GE1)
+    stages: list = opt(help="the stages, in order", factory=list)
+
+    def __post_init__(self) -> None:
+        validate(self)
+        _check_name("name", self.name)
 
     def to_dict(self) -> dict:
         out = to_dict(self)
@@ -174,50 +108,50 @@ class Recipe:
 
 #: Most stages a recipe may list (a real one has 3-10); bounds the work a file can ask for.
 MAX_STAGES = 1000
-#: A learning rate above this diverges at once; larger values are typos (1e3 for 1e-3).
-MAX_LR = 10.0
-#: The largest distillation temperature accepted (typical: 1-20).
-MAX_T = 100.0
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
-def _finite(lo: float, hi: float, lo_open: bool = True) -> Callable[[Any], bool]:
-    return lambda v: math.isfinite(v) and (lo < v if lo_open else lo <= v) and v <= hi
+def stage_types() -> dict[str, type[StageConfig]]:
+    """Stage kind -> config type, from the one stage registry (``stages.STAGES``)."""
+    from .stages import STAGES
+
+    return {name: STAGES.get(name).config for name in STAGES.names()}
 
 
-_INT_GE0 = (lambda v: v >= 0, "an integer >= 0")
-_INT_GE1 = (lambda v: v >= 1, "an integer >= 1")
-_LR = (_finite(0, MAX_LR), f"a finite number in (0, {MAX_LR:g}] (typical: 1e-4 to 0.5; above "
-       f"{MAX_LR:g} training diverges at once)")
-#: Field name -> (valid?, what a valid value is). Applied to every section that has the field.
-_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "lr": _LR, "finetune_lr": _LR,
-    "T": (_finite(0, MAX_T), f"a finite temperature in (0, {MAX_T:g}] (typical: 1 to 20)"),
-    "weight_decay": (_finite(0, 1, lo_open=False), "a finite number in [0, 1] (typical: 1e-4 to 5e-4)"),
-    "warmup_epochs": (_finite(0, math.inf, lo_open=False), "a finite number >= 0"),
-    "label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "rho": (_finite(0, 1e6), "a finite number in (0, 1e6] (typical: 1e-4 to 1e-1)"),
-    "tol": (_finite(0, math.inf), "a finite number > 0"),
-    "opset": (lambda v: v >= 7, "an ONNX opset >= 7 (default 17)"),
-    "epochs": _INT_GE0, "finetune_epochs": _INT_GE0, "admm_epochs": _INT_GE0,
-    "retrain_epochs": _INT_GE0, "rebirth_steps": _INT_GE0,
-    "steps": _INT_GE1, "round_to": _INT_GE1, "calib_batches": _INT_GE1, "runs": _INT_GE1,
-    "threads": _INT_GE1, "batch_size": _INT_GE1, "num_classes": _INT_GE1, "latency_runs": _INT_GE1,
-    "train_subset": _INT_GE1, "test_subset": _INT_GE1,
-    "seed": (lambda v: 0 <= v < 2**31, "an integer in [0, 2**31) (each stage i is seeded with seed + i)"),
-}
+def _stage_body(cls: type[StageConfig], body: Any, where: str) -> dict:
+    """``body`` with deprecated keys renamed; unknown keys named with the closest valid one."""
+    if not isinstance(body, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys to values, got {type(body).__name__}")
+    valid = [f.name for f in dataclasses.fields(cls)]
+    for key in body:
+        if key not in valid and key not in cls.aliases:
+            close = difflib.get_close_matches(str(key), valid + list(cls.aliases), n=1)
+            hint = ""
+            if close:
+                new = cls.aliases.get(close[0])
+                hint = f" Did you mean {close[0]!r}{f' (now {new!r})' if new else ''}?"
+            raise ConfigError(f"{where}: unknown key {key!r}.{hint} Valid keys: {', '.join(sorted(valid))}")
+    return rename_deprecated(body, cls.aliases, where)
 
 
-def _check_fields(obj: Any, where: str) -> None:
-    """Check every field of ``obj`` that has a rule in ``_RULES`` (None means "not set")."""
-    for f in dataclasses.fields(obj):
-        value, rule = getattr(obj, f.name), _RULES.get(f.name)
-        if rule is not None and value is not None and not rule[0](value):
-            raise ConfigError(f"{where}.{f.name}={value!r} is invalid: it must be {rule[1]}")
-    epochs, warmup = getattr(obj, "epochs", None), getattr(obj, "warmup_epochs", None)
-    if epochs is not None and warmup is not None and warmup > epochs:
-        raise ConfigError(f"{where}.warmup_epochs={warmup!r} is longer than epochs={epochs}; "
-                          "lower warmup_epochs or raise epochs")
+def parse_stage(kind: str, body: Any, where: str) -> Stage:
+    """One stage from its YAML body (``{}`` or None: all defaults)."""
+    types = stage_types()
+    if kind not in types:
+        raise ConfigError(f"{where}: unknown stage {kind!r}.{did_you_mean(kind, types)} "
+                          f"Valid: {', '.join(types)}")
+    cls, where = types[kind], f"{where}.{kind}"
+    body = body or {}
+    try:
+        return Stage(kind, from_dict(cls, _stage_body(cls, body, where), where=where))
+    except ConfigError as exc:  # name the key as the user wrote it
+        used = {old: new for old, new in cls.aliases.items() if isinstance(body, dict) and old in body}
+        msg = str(exc)
+        for old, new in used.items():
+            if f"{where}.{new}=" in msg:
+                msg = msg.replace(f"{where}.{new}=", f"{where}.{old}=") + f" ({old!r} is now {new!r})"
+        if msg == str(exc):
+            raise
+        raise ConfigError(msg) from None
 
 
 def _parse_stage(i: int, item: Any, file: str = "recipe") -> Stage:
@@ -225,74 +159,31 @@ def _parse_stage(i: int, item: Any, file: str = "recipe") -> Stage:
     if isinstance(item, str):
         item = {item: {}}
     if not isinstance(item, dict) or len(item) != 1:
-        raise ConfigError(f"{where} must be a mapping with one stage name, e.g. '- prune: {{ratio: 0.5}}'")
+        raise ConfigError(f"{where} must be a mapping with one stage name, e.g. '- prune: {{remove_channels: 0.5}}'")
     (kind, body), = item.items()
-    if kind not in STAGE_CONFIGS:
-        close = difflib.get_close_matches(str(kind), STAGE_CONFIGS.names(), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"{where}: unknown stage {kind!r}.{hint} Valid: {', '.join(STAGE_CONFIGS.names())}")
-    cfg = from_dict(STAGE_CONFIGS.get(kind), body or {}, where=f"{where}.{kind}")
-    _check_fields(cfg, f"{where}.{kind}")
-    _check_values(kind, cfg, f"{where}.{kind}")
-    return Stage(kind, cfg)
+    return parse_stage(str(kind), body, where)
 
 
-def _check_values(kind: str, cfg: Any, where: str) -> None:
-    for name in ("ratio", "sparsity"):
-        v = getattr(cfg, name, None)
-        if v is not None and not 0 <= v < 1:
-            raise ConfigError(f"{where}.{name}={v} must lie in [0, 1)")
-    for name in ("target_flops", "target_params", "target_filters", "width_mult"):
-        v = getattr(cfg, name, None)
-        if v is not None and not 0 < v <= (1 if name != "target_filters" else 0.999):
-            raise ConfigError(f"{where}.{name}={v} must lie in (0, 1]")
-    if kind == "load" and not cfg.path:
-        raise ConfigError(f"{where}.path is empty: name the edgeslim model file to load")
-    if kind == "prune":
-        targets = {"structured": ("ratio", "target_flops", "target_params"),
-                   "easiedge": ("target_filters", "target_flops"),
-                   "unstructured": ("sparsity",)}[cfg.method]
-        given = [t for t in targets if getattr(cfg, t) is not None]
-        if len(given) != 1:
-            raise ConfigError(f"{where}: method {cfg.method!r} needs exactly one of {', '.join(targets)}")
-
-
-_TRAINING = frozenset({"train", "load"})
-_COMPRESSION = frozenset({"lighten", "prune", "merge"})
-
-
-def _check_order(stages: list[Stage], where: str = "recipe") -> None:
-    """Reject orders that make no sense (and say why); one pass, O(number of stages)."""
+def check_order(stages: list[Stage], where: str = "recipe") -> None:
+    """Reject orders that make no sense (and say why), from the configs' ordering properties."""
     compressed = other_than_training = quantized = False
     for i, s in enumerate(stages):
-        if s.kind in _TRAINING and other_than_training:
+        c = s.config
+        if c.trains and other_than_training:
             raise ConfigError(f"{where}.stages[{i}] {s.kind!r} must come before any compression stage")
-        if s.kind == "distill" and not compressed:
-            raise ConfigError(f"{where}.stages[{i}] 'distill' needs a teacher: put it after 'lighten' "
-                              "(or prune/merge); the model before the first compression stage is the teacher")
-        if s.kind == "finetune" and s.config.mode == "kd" and not compressed:
-            raise ConfigError(f"{where}.stages[{i}] 'finetune' with mode kd needs an earlier compression "
-                              "stage (its input model becomes the teacher)")
-        if s.kind == "quantize" and quantized:
+        if c.needs_teacher and not compressed:
+            raise ConfigError(f"{where}.stages[{i}] {s.kind!r} {c.teacher_hint}")
+        if c.quantizes and quantized:
             raise ConfigError(f"{where}.stages[{i}]: the model is already quantized")
-        if quantized and s.kind not in ("export", "profile"):
+        if quantized and not (c.final or c.quantizes):
             raise ConfigError(f"{where}.stages[{i}] {s.kind!r} cannot follow 'quantize': an int8 model is "
                               "final; only export/profile may come after it")
-        compressed |= s.kind in _COMPRESSION
-        other_than_training |= s.kind not in _TRAINING
-        quantized |= s.kind == "quantize"
+        compressed |= c.compresses
+        other_than_training |= not c.trains
+        quantized |= c.quantizes
 
 
-def _check_top(recipe: Recipe, where: str) -> None:
-    # both names become folder names (runs/<name>, runs/<command>-<model>)
-    for key, name in (("name", recipe.name), ("model.name", recipe.model.name)):
-        if not _NAME.fullmatch(name):
-            raise ConfigError(f"{where}.{key}={name!r} is invalid: it becomes a folder name "
-                              "(runs/<name>), so use 1-100 of A-Z a-z 0-9 . _ - , not starting with a dot "
-                              "(no '/', spaces or '..')")
-    _check_fields(recipe, where)
-    _check_fields(recipe.model, f"{where}.model")
-    _check_fields(recipe.data, f"{where}.data")
+_check_order = check_order  # the old private name
 
 
 def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
@@ -309,9 +200,8 @@ def parse_recipe(data: dict, where: str = "recipe") -> Recipe:
         raise ConfigError(f"{where}: {len(raw_stages)} stages; a recipe may have at most {MAX_STAGES} "
                           "(real ones have 3-10): split it into several recipes")
     recipe = from_dict(Recipe, body, where=where)
-    _check_top(recipe, where)
     recipe.stages = [_parse_stage(i, item, where) for i, item in enumerate(raw_stages)]
-    _check_order(recipe.stages, where)
+    check_order(recipe.stages, where)
     return recipe
 
 

@@ -25,15 +25,16 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from ..errors import ConfigError, RunDirError
+from ..errors import ConfigError, EdgeslimDeprecationWarning, RunDirError
 from ..io import atomic_write_json, atomic_write_text, atomic_write_with
 from ..registry import RegistryError
-from .recipe import Recipe
+from .recipe import SCHEMA_VERSION, Recipe, parse_recipe
 from .rundir import (FINAL, STATE, TEACHER, check_file, clean_temp_files, file_sha256, locked, read_state,
                      storage_errors, verified_prefix)
 from .stages import STAGES, RunState
@@ -130,11 +131,9 @@ def check_inputs(recipe: Recipe) -> None:
 def _load_state(run_dir: Path, recipe: Recipe, resume: bool) -> dict:
     """The saved state (verified against the disk), or a fresh one; raises when it may not be used."""
     if not (run_dir / STATE).exists():
-        return {"recipe": recipe.to_dict(), "completed": []}
+        return {"schema_version": SCHEMA_VERSION, "recipe": recipe.to_dict(), "completed": []}
     state = read_state(run_dir)
-    if state["recipe"] != recipe.to_dict():
-        raise ConfigError(f"{run_dir} holds a run of a different recipe; choose another --out "
-                          "(nothing there is overwritten)")
+    _check_same_recipe(run_dir, state, recipe)
     good, problem = verified_prefix(run_dir, state)
     if problem is not None:
         redo = "the run's input model" if good == 0 else f"stage {good} ({state['completed'][good]['stage']})"
@@ -149,6 +148,52 @@ def _load_state(run_dir: Path, recipe: Recipe, resume: bool) -> dict:
         raise ConfigError(f"{run_dir} holds an unfinished run ({max(len(state['completed']) - 1, 0)} of "
                           f"{len(recipe.stages)} stages); pass --resume to continue it or choose another --out")
     return state
+
+
+def _check_same_recipe(run_dir: Path, state: dict, recipe: Recipe) -> None:
+    """Refuse a run directory of another recipe, naming the first key that changed.
+
+    The saved recipe is parsed again by this edgeslim (fields added since take their
+    defaults, renamed keys their new names), so a run started by an older version
+    resumes; on success the state records the current recipe and schema version.
+    """
+    new = recipe.to_dict()
+    if state["recipe"] != new:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", EdgeslimDeprecationWarning)
+            try:
+                old = parse_recipe(state["recipe"], where=f"{run_dir / STATE} recipe").to_dict()
+            except ConfigError as exc:
+                raise ConfigError(f"{run_dir} holds a run of a different recipe, which this edgeslim "
+                                  f"cannot read ({exc}); choose another --out") from None
+        changed = first_difference(old, new)
+        if changed is not None:
+            key, was, now = changed
+            raise ConfigError(f"{run_dir} holds a run of a different recipe: {key} changed from {was!r} to "
+                              f"{now!r}. Set it back to resume that run, or choose another --out "
+                              "(nothing there is overwritten)")
+    state["recipe"], state["schema_version"] = new, SCHEMA_VERSION
+
+
+_MISSING = "<absent>"
+
+
+def first_difference(a: Any, b: Any, key: str = "recipe") -> tuple[str, Any, Any] | None:
+    """The first dotted key at which plain data ``a`` and ``b`` differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            found = first_difference(a.get(k, _MISSING), b.get(k, _MISSING), f"{key}.{k}")
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list):
+        for i in range(max(len(a), len(b))):
+            found = first_difference(a[i] if i < len(a) else _MISSING, b[i] if i < len(b) else _MISSING,
+                                     f"{key}[{i}]")
+            if found:
+                return found
+        return None
+    return None if a == b else (key, a, b)
 
 
 def _finished(saved: dict, recipe: Recipe) -> bool:

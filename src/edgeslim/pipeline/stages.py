@@ -1,23 +1,31 @@
-"""One handler per recipe stage, registered by name. Each mutates a ``RunState``."""
+"""One handler per recipe stage, registered by its config type: ``@stage(PruneStage) def run(state, cfg)``.
+
+``STAGES`` is the one stage registry: kind name -> (config type, handler). The
+config type says the kind (``PruneStage.kind == "prune"``), validates itself and
+carries the ordering rules; each handler mutates a ``RunState``.
+"""
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 from torch import nn
 
 from ..registry import Registry
-from . import recipe as R
+from . import configs as R
+
+if TYPE_CHECKING:
+    from .recipe import Recipe
 
 
 @dataclass
 class RunState:
     """What flows from stage to stage."""
 
-    recipe: R.Recipe
+    recipe: Recipe
     run_dir: Path
     device: str
     train: Any
@@ -43,10 +51,32 @@ class RunState:
 
 
 Handler = Callable[[RunState, Any], None]
-STAGES: Registry[Handler] = Registry("stage")
 
 
-@STAGES.register("train")
+@dataclass(frozen=True)
+class StageType:
+    """A stage kind: its typed config and the handler that runs it."""
+
+    config: type[R.StageConfig]
+    handler: Handler
+
+    def __call__(self, state: RunState, cfg: Any) -> None:
+        self.handler(state, cfg)
+
+
+STAGES: Registry[StageType] = Registry("stage")
+
+
+def stage(config: type[R.StageConfig]) -> Callable[[Handler], Handler]:
+    """Register ``handler`` as the one that runs stages of config type ``config`` (kind ``config.kind``)."""
+    def deco(handler: Handler) -> Handler:
+        STAGES.register(config.kind)(StageType(config, handler))
+        return handler
+
+    return deco
+
+
+@stage(R.TrainStage)
 def _train(state: RunState, cfg: R.TrainStage) -> None:
     from ..config import to_dict
     from ..train import TrainConfig, Trainer
@@ -55,14 +85,14 @@ def _train(state: RunState, cfg: R.TrainStage) -> None:
     Trainer(state.model, TrainConfig(**opts)).fit(state.train, state.test)
 
 
-@STAGES.register("load")
+@stage(R.LoadStage)
 def _load(state: RunState, cfg: R.LoadStage) -> None:
     from ..export import load
 
     state.model = load(cfg.path)
 
 
-@STAGES.register("lighten")
+@stage(R.LightenStage)
 def _lighten(state: RunState, cfg: R.LightenStage) -> None:
     from ..transforms.lighten import lighten
 
@@ -71,7 +101,7 @@ def _lighten(state: RunState, cfg: R.LightenStage) -> None:
                           keep_first_conv=cfg.keep_first_conv, head=cfg.head, exclude=tuple(cfg.exclude))
 
 
-@STAGES.register("distill")
+@stage(R.DistillStage)
 def _distill(state: RunState, cfg: R.DistillStage) -> None:
     from ..distill import distill
 
@@ -82,7 +112,7 @@ def _distill(state: RunState, cfg: R.DistillStage) -> None:
                           T=cfg.T, val_data=state.test, **opts)
 
 
-def _finetune_callback(state: RunState, mode: str, epochs: int, lr: float) -> Any:
+def _finetune_callback(state: RunState, mode: str, epochs: int, lr: float, T: float | None = None) -> Any:
     if mode == "none" or epochs == 0:
         return None
     opts = state.train_options(lr=lr)
@@ -90,7 +120,7 @@ def _finetune_callback(state: RunState, mode: str, epochs: int, lr: float) -> An
         from ..distill import kd_finetune
 
         state.ensure_teacher()
-        return kd_finetune(state.teacher, epochs, state.train, **opts)
+        return kd_finetune(state.teacher, epochs, state.train, **opts, **({} if T is None else {"T": T}))
     from ..prune import plain_finetune
 
     return plain_finetune(epochs, state.train, **opts)
@@ -100,9 +130,11 @@ def _prune_structured(state: RunState, cfg: R.PruneStage) -> None:
     from ..prune import prune_
 
     tune = _finetune_callback(state, cfg.finetune, cfg.finetune_epochs, cfg.finetune_lr)
-    prune_(state.model, state.example, criterion=cfg.criterion, planner=cfg.planner, ratio=cfg.ratio,
-           target_flops=cfg.target_flops, target_params=cfg.target_params, steps=cfg.steps,
-           finetune=tune, round_to=cfg.round_to, calib_data=state.calib)
+    prune_(state.model, state.example, criterion=cfg.criterion, planner=cfg.planner,
+           ratio=cfg.remove_channels, target_flops=cfg.target_flops, target_params=cfg.target_params,
+           steps=cfg.steps, finetune=tune, round_to=cfg.round_to, calib_data=state.calib,
+           ignore=tuple(cfg.ignore), min_channels=cfg.min_channels, protect_first=cfg.protect_first,
+           on_unsupported=cfg.on_unsupported)
 
 
 def _prune_easiedge(state: RunState, cfg: R.PruneStage) -> None:
@@ -110,7 +142,7 @@ def _prune_easiedge(state: RunState, cfg: R.PruneStage) -> None:
 
     finetune = "plain" if cfg.finetune == "none" else cfg.finetune
     state.model = admm_prune(
-        state.model, state.example, state.train, target_filters=cfg.target_filters,
+        state.model, state.example, state.train, target_filters=cfg.remove_filters,
         target_flops=cfg.target_flops, criterion=cfg.criterion, rho=cfg.rho, admm_epochs=cfg.admm_epochs,
         finetune_epochs=cfg.finetune_epochs if cfg.finetune != "none" else 0, finetune=finetune,
         val_data=state.test, calib_data=state.calib, out_dir=state.stage_dir / "admm", resume=True,
@@ -139,21 +171,21 @@ def _prune_unstructured(state: RunState, cfg: R.PruneStage) -> None:
                                           _masked_retrain(state, epochs, cfg.finetune_lr), scope=cfg.scope)
 
 
-@STAGES.register("prune")
+@stage(R.PruneStage)
 def _prune(state: RunState, cfg: R.PruneStage) -> None:
     state.ensure_teacher()
     {"structured": _prune_structured, "easiedge": _prune_easiedge,
      "unstructured": _prune_unstructured}[cfg.method](state, cfg)
 
 
-@STAGES.register("finetune")
+@stage(R.FinetuneStage)
 def _finetune(state: RunState, cfg: R.FinetuneStage) -> None:
-    tune = _finetune_callback(state, cfg.mode, cfg.epochs, cfg.lr)
+    tune = _finetune_callback(state, cfg.mode, cfg.epochs, cfg.lr, cfg.T)  # T used to be ignored
     if tune is not None:
         tune(state.model, 0)
 
 
-@STAGES.register("merge")
+@stage(R.MergeStage)
 def _merge(state: RunState, cfg: R.MergeStage) -> None:
     from ..prune.unstructured import prune_weights, weight_sparsity
     from ..transforms.fold import fold_batchnorm
@@ -166,7 +198,7 @@ def _merge(state: RunState, cfg: R.MergeStage) -> None:
     if cfg.mode == "exact":
         state.model = merge_linear_chains(fold_batchnorm(model, x), x)
     else:
-        state.model = streamline_merge(model, x, state.calib, steps=cfg.rebirth_steps)
+        state.model = streamline_merge(model, x, state.calib, steps=cfg.steps)
     if sparse:  # merged layers are dense: cut back to the same number of non-zero weights
         total = _nonzero_weights(state.model, count_all=True)
         state.model = prune_weights(state.model, sparsity=max(0.0, 1 - nonzero / total))
@@ -179,7 +211,7 @@ def _nonzero_weights(model: nn.Module, count_all: bool = False) -> int:
     return sum(w.numel() if count_all else int((w != 0).sum()) for w in weights)
 
 
-@STAGES.register("quantize")
+@stage(R.QuantizeStage)
 def _quantize(state: RunState, cfg: R.QuantizeStage) -> None:
     from ..quant import quantize
 
@@ -189,7 +221,7 @@ def _quantize(state: RunState, cfg: R.QuantizeStage) -> None:
     state.artifacts["int8_onnx"] = str(path)
 
 
-@STAGES.register("export")
+@stage(R.ExportStage)
 def _export(state: RunState, cfg: R.ExportStage) -> None:
     from ..export import export_onnx
 
@@ -207,7 +239,7 @@ def _write_deploy(state: RunState) -> None:
                     getattr(ds, "std", None), class_names=getattr(ds, "classes", None))
 
 
-@STAGES.register("profile")
+@stage(R.ProfileStage)
 def _profile(state: RunState, cfg: R.ProfileStage) -> None:
     from ..report import channels_per_layer, per_layer_latency
 

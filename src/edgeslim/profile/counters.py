@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from edgeslim.models.utils import as_input_tuple, eval_mode
+from edgeslim._core import as_input_tuple, eval_mode
 
 FP32_BYTES = 4
 

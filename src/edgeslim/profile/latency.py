@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from edgeslim.errors import ConfigError
-from edgeslim.models.utils import as_input_tuple, eval_mode
+from edgeslim._core import as_input_tuple, eval_mode
 
 
 def _check_counts(threads: int, runs: int, warmup: int) -> None:

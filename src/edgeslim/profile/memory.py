@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from edgeslim.models.utils import as_input_tuple, eval_mode
+from edgeslim._core import as_input_tuple, eval_mode
 
 
 class LiveTensorTracker(TorchDispatchMode):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from edgeslim._checks import check_model_and_inputs, run_checked
-from edgeslim.models.utils import as_input_tuple
+from edgeslim._core import as_input_tuple
 from edgeslim.profile.counters import count_flops, count_params, weight_bytes
 from edgeslim.profile.latency import measure_latency, ort_latency
 from edgeslim.profile.memory import peak_memory

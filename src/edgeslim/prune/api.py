@@ -23,7 +23,7 @@ from torch import nn
 from .._checks import check_finite, check_model_and_inputs
 from ..errors import ConfigError, EdgeslimError
 from ..graph import DependencyGraph, build_dependency_graph
-from ..models.utils import eval_mode, flatten_outputs
+from .._core import eval_mode, flatten_outputs
 from .importance import Importance, ImportanceContext, get_importance
 from .planner import Budget, Constraints, explain_locks, plan_removal
 from .surgery import prune_channels_

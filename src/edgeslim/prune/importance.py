@@ -17,7 +17,7 @@ from torch import nn
 from .._checks import first_tensor
 from ..errors import ConfigError
 from ..graph import DependencyGraph
-from ..models.utils import eval_mode
+from .._core import eval_mode
 from ..registry import Registry
 
 Normalize = Literal["mean", "max", "none"]

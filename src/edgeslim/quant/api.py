@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 from edgeslim.errors import ConfigError, ExportError
-from edgeslim.models.utils import as_input_tuple, eval_mode, flatten_outputs, model_device
+from edgeslim._core import as_input_tuple, eval_mode, flatten_outputs
+from edgeslim._core import device_of as model_device
 from edgeslim.quant.calibration import calibration_batches
 from edgeslim.quant.model import QuantizedModel
 from edgeslim.quant.options import QuantOptions

@@ -19,7 +19,7 @@ from torch import nn
 
 from edgeslim.data import as_loader
 from edgeslim.errors import ConfigError, DataError
-from edgeslim.models.utils import as_input_tuple
+from edgeslim._core import as_input_tuple
 from edgeslim.profile import measure_latency, ort_latency, ort_session
 
 Inputs = torch.Tensor | Sequence[torch.Tensor]

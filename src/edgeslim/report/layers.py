@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from edgeslim.errors import ConfigError
-from edgeslim.models.utils import as_input_tuple, eval_mode
+from edgeslim._core import as_input_tuple, eval_mode
 
 # Module type -> its number of output channels; looked up along the MRO, so
 # subclasses (e.g. a pruned or quantization-aware Conv2d) are covered.

@@ -9,8 +9,10 @@ from typing import Literal, Optional
 from edgeslim.config import check_literals
 from edgeslim.errors import ConfigError
 
-OptimizerName = Literal["sgd", "adamw"]
-ScheduleName = Literal["cosine", "step", "constant"]
+#: Names come from the registries (``edgeslim.train.optim.OPTIMIZERS`` / ``SCHEDULES``), so a
+#: registered optimizer or schedule is accepted; these aliases only document the type.
+OptimizerName = str
+ScheduleName = str
 DeviceName = Literal["auto", "cpu", "cuda"]
 
 
@@ -39,6 +41,17 @@ def _check_lr(lr: object) -> None:
             f"surely diverge to NaN. Set lr to a small positive value ({TYPICAL_LR}); a negative "
             "exponent may be missing (1e3 vs 1e-3)"
         )
+
+
+def _check_registered(cfg: "TrainConfig") -> None:
+    from edgeslim._core import did_you_mean
+    from edgeslim.train.optim import OPTIMIZERS, SCHEDULES
+
+    for field, registry in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+        value = getattr(cfg, field)
+        if value not in registry:
+            raise ConfigError(f"{field}: invalid value {value!r}.{did_you_mean(value, registry.names())} "
+                              f"Valid values: {', '.join(repr(n) for n in registry.names())}")
 
 
 @dataclass
@@ -102,6 +115,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_literals(self)
+        _check_registered(self)
         if isinstance(self.out_dir, Path):
             self.out_dir = str(self.out_dir)
         self.milestones = tuple(self.milestones)

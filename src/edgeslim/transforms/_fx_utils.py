@@ -18,37 +18,20 @@ import torch.fx as fx
 from torch import Tensor, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from edgeslim._core import as_input_tuple  # noqa: F401  (re-exported for the transforms)
+from edgeslim._core import eval_mode as _core_eval_mode
 from edgeslim.errors import UnsupportedModelError
 
 ExampleInputs = Tensor | Sequence[Tensor]
 
 
-def as_input_tuple(example_inputs: ExampleInputs) -> tuple[Any, ...]:
-    """Normalise ``example_inputs`` (a tensor or a sequence of tensors) to a tuple."""
-    if isinstance(example_inputs, Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs)
-    raise TypeError(
-        f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}"
-    )
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode and restore each one's own flag afterwards.
+def eval_mode(module: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
+    """Eval mode under ``no_grad``, every submodule's flag restored (``edgeslim._core.eval_mode``).
 
     Running a model in train mode would update batch-norm running statistics,
     which must never happen as a side effect of analysing it.
     """
-    flags = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield module
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
+    return _core_eval_mode(module, no_grad=True)
 
 
 def trace(model: nn.Module, what: str = "this transform") -> fx.GraphModule:
