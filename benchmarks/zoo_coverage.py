@@ -102,7 +102,13 @@ def run_one(name: str, tool: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         if tool == "edgeslim":
             try:
-                loaded = edgeslim.load(edgeslim.save(pruned, Path(tmp) / "m.safetensors"))
+                path = edgeslim.save(pruned, Path(tmp) / "m.safetensors")
+                from edgeslim.export.bundle import read_manifest
+
+                from_data = "instance" not in read_manifest(path)["arch"]
+                # a model whose classes cannot be stored as data is rebuilt from the user's instance
+                loaded = edgeslim.load(path) if from_data else edgeslim.load(path, model=build(name))
+                row["load_from"] = "file" if from_data else "model="
                 with torch.no_grad():
                     row["save_load"] = bool(torch.allclose(loaded.eval()(x), y1, atol=1e-4, rtol=1e-4))
             except Exception as exc:  # reported, not fatal: the row says what failed
