@@ -932,3 +932,20 @@ class TinyConvNeXt(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.block2(self.down(self.block1(self.stem(x)))))
+
+
+class ECANet(nn.Module):
+    """timm's efficient channel attention: a 1-channel Conv1d slid along the channel axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.eca = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = _Head(16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        y = x.mean((2, 3)).view(x.shape[0], 1, -1)
+        y = torch.sigmoid(self.eca(y)).view(x.shape[0], -1, 1, 1)
+        return self.head(F.relu(self.conv2(x * y.expand_as(x))))

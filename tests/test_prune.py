@@ -481,3 +481,13 @@ def test_convnext_pruning_zero_channels_is_exact() -> None:
     x = example_input(2)
     pruned = edgeslim.prune(model, x, ratio=0.0)
     torch.testing.assert_close(pruned(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_eca_attention_prunes_through_its_channel_axis_conv(tmp_path) -> None:
+    model = nets.ECANet().eval()
+    x = example_input(2)
+    pruned = edgeslim.prune(model, x, ratio=0.4, protect_first=False)
+    assert pruned.conv1.out_channels < 16 and pruned.conv2.in_channels == pruned.conv1.out_channels
+    assert pruned.eca.weight.shape == (1, 1, 3) and pruned(x).shape == (2, 10)
+    assert edgeslim.export_onnx(pruned, x, tmp_path / "m.onnx") < 1e-4
+    torch.testing.assert_close(edgeslim.prune(model, x, ratio=0.0)(x), model(x), atol=1e-5, rtol=1e-5)

@@ -250,6 +250,11 @@ def _view_like(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
         if axis is None or out[axis] != label.size:
             raise _Unsupported("reshape of a per-channel parameter")
         return ParamLabel(label.path, label.stored_dim, axis, label.size)
+    if isinstance(label, (Moved, list)):
+        moved = _squeeze_move(ins, out, label.dim if isinstance(label, Moved) else 1)
+        if moved is not None and (isinstance(label, Moved) or moved != 1):
+            plain = list(label.label) if isinstance(label, Moved) else label
+            return plain if moved == 1 else Moved(tuple(plain), moved)
     if isinstance(label, Moved):
         raise _Unsupported(f"reshape of a channels-last tensor from {list(ins)} to {list(out)}")
     if isinstance(label, ChannelGroups):
@@ -265,6 +270,16 @@ def _view_like(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
     if len(out) == 2 and out[0] == ins[0] and len(ins) > 2:
         return ctx.flatten_label(node.name, label, 1, out)
     raise _Unsupported(f"reshape from {list(ins)} to {list(out)} mixes channels")
+
+
+def _squeeze_move(ins: Sequence[int], out: Sequence[int], dim: int) -> int | None:
+    """Where dim ``dim`` of ``ins`` lands in ``out`` when the reshape only adds or drops
+    size-1 dims (ECA's ``(b, c, 1, 1) -> (b, 1, c)``); None for any other reshape."""
+    big_in = [(i, s) for i, s in enumerate(ins) if s != 1 or i == 0]
+    big_out = [(i, s) for i, s in enumerate(out) if s != 1 or i == 0]
+    if [s for _, s in big_in] != [s for _, s in big_out] or ins[dim] == 1:
+        return None
+    return big_out[[i for i, _ in big_in].index(dim)][0]
 
 
 def _reduce(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
@@ -533,6 +548,10 @@ def _visit_channels_last(ctx: TraceContext, path: str, rec: ModuleRecord, label:
     if rec.slicer.kind == "elementwise":
         return label
     last = len(in_shape) - 1
+    m = rec.module
+    if isinstance(m, nn.Conv1d) and m.in_channels == m.out_channels == 1 and label.dim == last \
+            and out_shape[-1] == len(label.label):
+        return label  # ECA: a 1-channel conv along the channel axis, whatever its length
     if not rec.slicer.channels_last or label.dim != last or len(out_shape) != len(in_shape):
         raise _Unsupported(f"layer {path!r} on a channels-last tensor (channels on dim {label.dim})")
     out = rec.slicer.trace(ctx, path, rec.module, list(label.label), (out_shape[0], out_shape[-1]))
