@@ -977,3 +977,77 @@ class MixNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn(self.mixed(F.relu(self.conv1(x)))))
         return self.head(F.relu(self.conv2(x)))
+
+
+# ----------------------------------------------------------------------------------------
+# Radix axes: timm's SelectiveKernel (SKNet) and SplitAttn (ResNeSt), as timm writes them
+
+class SelectiveKernel(nn.Module):
+    def __init__(self, c: int, paths: int = 2, attn: int = 8) -> None:
+        super().__init__()
+        self.num_paths = paths
+        self.paths = nn.ModuleList([nn.Sequential(nn.Conv2d(c, c, 3, padding=d, dilation=d, bias=False),
+                                                  nn.BatchNorm2d(c), nn.ReLU()) for d in range(1, paths + 1)])
+        self.fc_reduce = nn.Conv2d(c, attn, 1, bias=False)
+        self.bn = nn.BatchNorm2d(attn)
+        self.fc_select = nn.Conv2d(attn, c * paths, 1, bias=False)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        torch._assert(x.shape[1] == self.num_paths, "")
+        x = x.sum(1).mean((2, 3), keepdim=True)
+        x = self.fc_select(F.relu(self.bn(self.fc_reduce(x))))
+        b, c, h, w = x.shape
+        x = x.view(b, self.num_paths, c // self.num_paths, h, w)
+        return torch.softmax(x, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.stack([op(x) for op in self.paths], dim=1)
+        return torch.sum(x * self.attention(x), dim=1)
+
+
+class RadixSoftmax(nn.Module):
+    def __init__(self, radix: int, cardinality: int) -> None:
+        super().__init__()
+        self.radix, self.cardinality = radix, cardinality
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.size(0)
+        x = x.view(batch, self.cardinality, self.radix, -1).transpose(1, 2)
+        return F.softmax(x, dim=1).reshape(batch, -1)
+
+
+class SplitAttn(nn.Module):
+    def __init__(self, cin: int, c: int, radix: int = 2, attn: int = 8) -> None:
+        super().__init__()
+        self.radix = radix
+        self.conv = nn.Conv2d(cin, c * radix, 3, padding=1, groups=radix, bias=False)
+        self.bn0 = nn.BatchNorm2d(c * radix)
+        self.fc1 = nn.Conv2d(c, attn, 1)
+        self.bn1 = nn.BatchNorm2d(attn)
+        self.fc2 = nn.Conv2d(attn, c * radix, 1)
+        self.rsoftmax = RadixSoftmax(radix, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn0(self.conv(x)))
+        b, rc, h, w = x.shape
+        x = x.reshape((b, self.radix, rc // self.radix, h, w))
+        gap = x.sum(dim=1).mean((2, 3), keepdim=True)
+        attn = self.fc2(F.relu(self.bn1(self.fc1(gap))))
+        attn = self.rsoftmax(attn).view(b, -1, 1, 1)
+        out = (x * attn.reshape((b, self.radix, rc // self.radix, 1, 1))).sum(dim=1)
+        return out.contiguous()
+
+
+class RadixNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
+        self.sk = SelectiveKernel(16)
+        self.split = SplitAttn(16, 16)
+        self.conv = nn.Conv2d(16, 24, 1)
+        self.head = _Head(24)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.sk(x)
+        return self.head(F.relu(self.conv(self.split(x))))

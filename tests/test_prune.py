@@ -504,3 +504,21 @@ def test_uneven_splits_from_a_module_attribute_are_cut_piece_by_piece(tmp_path) 
     assert pruned(x).shape == (2, 10) and count_params(pruned) == nets.analytic_params(pruned)
     assert edgeslim.export_onnx(pruned, x, tmp_path / "m.onnx") < 1e-4
     torch.testing.assert_close(edgeslim.prune(model, x, ratio=0.0)(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_selective_kernel_and_split_attention_prune_every_path_alike(tmp_path) -> None:
+    """SKNet's stack of paths and ResNeSt's radix reshape + RadixSoftmax: each path keeps the
+    same channels, the attention follows, the reshapes stay valid."""
+    from edgeslim.profile import count_flops
+
+    model = randomize_bn_(nets.RadixNet()).eval()
+    x = example_input(2)
+    pruned = edgeslim.prune(model, x, ratio=0.5, protect_first=False)
+    sk, sa = pruned.sk, pruned.split
+    c = pruned.stem[0].out_channels
+    assert c < 16 and all(p[0].out_channels == c for p in sk.paths) and sk.fc_select.out_channels == 2 * c
+    assert sa.conv.out_channels == sa.fc2.out_channels == 2 * sa.fc1.in_channels < 32
+    assert pruned(x).shape == (2, 10) and count_params(pruned) == nets.analytic_params(pruned)
+    assert count_flops(pruned, x)[1] == nets.analytic_macs(pruned, x)
+    assert edgeslim.export_onnx(pruned, x, tmp_path / "m.onnx") < 1e-4
+    torch.testing.assert_close(edgeslim.prune(model, x, ratio=0.0)(x), model(x), atol=1e-5, rtol=1e-5)

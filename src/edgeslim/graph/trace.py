@@ -464,7 +464,10 @@ HANDLERS.update({f: _split for f in (torch.split, torch.chunk, "split", "chunk")
 HANDLERS.update({f: _permute for f in (torch.transpose, "transpose", torch.permute, "permute")})
 HANDLERS.update({f: _no_label for f in (getattr, "size", "dim", "numel", len)})
 HANDLERS[operator.getitem] = _getitem
-_GROUP_AWARE = {_pass, _view_like, _permute}
+# Handlers that understand ChannelGroups (and Moved) labels; and ParamLabel/Moved ones.
+# radix.py adds its own.
+_GROUP_AWARE = {_pass, _view_like, _permute, _no_label}
+_PARAM_AWARE = {_binary}
 # Functions of libraries edgeslim does not import, known by where they live. Both are
 # identity in eval mode (the traced mode) and per-sample scaling in training: channel-wise.
 _BY_QUALNAME: dict[tuple[str, str], Handler] = {
@@ -619,9 +622,9 @@ def _visit(ctx: TraceContext, node: fx.Node, labels: Labels, root: nn.Module,
         kinds = {type(labels.get(a)) for a in _tensor_args(node)}
         if ChannelGroups in kinds:
             raise _Unsupported("an operation on channel groups other than a channel shuffle")
-        if Moved in kinds and handler is not _binary:
+        if Moved in kinds and handler not in _PARAM_AWARE:
             raise _Unsupported("an operation on a channels-last tensor that edgeslim does not follow")
-        if ParamLabel in kinds and handler is not _binary:
+        if ParamLabel in kinds and handler not in _PARAM_AWARE:
             labels = _WithoutParams(labels)  # a parameter used any other way stays whole
     return handler(ctx, node, labels)
 
