@@ -755,6 +755,10 @@ def analytic_params(model: nn.Module) -> int:
             total += 2 * m.num_channels if m.affine else 0
         elif isinstance(m, nn.PReLU):
             total += m.num_parameters
+        elif isinstance(m, nn.LayerNorm):
+            total += 2 * math.prod(m.normalized_shape) if m.elementwise_affine else 0
+        elif isinstance(m, ConvNeXtBlock):
+            total += m.conv_dw.out_channels  # its layer scale (children are counted on their own)
         elif next(m.parameters(recurse=False), None) is not None:
             raise AssertionError(f"analytic_params does not know {type(m).__name__}")
     return total
@@ -881,3 +885,67 @@ class TimmLayersNet(nn.Module):
         x = self.bn1(self.stem(x))
         y = self.bn3(self.conv3(F.relu(self.bn2(self.conv2(x)))))
         return self.head(x + stochastic_depth(y, 0.1, "row", self.training))
+
+
+# ----------------------------------------------------------------------------------------
+# ConvNeXt (torchvision CNBlock / timm ConvNeXtBlock): a channels-last MLP and a layer scale
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW tensor (permutes inside), as timm/torchvision."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    """dw conv -> permute -> LayerNorm -> Linear(4x) -> GELU -> Linear -> permute -> gamma * x
+    (+ stochastic depth) + shortcut."""
+
+    def __init__(self, c: int, gamma_shape: str = "flat") -> None:
+        super().__init__()
+        self.conv_dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c, eps=1e-6)
+        self.fc1, self.act, self.fc2 = nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, c)
+        self.gamma_shape = gamma_shape
+        self.gamma = nn.Parameter(torch.rand(c) if gamma_shape == "flat" else torch.rand(c, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv_dw(x).permute(0, 2, 3, 1)
+        y = self.fc2(self.act(self.fc1(self.norm(y)))).permute(0, 3, 1, 2)
+        if self.gamma_shape == "flat":  # timm: x.mul(self.gamma.reshape(1, -1, 1, 1))
+            y = y.mul(self.gamma.reshape(1, -1, 1, 1))
+        else:  # torchvision: self.layer_scale * block(x), layer_scale of shape (C, 1, 1)
+            y = self.gamma * y
+        return x + stochastic_depth(y, 0.1, "row", self.training)
+
+
+class TinyConvNeXt(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 4, stride=4), LayerNorm2d(16))
+        self.block1 = ConvNeXtBlock(16, "flat")
+        self.down = nn.Sequential(LayerNorm2d(16), nn.Conv2d(16, 24, 2, stride=2))
+        self.block2 = ConvNeXtBlock(24, "torchvision")
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), LayerNorm2d(24), nn.Flatten(1), nn.Linear(24, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block2(self.down(self.block1(self.stem(x)))))
+
+
+class ECANet(nn.Module):
+    """timm's efficient channel attention: a 1-channel Conv1d slid along the channel axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.eca = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = _Head(16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        y = x.mean((2, 3)).view(x.shape[0], 1, -1)
+        y = torch.sigmoid(self.eca(y)).view(x.shape[0], -1, 1, 1)
+        return self.head(F.relu(self.conv2(x * y.expand_as(x))))

@@ -455,3 +455,39 @@ def test_target_flops_counts_ignored_blocks() -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
     kept = count_params(edgeslim.prune(model, x, target_params=0.5, ignore=["layer2"]))
     assert 0.45 <= kept / count_params(model) <= 0.5
+
+
+def test_convnext_channels_last_block_and_layer_scale_prune(tmp_path) -> None:
+    """permute -> LayerNorm -> Linear -> GELU -> Linear -> permute, a per-channel gamma read in
+    forward (timm's flat one and torchvision's (C, 1, 1) one), LayerNorm2d: all cut together."""
+    from edgeslim.profile import count_flops
+
+    model = nets.TinyConvNeXt().eval()
+    x = example_input(2)
+    pruned = edgeslim.prune(model, x, ratio=0.4, protect_first=False)
+    b1, b2 = pruned.block1, pruned.block2
+    assert b1.conv_dw.out_channels < 16 and b2.conv_dw.out_channels < 24
+    assert b1.fc1.in_features == b1.norm.normalized_shape[0] == b1.gamma.shape[0] == b1.conv_dw.out_channels
+    assert b2.gamma.shape == (b2.conv_dw.out_channels, 1, 1) and b2.fc2.out_features == b2.conv_dw.out_channels
+    assert pruned.stem[1].normalized_shape == (pruned.stem[0].out_channels,)
+    assert pruned(x).shape == (2, 10)
+    assert count_params(pruned) == nets.analytic_params(pruned)
+    assert count_flops(pruned, x)[1] == nets.analytic_macs(pruned, x)
+    assert edgeslim.export_onnx(pruned, x, tmp_path / "m.onnx") < 1e-4
+
+
+def test_convnext_pruning_zero_channels_is_exact() -> None:
+    model = nets.TinyConvNeXt().eval()
+    x = example_input(2)
+    pruned = edgeslim.prune(model, x, ratio=0.0)
+    torch.testing.assert_close(pruned(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_eca_attention_prunes_through_its_channel_axis_conv(tmp_path) -> None:
+    model = nets.ECANet().eval()
+    x = example_input(2)
+    pruned = edgeslim.prune(model, x, ratio=0.4, protect_first=False)
+    assert pruned.conv1.out_channels < 16 and pruned.conv2.in_channels == pruned.conv1.out_channels
+    assert pruned.eca.weight.shape == (1, 1, 3) and pruned(x).shape == (2, 10)
+    assert edgeslim.export_onnx(pruned, x, tmp_path / "m.onnx") < 1e-4
+    torch.testing.assert_close(edgeslim.prune(model, x, ratio=0.0)(x), model(x), atol=1e-5, rtol=1e-5)

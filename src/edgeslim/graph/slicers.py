@@ -47,6 +47,8 @@ class Slicer:
     """Base class. ``kind`` names the role for reports; ``cost`` feeds the planner."""
 
     kind = "module"
+    channels_last = False  # also traced on [..., C] tensors (channels on the last dim)
+    slices_extras = True  # surgery also cuts per-channel tensors of the layer it does not know
 
     def trace(self, ctx: "TraceContext", path: str, module: nn.Module, in_label: Label | None,
               out_shape: Sequence[int]) -> Label | None:
@@ -222,6 +224,7 @@ class LinearSlicer(Slicer):
     repeats each channel H*W times, so a channel's whole block of columns goes)."""
 
     kind = "linear"
+    channels_last = True
 
     def trace(self, ctx, path, module, in_label, out_shape):
         if len(out_shape) != 2:
@@ -235,7 +238,8 @@ class LinearSlicer(Slicer):
         module.in_features, module.out_features = _n(in_keep, module.in_features), _n(out_keep, module.out_features)
 
     def cost(self, module, n_in, n_out, out_shape):
-        return n_in * n_out, n_in * n_out + (n_out if module.bias is not None else 0)
+        positions = math.prod(int(s) for s in out_shape[1:-1])  # channels-last: once per pixel
+        return n_in * n_out * positions, n_in * n_out + (n_out if module.bias is not None else 0)
 
 
 @register_slicer(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d,
@@ -256,6 +260,41 @@ class NormSlicer(Slicer):
 
     def cost(self, module, n_in, n_out, out_shape):
         return 0, (2 * n_out if module.affine else 0)  # no MACs: see Slicer.cost
+
+
+@register_slicer(nn.LayerNorm)
+class LayerNormSlicer(Slicer):
+    """LayerNorm over the channel dim: ``LayerNorm(C)`` on channels-last tensors (ConvNeXt
+    blocks) or on [N, C]; a subclass on [N, C, H, W] with ``normalized_shape == (C,)`` is a
+    LayerNorm2d (it permutes inside, timm/torchvision). Weight and bias follow the channels.
+    Normalising other dims passes the channels through; normalising over channels and more
+    locks them."""
+
+    kind = "norm"
+    channels_last = True
+
+    def trace(self, ctx, path, module, in_label, out_shape):
+        if in_label is None:
+            return None
+        shape = tuple(module.normalized_shape)
+        over_channels = shape == (len(in_label),) and (len(out_shape) == 2 or type(module) is not nn.LayerNorm)
+        if over_channels:
+            ctx.consume(path, in_label)
+            return in_label
+        if len(out_shape) - len(shape) <= 1:
+            ctx.lock(in_label, f"LayerNorm {path!r} normalises over the channels and more dims")
+        return in_label
+
+    def slice_(self, module, in_keep, out_keep):
+        keep = in_keep if in_keep else out_keep
+        if keep is None or len(module.normalized_shape) != 1:
+            return
+        for name in ("weight", "bias"):
+            _set_param(module, name, _take(getattr(module, name, None), 0, keep))
+        module.normalized_shape = (len(keep),)
+
+    def cost(self, module, n_in, n_out, out_shape):
+        return 0, (2 * n_out if module.weight is not None else 0)
 
 
 class FrozenNormSlicer(Slicer):

@@ -23,6 +23,7 @@ from .._checks import run_checked
 from ..errors import ConfigError, UnsupportedModelError
 from .._core import eval_mode
 from .channels import ElementTable
+from .layouts import Moved, ParamLabel, ParamSlicer, owner_of, param_label, permuted, single_axis
 from .slicers import Label, Slicer, couple_groups, slicer_for
 
 OnUnsupported = Literal["error", "lock"]
@@ -53,6 +54,7 @@ class TraceContext:
     table: ElementTable = field(default_factory=ElementTable)
     records: dict[str, ModuleRecord] = field(default_factory=dict)
     node: fx.Node | None = None
+    root: nn.Module | None = None  # the model being traced (parameters read by get_attr)
     tied: list[list[tuple[str, str]]] = field(default_factory=list)  # see shared_parameters
 
     def produce(self, path: str, size: int, locked: bool = False, reason: str = "") -> Label:
@@ -63,6 +65,10 @@ class TraceContext:
 
     def consume(self, path: str, label: Label | None) -> None:
         rec = self.records[path]
+        if isinstance(label, (Moved, ChannelGroups)):
+            label = list(label.label)
+        elif isinstance(label, ParamLabel):
+            label = None
         if label is None:
             return
         if rec.in_label is None:
@@ -75,8 +81,10 @@ class TraceContext:
     def lock(self, label: Label | None, reason: str | None = None) -> None:
         """Freeze ``label``'s channels; ``reason`` (default: the node being traced) explains
         it when nothing is left to prune."""
-        if isinstance(label, ChannelGroups):
+        if isinstance(label, (ChannelGroups, Moved)):
             label = list(label.label)
+        if isinstance(label, ParamLabel):
+            return  # a parameter that never met a channel label: it stays whole anyway
         if label is not None:
             self.table.lock(label, self.where() if reason is None else reason)
 
@@ -163,6 +171,10 @@ def _pass(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
     label, out = labels.get(src), _meta_shape(node)
     if isinstance(label, ChannelGroups) and node.target in ("contiguous", "clone", "detach"):
         return label
+    if isinstance(label, (Moved, ParamLabel)):
+        if out is None or out != _meta_shape(src):
+            raise _Unsupported("an elementwise op changed the shape of a channels-last tensor")
+        return label
     if label is not None and (out is None or len(out) < 2 or out[1] != len(label)):
         raise _Unsupported("the channel dimension changed")
     return label
@@ -176,18 +188,40 @@ def _binary(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
     if len(out) < 2:
         return None
     coupled: list[Label] = []
+    params: list[ParamLabel] = []
     for arg in _tensor_args(node):
         shape, label = _meta_shape(arg), labels.get(arg)
+        if isinstance(label, Moved):
+            raise _Unsupported("an elementwise op on a channels-last tensor")
         offset = len(out) - len(shape)
         dim = 1 - offset  # which of the arg's dims lines up with the output's channel dim
         if dim < 0 or (shape[dim] == 1 and (out[1] != 1 or label is None)):
             continue  # broadcast over channels: no coupling (a pruned-down 1-channel tensor is not)
-        if offset != 0 or label is None:
+        if isinstance(label, ParamLabel) and label.dim == dim:
+            params.append(label)  # a per-channel parameter (layer scale): cut with the channels
+            continue
+        if offset != 0 or label is None or isinstance(label, ParamLabel):
             raise _Unsupported("a per-channel constant without a channel label")
         coupled.append(label)
     for other in coupled[1:]:
         ctx.table.union_labels(coupled[0], other)
+    if params and not coupled:
+        raise _Unsupported("per-channel parameters combined without a channel-labelled tensor")
+    for p in params:
+        _follow(ctx, p, coupled[0])
     return coupled[0] if coupled else None
+
+
+def _follow(ctx: TraceContext, param: ParamLabel, label: Label) -> None:
+    """Make ``param`` a record that is cut along with ``label``'s channels."""
+    rec = ctx.records.get(param.path)
+    if rec is not None:
+        ctx.table.union_labels(rec.out_label, label)
+        return
+    owner, name = owner_of(ctx.root, param.path)
+    ctx.records[param.path] = ModuleRecord(param.path, owner, ParamSlicer(name, param.stored_dim),
+                                           in_label=list(label), out_label=list(label),
+                                           out_shape=(1, len(label)))
 
 
 def _cat(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
@@ -211,6 +245,18 @@ def _view_like(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
     label, ins, out = labels.get(src), _meta_shape(src), _meta_shape(node)
     if label is None or out is None:
         return None
+    if isinstance(label, ParamLabel):
+        axis = single_axis(out)
+        if axis is None or out[axis] != label.size:
+            raise _Unsupported("reshape of a per-channel parameter")
+        return ParamLabel(label.path, label.stored_dim, axis, label.size)
+    if isinstance(label, (Moved, list)):
+        moved = _squeeze_move(ins, out, label.dim if isinstance(label, Moved) else 1)
+        if moved is not None and (isinstance(label, Moved) or moved != 1):
+            plain = list(label.label) if isinstance(label, Moved) else label
+            return plain if moved == 1 else Moved(tuple(plain), moved)
+    if isinstance(label, Moved):
+        raise _Unsupported(f"reshape of a channels-last tensor from {list(ins)} to {list(out)}")
     if isinstance(label, ChannelGroups):
         if len(out) == len(ins) - 1 and out[0] == ins[0] and out[1] == ins[1] * ins[2] and out[2:] == ins[3:]:
             return label.merged()
@@ -224,6 +270,16 @@ def _view_like(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
     if len(out) == 2 and out[0] == ins[0] and len(ins) > 2:
         return ctx.flatten_label(node.name, label, 1, out)
     raise _Unsupported(f"reshape from {list(ins)} to {list(out)} mixes channels")
+
+
+def _squeeze_move(ins: Sequence[int], out: Sequence[int], dim: int) -> int | None:
+    """Where dim ``dim`` of ``ins`` lands in ``out`` when the reshape only adds or drops
+    size-1 dims (ECA's ``(b, c, 1, 1) -> (b, 1, c)``); None for any other reshape."""
+    big_in = [(i, s) for i, s in enumerate(ins) if s != 1 or i == 0]
+    big_out = [(i, s) for i, s in enumerate(out) if s != 1 or i == 0]
+    if [s for _, s in big_in] != [s for _, s in big_out] or ins[dim] == 1:
+        return None
+    return big_out[[i for i, _ in big_in].index(dim)][0]
 
 
 def _reduce(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
@@ -319,11 +375,32 @@ def _permute(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
         if dims == [1, 2]:
             return ChannelGroups(label.label, label.groups, not label.swapped)
         raise _Unsupported("permute of channel groups other than the shuffle's transpose(1, 2)")
+    if isinstance(label, ParamLabel):
+        raise _Unsupported("permute of a per-channel parameter")
+    order = _permutation(node, len(ins))
+    if order is not None:
+        return permuted(label, order)  # the channel label follows its dim (channels-last)
     if out is not None and len(out) >= 2 and out[:2] == ins[:2] and node.target in ("transpose", torch.transpose):
         d0, d1 = (a % len(ins) for a in node.args[1:3])
         if min(d0, d1) >= 2:
             return labels[src]
     raise _Unsupported("permute/transpose moves the channel dimension")
+
+
+def _permutation(node: fx.Node, ndim: int) -> list[int] | None:
+    """The dim order a permute/transpose node produces (None if not literal)."""
+    if node.target in ("transpose", torch.transpose):
+        d0, d1 = node.args[1:3]
+        if not (isinstance(d0, int) and isinstance(d1, int)):
+            return None
+        order = list(range(ndim))
+        order[d0 % ndim], order[d1 % ndim] = order[d1 % ndim], order[d0 % ndim]
+        return order
+    dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) else node.args[1:]
+    dims = node.kwargs.get("dims", dims)
+    if len(dims) != ndim or not all(isinstance(d, int) for d in dims):
+        return None
+    return [d % ndim for d in dims]
 
 
 def _no_label(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
@@ -399,8 +476,10 @@ def _module_path(node: fx.Node) -> str:
 
 
 def _all_labels(value: Any) -> list[Label]:
-    if isinstance(value, ChannelGroups):
+    if isinstance(value, (ChannelGroups, Moved)):
         return [list(value.label)]
+    if isinstance(value, ParamLabel):
+        return []
     if isinstance(value, (tuple, list)) and value and not isinstance(value[0], int):
         return [lab for v in value for lab in _all_labels(v)]
     return [value] if value else []
@@ -429,6 +508,8 @@ def _visit_module(ctx: TraceContext, node: fx.Node, labels: Labels, root: nn.Mod
                                        reason=f"the input of module {path!r}")
     if isinstance(in_label, ChannelGroups):
         raise _Unsupported("a layer applied to channel groups (a split channel dimension)")
+    if isinstance(in_label, ParamLabel):
+        in_label = None  # a layer applied to a parameter: its channels are its own
     out_shape = _meta_shape(node) or ()
     rec = ctx.records.setdefault(path, ModuleRecord(path, module, slicer_for(module)))
     rec.out_shape = out_shape
@@ -446,6 +527,8 @@ def _visit_module(ctx: TraceContext, node: fx.Node, labels: Labels, root: nn.Mod
         ctx.lock(out, why)
         rec.out_label = out
         return out
+    if isinstance(in_label, Moved):
+        return _visit_channels_last(ctx, path, rec, in_label, in_shape, out_shape)
     _check_subclass_channels(module, in_label, out_shape)
     out = rec.slicer.trace(ctx, path, module, in_label, out_shape)
     # A module with per-channel state (it consumed its input) that is called twice
@@ -456,6 +539,26 @@ def _visit_module(ctx: TraceContext, node: fx.Node, labels: Labels, root: nn.Mod
         ctx.table.union_labels(rec.out_label, out)
     rec.out_label = out
     return out
+
+
+def _visit_channels_last(ctx: TraceContext, path: str, rec: ModuleRecord, label: Moved,
+                         in_shape: Sequence[int], out_shape: Sequence[int]) -> Any:
+    """A layer on a channels-last tensor: channel-wise layers keep the label; Linear and
+    LayerNorm acting on the last (channel) dim are traced as on a [N, C] input."""
+    if rec.slicer.kind == "elementwise":
+        return label
+    last = len(in_shape) - 1
+    m = rec.module
+    if isinstance(m, nn.Conv1d) and m.in_channels == m.out_channels == 1 and label.dim == last \
+            and out_shape[-1] == len(label.label):
+        return label  # ECA: a 1-channel conv along the channel axis, whatever its length
+    if not rec.slicer.channels_last or label.dim != last or len(out_shape) != len(in_shape):
+        raise _Unsupported(f"layer {path!r} on a channels-last tensor (channels on dim {label.dim})")
+    out = rec.slicer.trace(ctx, path, rec.module, list(label.label), (out_shape[0], out_shape[-1]))
+    if rec.in_label is not None and rec.out_label is not None and out is not None and rec.out_label is not out:
+        ctx.table.union_labels(rec.out_label, out)
+    rec.out_label = out
+    return None if out is None else Moved(tuple(out), label.dim)
 
 
 def _check_subclass_channels(module: nn.Module, in_label: Any, out_shape: Sequence[int]) -> None:
@@ -483,7 +586,8 @@ def _visit(ctx: TraceContext, node: fx.Node, labels: Labels, root: nn.Module,
     if node.op == "placeholder":
         return _fresh_locked(ctx, node, "the model input")
     if node.op == "get_attr":
-        return _fresh_locked(ctx, node, f"constant {node.target!r}")
+        param = param_label(root, str(node.target))
+        return param if param is not None else _fresh_locked(ctx, node, f"constant {node.target!r}")
     if node.op == "output":
         for lab in _all_labels([labels.get(a) for a in _flat_nodes(node.args)]):
             ctx.lock(lab, "the model output")
@@ -494,9 +598,30 @@ def _visit(ctx: TraceContext, node: fx.Node, labels: Labels, root: nn.Module,
     if handler is None:
         name = getattr(node.target, "__name__", str(node.target))
         raise _Unsupported(f"operation {name!r} is not known to edgeslim's tracer")
-    if handler not in _GROUP_AWARE and any(isinstance(labels.get(a), ChannelGroups) for a in _tensor_args(node)):
-        raise _Unsupported("an operation on channel groups other than a channel shuffle")
+    if handler not in _GROUP_AWARE:
+        kinds = {type(labels.get(a)) for a in _tensor_args(node)}
+        if ChannelGroups in kinds:
+            raise _Unsupported("an operation on channel groups other than a channel shuffle")
+        if Moved in kinds and handler is not _binary:
+            raise _Unsupported("an operation on a channels-last tensor that edgeslim does not follow")
+        if ParamLabel in kinds and handler is not _binary:
+            labels = _WithoutParams(labels)  # a parameter used any other way stays whole
     return handler(ctx, node, labels)
+
+
+class _WithoutParams(dict):
+    """A view of the labels in which parameters carry none."""
+
+    def __init__(self, labels: Labels) -> None:
+        super().__init__()
+        self.labels = labels
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        value = self.labels.get(key, default)
+        return None if isinstance(value, ParamLabel) else value
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.get(key)
 
 
 def _qualname(target: Any) -> tuple[str, str]:
@@ -545,7 +670,7 @@ def trace_labels(model: nn.Module, example_inputs: tuple, ignore: Sequence[str] 
         graph = _trace_graph(model, ignore, sliced_leaves=True)
         run_checked(lambda: _ShapeRecorder(model, graph=graph).run(*example_inputs), model,
                     example_inputs, "prune")
-    ctx = TraceContext()
+    ctx = TraceContext(root=model)
     labels: Labels = {}
     for node in graph.nodes:
         ctx.node = node

@@ -68,9 +68,10 @@ def prune_channels_(model: nn.Module, graph: DependencyGraph, removed: np.ndarra
             in_keep = None
         if rec.out_label is None:
             out_keep = None
-        before = _own_shapes(rec.module)
+        before = _own_shapes(rec.module) if rec.slicer.slices_extras else {}
         rec.slicer.slice_(rec.module, in_keep, out_keep)
-        _slice_extras(rec.module, before, out_keep, rec.out_shape)
+        if rec.slicer.slices_extras:
+            _slice_extras(rec.module, before, out_keep, rec.out_shape)
     _retie(model, graph.tied)
     return plan
 
