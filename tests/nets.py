@@ -949,3 +949,31 @@ class ECANet(nn.Module):
         y = x.mean((2, 3)).view(x.shape[0], 1, -1)
         y = torch.sigmoid(self.eca(y)).view(x.shape[0], -1, 1, 1)
         return self.head(F.relu(self.conv2(x * y.expand_as(x))))
+
+
+class MixedConv2d(nn.ModuleDict):
+    """timm's MixNet conv: uneven channel splits (sizes in ``self.splits``), one kernel size each."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.splits = [c - 2 * (c // 3), c // 3, c // 3]
+        for i, (n, k) in enumerate(zip(self.splits, (3, 5, 7))):
+            self.add_module(str(i), nn.Conv2d(n, n, k, padding=k // 2, groups=n, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pieces = torch.split(x, self.splits, 1)
+        return torch.cat([conv(pieces[i]) for i, conv in enumerate(self.values())], 1)
+
+
+class MixNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 18, 3, padding=1)
+        self.mixed = MixedConv2d(18)
+        self.bn = nn.BatchNorm2d(18)
+        self.conv2 = nn.Conv2d(18, 16, 1)
+        self.head = _Head(16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn(self.mixed(F.relu(self.conv1(x)))))
+        return self.head(F.relu(self.conv2(x)))

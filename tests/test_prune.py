@@ -491,3 +491,16 @@ def test_eca_attention_prunes_through_its_channel_axis_conv(tmp_path) -> None:
     assert pruned.eca.weight.shape == (1, 1, 3) and pruned(x).shape == (2, 10)
     assert edgeslim.export_onnx(pruned, x, tmp_path / "m.onnx") < 1e-4
     torch.testing.assert_close(edgeslim.prune(model, x, ratio=0.0)(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_uneven_splits_from_a_module_attribute_are_cut_piece_by_piece(tmp_path) -> None:
+    """MixNet: torch.split(x, self.splits, 1) with uneven constant sizes; surgery rewrites them."""
+    model = randomize_bn_(nets.MixNet()).eval()
+    x = example_input(2)
+    pruned = edgeslim.prune(model, x, ratio=0.5, protect_first=False)
+    mixed = pruned.mixed
+    assert sum(mixed.splits) == pruned.conv1.out_channels < 18
+    assert [c.in_channels for c in mixed.values()] == mixed.splits
+    assert pruned(x).shape == (2, 10) and count_params(pruned) == nets.analytic_params(pruned)
+    assert edgeslim.export_onnx(pruned, x, tmp_path / "m.onnx") < 1e-4
+    torch.testing.assert_close(edgeslim.prune(model, x, ratio=0.0)(x), model(x), atol=1e-5, rtol=1e-5)

@@ -99,3 +99,28 @@ def owner_of(root: nn.Module, target: str) -> tuple[nn.Module, str]:
     owner_path, _, name = target.rpartition(".")
     return (root.get_submodule(owner_path) if owner_path else root), name
 
+
+
+class SplitSizesSlicer(Slicer):
+    """Rewrites a module's list of split sizes (``self.splits``) to the pieces' kept counts."""
+
+    kind = "split"
+    slices_extras = False
+
+    def __init__(self, attr: str, sizes: list[int]) -> None:
+        self.attr, self.sizes = attr, list(sizes)
+
+    def trace(self, ctx, path, module, in_label, out_shape):  # never traced: made by _split
+        return in_label
+
+    def slice_(self, module: nn.Module, in_keep: list[int], out_keep: list[int]) -> None:
+        if out_keep is None:
+            return
+        bounds, start = [], 0
+        for n in self.sizes:
+            bounds.append((start, start + n))
+            start += n
+        new = [sum(lo <= k < hi for k in out_keep) for lo, hi in bounds]
+        old = getattr(module, self.attr)
+        setattr(module, self.attr, type(old)(new))
+        self.sizes = new

@@ -23,7 +23,7 @@ from .._checks import run_checked
 from ..errors import ConfigError, UnsupportedModelError
 from .._core import eval_mode
 from .channels import ElementTable
-from .layouts import Moved, ParamLabel, ParamSlicer, owner_of, param_label, permuted, single_axis
+from .layouts import Moved, ParamLabel, ParamSlicer, SplitSizesSlicer, owner_of, param_label, permuted, single_axis
 from .slicers import Label, Slicer, couple_groups, slicer_for
 
 OnUnsupported = Literal["error", "lock"]
@@ -321,9 +321,26 @@ def _split(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
     if proportional and len({len(p) for p in out}) == 1:
         for piece in out[1:]:
             ctx.table.union_labels(out[0], piece)
-    elif len(out) > 1:
+    elif len(out) > 1 and not _sizes_follow_cut(ctx, node, label, [len(p) for p in out]):
         ctx.lock(label, f"constant split sizes ({ctx.where()})")
     return tuple(out)
+
+
+def _sizes_follow_cut(ctx: TraceContext, node: fx.Node, label: Label, sizes: list[int]) -> bool:
+    """Uneven constant splits (timm's MixedConv2d: ``torch.split(x, self.splits, 1)``) can be
+    cut piece by piece when the sizes come from an attribute of the module that runs the
+    split: surgery rewrites the attribute to the pieces' new sizes (``SplitSizesSlicer``)."""
+    path = _module_path(node)
+    if path == "<top level>" or path in ctx.records:
+        return False
+    owner = ctx.root.get_submodule(path)
+    attr = next((k for k, v in vars(owner).items() if not k.startswith("_")
+                 and isinstance(v, (list, tuple)) and list(v) == sizes), None)
+    if attr is None:
+        return False
+    ctx.records[path] = ModuleRecord(path, owner, SplitSizesSlicer(attr, sizes), in_label=list(label),
+                                     out_label=list(label), out_shape=(1, len(label)))
+    return True
 
 
 def _channel_slice(ctx: TraceContext, label: Label, index: Any) -> Label:
