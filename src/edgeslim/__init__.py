@@ -15,6 +15,7 @@ _EXPORTS: dict[str, str] = {
     "list_models": "edgeslim.models",
     "register_model": "edgeslim.models",
     "profile": "edgeslim.profile",
+    "measure_latency": "edgeslim.profile.runtimes",
     "export_onnx": "edgeslim.export",
     "Trainer": "edgeslim.train",
     "TrainConfig": "edgeslim.train",

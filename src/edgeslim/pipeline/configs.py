@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Optional
 
 from ..errors import ConfigError
-from ..options import (FILTERS_REMOVED, FRACTION_KEPT, FRACTION_REMOVED, INT_GE0, INT_GE1, LR, NONNEG, OPSET,
+from ..options import (Check, FILTERS_REMOVED, FRACTION_KEPT, FRACTION_REMOVED, INT_GE0, INT_GE1, LR, NONNEG, OPSET,
                        POSITIVE, RHO, SMOOTHING, TEMPERATURE, WEIGHT_DECAY, FieldError, opt, validate)
 
 
@@ -34,6 +34,12 @@ def _planners() -> list[str]:
     from ..prune.planner import ORDERINGS
 
     return ORDERINGS.names()
+
+
+def _runtimes() -> list[str]:
+    from ..profile.runtimes import RUNTIMES
+
+    return RUNTIMES.names()
 
 
 def _backends() -> list[str]:
@@ -147,7 +153,9 @@ class DistillStage(StageConfig):
         _warmup_fits(self)
 
 
-_TARGETS = {"structured": ("remove_channels", "target_flops", "target_params"),
+SPEEDUP = Check(lambda v: v >= 1 and v < float("inf"), "a finite speed-up >= 1 (times faster)", minimum=1)
+_TARGETS = {"structured": ("remove_channels", "target_flops", "target_params", "target_latency",
+                           "target_speedup"),
             "easiedge": ("remove_filters", "target_flops"),
             "unstructured": ("sparsity",)}
 
@@ -166,6 +174,13 @@ class PruneStage(StageConfig):
                                            check=FRACTION_REMOVED)
     target_flops: Optional[float] = opt(None, "fraction of FLOPs kept", check=FRACTION_KEPT)
     target_params: Optional[float] = opt(None, "structured: fraction of parameters kept", check=FRACTION_KEPT)
+    target_latency: Optional[float] = opt(None, "structured: milliseconds per inference at the example "
+                                          "batch, measured on --runtime with --threads", check=POSITIVE)
+    target_speedup: Optional[float] = opt(None, "structured: times faster than the unpruned model, "
+                                          "measured on --runtime with --threads", check=SPEEDUP)
+    runtime: str = opt("onnxruntime", "latency targets: the runtime deployed to (openvino: pip install "
+                       "openvino)", choices=_runtimes)
+    threads: int = opt(1, "latency targets: CPU threads of the runtime", check=INT_GE1)
     remove_filters: Optional[float] = opt(None, "easiedge: fraction of filters removed",
                                           check=FILTERS_REMOVED)
     sparsity: Optional[float] = opt(None, "unstructured: fraction of weights zeroed", check=FRACTION_REMOVED)

@@ -132,9 +132,13 @@ def _prune_structured(state: RunState, cfg: R.PruneStage) -> None:
     tune = _finetune_callback(state, cfg.finetune, cfg.finetune_epochs, cfg.finetune_lr)
     prune_(state.model, state.example, criterion=cfg.criterion, planner=cfg.planner,
            ratio=cfg.remove_channels, target_flops=cfg.target_flops, target_params=cfg.target_params,
-           steps=cfg.steps, finetune=tune, round_to=cfg.round_to, calib_data=state.calib,
-           ignore=tuple(cfg.ignore), min_channels=cfg.min_channels, protect_first=cfg.protect_first,
-           on_unsupported=cfg.on_unsupported)
+           target_latency=cfg.target_latency, target_speedup=cfg.target_speedup, runtime=cfg.runtime,
+           threads=cfg.threads, steps=cfg.steps, finetune=tune, round_to=cfg.round_to,
+           calib_data=state.calib, ignore=tuple(cfg.ignore), min_channels=cfg.min_channels,
+           protect_first=cfg.protect_first, on_unsupported=cfg.on_unsupported)
+    latency = getattr(state.model, "edgeslim_latency", None)
+    if latency is not None:  # runtime, batch, threads, baseline/target/predicted/measured ms
+        state.artifacts["latency"] = latency
 
 
 def _prune_easiedge(state: RunState, cfg: R.PruneStage) -> None:

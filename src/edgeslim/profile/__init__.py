@@ -12,10 +12,16 @@ from edgeslim.profile.counters import (
     weight_bytes,
 )
 from edgeslim.profile.latency import measure_latency, ort_latency, ort_session
+from edgeslim.profile.runtimes import RUNTIMES, CostRuntime, Runtime, RuntimeUnavailableError, get_runtime
 from edgeslim.profile.memory import LiveTensorTracker, peak_memory
 from edgeslim.profile.summary import format_table, format_value, profile, rich_table
 
 __all__ = [
+    "RUNTIMES",
+    "CostRuntime",
+    "Runtime",
+    "RuntimeUnavailableError",
+    "get_runtime",
     "LiveTensorTracker",
     "count_flops",
     "count_params",

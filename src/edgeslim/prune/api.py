@@ -40,6 +40,14 @@ class PruneArgumentError(ConfigError, TypeError):
     """An unknown keyword argument to ``prune``/``prune_`` (also a TypeError, as Python's is)."""
 
 
+_TARGET_NAMES = ("ratio", "target_flops", "target_params", "target_latency", "target_speedup")
+_TARGET_RANGES = {"ratio": (lambda v: 0.0 <= v < 1.0, "[0, 1)"),
+                  "target_flops": (lambda v: 0.0 < v <= 1.0, "(0, 1]"),
+                  "target_params": (lambda v: 0.0 < v <= 1.0, "(0, 1]"),
+                  "target_latency": (lambda v: v > 0.0, "(0, inf) milliseconds"),
+                  "target_speedup": (lambda v: v >= 1.0, "[1, inf) (times faster)")}
+
+
 @dataclass
 class PruneConfig:
     """Everything ``prune`` needs; see ``prune`` for the meaning of each field."""
@@ -49,6 +57,10 @@ class PruneConfig:
     ratio: float | None = None
     target_flops: float | None = None
     target_params: float | None = None
+    target_latency: float | None = None
+    target_speedup: float | None = None
+    runtime: str = "onnxruntime"
+    threads: int = 1
     steps: int = 1
     ignore: Sequence[str] = ()
     round_to: int = 1
@@ -56,20 +68,30 @@ class PruneConfig:
     protect_first: bool = True
     on_unsupported: str = "error"
     calib_batches: int = 8
+    depth: bool = True
+    latency_runs: int = 30
+
+    def _targets(self) -> dict:
+        return {k: getattr(self, k) for k in _TARGET_NAMES if getattr(self, k) is not None}
+
+    @property
+    def latency_target(self) -> bool:
+        return self.target_latency is not None or self.target_speedup is not None
 
     def __post_init__(self) -> None:
-        targets = {k: v for k, v in (("ratio", self.ratio), ("target_flops", self.target_flops),
-                                     ("target_params", self.target_params)) if v is not None}
+        targets = self._targets()
         if len(targets) != 1:
             raise ConfigError("give exactly one pruning target: ratio= (fraction of channels removed), "
-                              f"target_flops= or target_params= (fraction kept); got {targets or 'none'}")
+                              "target_flops= or target_params= (fraction kept), target_latency= (ms) or "
+                              f"target_speedup= (x faster); got {targets or 'none'}")
         (name, value), = targets.items()
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ConfigError(f"{name}={value!r} must be a number")
-        ok = 0.0 <= value < 1.0 if name == "ratio" else 0.0 < value <= 1.0
-        if not ok:
-            rng = "[0, 1)" if name == "ratio" else "(0, 1]"
+        ok, rng = _TARGET_RANGES[name]
+        if not ok(value):
             raise ConfigError(f"{name}={value} is impossible: it must lie in {rng}")
+        if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1:
+            raise ConfigError(f"threads={self.threads!r} must be an integer >= 1")
         counts = {"steps": self.steps, "round_to": self.round_to, "min_channels": self.min_channels}
         if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in counts.values()):
             raise ConfigError(f"steps, round_to and min_channels must be integers >= 1; got {counts}")
@@ -81,13 +103,12 @@ class PruneConfig:
     @property
     def target(self) -> str:
         """The target as given, e.g. ``"ratio=0.5"``."""
-        return next(f"{k}={v}" for k, v in (("ratio", self.ratio), ("target_flops", self.target_flops),
-                                             ("target_params", self.target_params)) if v is not None)
+        return next(f"{k}={v}" for k, v in self._targets().items())
 
     @property
     def trivial(self) -> bool:
         """Whether the target asks to remove nothing (``ratio=0``, a 100% FLOPs/params budget)."""
-        return self.ratio == 0 or self.target_flops == 1 or self.target_params == 1
+        return self.ratio == 0 or self.target_flops == 1 or self.target_params == 1 or self.target_speedup == 1
 
 
 def _budget(cfg: PruneConfig, step: int, n0: int, macs0: int, params0: int,
@@ -132,7 +153,7 @@ def _example(model: nn.Module, example_inputs: Any) -> tuple:
     return tuple(t.to(device) if isinstance(t, torch.Tensor) and not t.is_meta else t for t in inputs)
 
 
-_OPTIONS = ("min_channels", "protect_first", "on_unsupported", "calib_batches")  # PruneConfig's
+_OPTIONS = ("min_channels", "protect_first", "on_unsupported", "calib_batches", "depth", "latency_runs")  # PruneConfig's
 
 
 def _check_options(options: dict) -> None:
@@ -183,6 +204,15 @@ def prune_step_(model: nn.Module, inputs: tuple, cfg: PruneConfig, budget: Budge
     return prune_channels_(model, graph, removed) | {"removed": int(removed.sum())}
 
 
+def _latency_step_(model: nn.Module, inputs: tuple, cfg: PruneConfig, calib_data: Any,
+                   graph: DependencyGraph | None, step: int) -> dict:
+    from .latency_prune import prune_to_latency_
+
+    origin = getattr(model, "edgeslim_latency", {}).get("origin_ms") if step > 1 else None
+    return prune_to_latency_(model, inputs, cfg, calib_data, graph or _graph(model, inputs, cfg),
+                             step / cfg.steps, origin)
+
+
 def _caller_level() -> int:
     """``warnings.warn``'s stacklevel for the first frame outside edgeslim (the user's call)."""
     frame, level = sys._getframe(1), 1
@@ -204,15 +234,18 @@ def _unchanged_reason(graph: DependencyGraph, cfg: PruneConfig, n0: int) -> str:
 
 def prune_(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", planner: str = "global",
            ratio: float | None = None, target_flops: float | None = None,
-           target_params: float | None = None, steps: int = 1, finetune: Finetune | str | None = None,
+           target_params: float | None = None, target_latency: float | None = None,
+           target_speedup: float | None = None, runtime: str = "onnxruntime", threads: int = 1,
+           steps: int = 1, finetune: Finetune | str | None = None,
            ignore: Sequence[str] = (), round_to: int = 1, calib_data: Any = None,
            train_data: Any = None, finetune_epochs: int = 1, finetune_options: dict | None = None,
            **options: Any) -> nn.Module:
     """In-place version of :func:`prune` (the model object itself shrinks)."""
     _check_options(options)
     cfg = PruneConfig(criterion=criterion, planner=planner, ratio=ratio, target_flops=target_flops,
-                      target_params=target_params, steps=steps, ignore=ignore, round_to=round_to,
-                      **options)
+                      target_params=target_params, target_latency=target_latency,
+                      target_speedup=target_speedup, runtime=runtime, threads=threads, steps=steps,
+                      ignore=ignore, round_to=round_to, **options)
     inputs = _example(model, example_inputs)
     _check_request(model, inputs, cfg, calib_data)
     teacher = copy.deepcopy(model) if finetune == "kd" else None
@@ -223,12 +256,16 @@ def prune_(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plan
     out_shape = graph0.output_shape or _output_shape(model, inputs)
     n0 = len(graph0.prunable_classes())
     macs0, params0 = graph0.cost()
-    fixed = _unmodelled(model, inputs, cfg, macs0, params0) if cfg.ratio is None else (0.0, 0.0)
+    fixed = _unmodelled(model, inputs, cfg, macs0, params0) \
+        if cfg.ratio is None and not cfg.latency_target else (0.0, 0.0)
     removed_total = 0
     plans = list(getattr(model, "edgeslim_plans", []))
     for step in range(1, cfg.steps + 1):
-        plan = prune_step_(model, inputs, cfg, _budget(cfg, step, n0, macs0, params0, fixed),
-                           removed_total, calib_data, graph0 if step == 1 else None)
+        if cfg.latency_target:  # measured on the runtime: prune/latency_prune.py
+            plan = _latency_step_(model, inputs, cfg, calib_data, graph0 if step == 1 else None, step)
+        else:
+            plan = prune_step_(model, inputs, cfg, _budget(cfg, step, n0, macs0, params0, fixed),
+                               removed_total, calib_data, graph0 if step == 1 else None)
         removed_total += plan.pop("removed")
         plans.append(plan)
         log.info("pruning step %d/%d: %d of %d channels removed so far", step, cfg.steps,
@@ -244,7 +281,9 @@ def prune_(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plan
 
 def prune(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", planner: str = "global",
           ratio: float | None = None, target_flops: float | None = None,
-          target_params: float | None = None, steps: int = 1, finetune: Finetune | str | None = None,
+          target_params: float | None = None, target_latency: float | None = None,
+          target_speedup: float | None = None, runtime: str = "onnxruntime", threads: int = 1,
+          steps: int = 1, finetune: Finetune | str | None = None,
           ignore: Sequence[str] = (), round_to: int = 1, calib_data: Any = None,
           **options: Any) -> nn.Module:
     """Return a new, physically smaller copy of ``model`` (the original is untouched).
@@ -263,6 +302,16 @@ def prune(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plann
         ratio: fraction of the prunable channels to remove.
         target_flops: fraction of the FLOPs to keep (``0.5`` halves them).
         target_params: fraction of the parameters to keep.
+        target_latency: milliseconds per inference at ``example_inputs``' batch size, measured
+            in ``runtime`` with ``threads`` threads (see ``edgeslim.measure_latency``). The
+            latency planner (``prune/latency_planner.py``) cuts channels to the sizes the
+            runtime is fast at and removes residual branches (``depth=False`` to not), then
+            measures the result and re-plans if it misses; ``model.edgeslim_latency`` holds
+            the baseline, target, predicted and measured latency.
+        target_speedup: the same, as a factor of the unpruned model's measured latency.
+        runtime: ``"onnxruntime"`` (default), ``"torch"`` (eager) or ``"openvino"`` (optional
+            extra: ``pip install openvino``); only read with a latency target.
+        threads: CPU threads of the latency measurements.
         steps: reach the target in this many prune (+ fine-tune) steps.
         finetune: ``None``, ``"plain"``, ``"kd"`` (the unpruned model teaches) or a
             callable ``finetune(model, step)``; strings need ``train_data=``.
@@ -288,7 +337,9 @@ def prune(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plann
             rounds to 0 channels); the message says why.
     """
     return prune_(copy.deepcopy(model), example_inputs, criterion=criterion, planner=planner,
-                  ratio=ratio, target_flops=target_flops, target_params=target_params, steps=steps,
+                  ratio=ratio, target_flops=target_flops, target_params=target_params,
+                  target_latency=target_latency, target_speedup=target_speedup, runtime=runtime,
+                  threads=threads, steps=steps,
                   finetune=finetune, ignore=ignore, round_to=round_to, calib_data=calib_data,
                   **options)
 

@@ -151,4 +151,8 @@ def apply_plan(model: nn.Module, example_inputs: Any, plan: Plan, **graph_option
             graph_options.setdefault(key, replay[key])
     graph = build_dependency_graph(model, example_inputs, **graph_options)
     prune_channels_(model, graph, plan_to_removal(graph, plan))
+    if plan.get("identity_blocks"):  # depth moves of the latency planner
+        from .blocks import remove_blocks_
+
+        remove_blocks_(model, plan["identity_blocks"])
     return model

@@ -1,0 +1,196 @@
+"""The runtimes a model is deployed to, and the latency of a model in each of them.
+
+A *runtime* times a whole ``nn.Module`` the way it will run after deployment:
+``onnxruntime`` (the default: exported to ONNX, CPU execution provider, full graph
+optimisation, which fuses Conv+BN+ReLU), ``torch`` (eager PyTorch) and ``openvino``
+(an optional extra, used when ``import openvino`` works). Latency is the median over
+``runs`` timed passes after ``warmup`` untimed ones, at the batch size of the
+example inputs and ``threads`` intra-op threads.
+
+A runtime is one small class registered in ``RUNTIMES``; tests register a
+deterministic one (a cost function), so planners can be checked exactly.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import platform
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeslim._core import as_input_tuple, device_of, eval_mode
+from edgeslim.errors import ConfigError, EdgeslimError
+from edgeslim.profile import latency as _lat
+from edgeslim.registry import Registry
+
+
+class RuntimeUnavailableError(EdgeslimError):
+    """The runtime named is an optional extra that is not installed."""
+
+
+class Runtime:
+    """Times a model in one deployment runtime (subclass and register in ``RUNTIMES``)."""
+
+    name: str = ""
+
+    def version(self) -> str:
+        """Part of the latency cache key: another version may be faster or slower."""
+        return "0"
+
+    def time(self, model: nn.Module, inputs: tuple[torch.Tensor, ...], threads: int,
+             runs: int, warmup: int) -> float:
+        """Median milliseconds of one inference of ``model`` on ``inputs``."""
+        raise NotImplementedError
+
+
+RUNTIMES: Registry[type] = Registry("runtime")
+
+
+@RUNTIMES.register("torch")
+class TorchRuntime(Runtime):
+    """PyTorch eager mode (``edgeslim.profile.measure_latency``)."""
+
+    name = "torch"
+
+    def version(self) -> str:
+        return torch.__version__
+
+    def time(self, model, inputs, threads, runs, warmup):
+        return _lat.measure_latency(model, inputs, threads=threads, runs=runs, warmup=warmup)[0]
+
+
+def _export(model: nn.Module, inputs: tuple, path: Path) -> None:
+    from edgeslim.export.onnx import export_onnx
+
+    export_onnx(model, inputs, path, dynamic_batch=False)
+
+
+@RUNTIMES.register("onnxruntime")
+class OnnxRuntime(Runtime):
+    """onnxruntime's CPU execution provider on the exported ONNX graph."""
+
+    name = "onnxruntime"
+
+    def version(self) -> str:
+        import onnxruntime
+
+        return onnxruntime.__version__
+
+    def time(self, model, inputs, threads, runs, warmup):
+        with tempfile.TemporaryDirectory(prefix="edgeslim-latency-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            _export(model, inputs, path)
+            return _lat.ort_latency(path, inputs, threads=threads, runs=runs, warmup=warmup)[0]
+
+
+def _openvino():  # -> the openvino module
+    try:
+        import openvino
+    except ImportError as exc:
+        raise RuntimeUnavailableError(
+            "runtime='openvino' needs the optional OpenVINO package, which is not installed. "
+            "Fix: pip install openvino (or choose runtime='onnxruntime' or 'torch')") from exc
+    return openvino
+
+
+@RUNTIMES.register("openvino")
+class OpenVinoRuntime(Runtime):
+    """OpenVINO's CPU plugin on the exported ONNX graph (optional extra: ``pip install openvino``)."""
+
+    name = "openvino"
+
+    def version(self) -> str:
+        return str(getattr(_openvino(), "__version__", "unknown"))
+
+    def time(self, model, inputs, threads, runs, warmup):
+        ov = _openvino()
+        with tempfile.TemporaryDirectory(prefix="edgeslim-latency-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            _export(model, inputs, path)
+            compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads})
+            request = compiled.create_infer_request()
+            feed = [t.detach().cpu().numpy() for t in inputs]
+            return _lat._timed(lambda: request.infer(feed), runs, warmup)[0]
+
+
+class CostRuntime(Runtime):
+    """A deterministic runtime (for tests and what-if studies): ``cost(module, input_shape)``
+    milliseconds summed over the leaf modules of one forward pass, plus ``overhead_ms``."""
+
+    def __init__(self, cost: Callable[[nn.Module, tuple[int, ...]], float], overhead_ms: float = 0.0,
+                 name: str = "cost") -> None:
+        self.cost, self.overhead_ms, self.name = cost, overhead_ms, name
+        self.calls = 0  # models timed so far
+
+    def time(self, model, inputs, threads, runs, warmup):
+        total = [self.overhead_ms]
+
+        def hook(module, args, out):
+            total[0] += float(self.cost(module, tuple(args[0].shape) if args else ()))
+
+        leaves = [m for m in model.modules() if not list(m.children())] or [model]
+        handles = [m.register_forward_hook(hook) for m in leaves]
+        try:
+            with eval_mode(model), torch.no_grad():
+                model(*inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        self.calls += 1
+        return total[0]
+
+
+def get_runtime(runtime: str | Runtime) -> Runtime:
+    """A ``Runtime`` from its registered name (or the instance itself)."""
+    if isinstance(runtime, Runtime):
+        return runtime
+    if not isinstance(runtime, str):
+        raise ConfigError(f"runtime={runtime!r} must be a name: one of {', '.join(RUNTIMES.names())}")
+    runtime_obj = RUNTIMES.get(runtime)()
+    runtime_obj.version()  # an optional runtime that is missing fails here, clearly
+    return runtime_obj
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (part of the latency cache key)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def measure_latency(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *,
+                    runtime: str | Runtime = "onnxruntime", threads: int = 1, runs: int = 50,
+                    warmup: int = 10) -> float:
+    """Median milliseconds of one inference of ``model`` in the runtime it is deployed to.
+
+    Args:
+        model: the network (eval mode while timing; flags restored).
+        example_inputs: a tensor or tuple of tensors; its batch size is the one timed.
+        runtime: ``"onnxruntime"`` (default), ``"torch"`` (eager) or ``"openvino"``
+            (needs ``pip install openvino``); any name registered in ``RUNTIMES``.
+        threads: intra-op CPU threads.
+        runs: timed inferences.
+        warmup: untimed inferences first.
+
+    Returns:
+        The median latency in milliseconds.
+
+    Raises:
+        RuntimeUnavailableError: ``openvino`` asked for but not installed.
+        ConfigError: an unknown runtime or bad counts.
+    """
+    _lat._check_counts(threads, runs, warmup)
+    inputs = tuple(t.detach().cpu() if isinstance(t, torch.Tensor) else t
+                   for t in as_input_tuple(example_inputs))
+    if device_of(model, default=None) not in (None, torch.device("cpu")):
+        model = copy.deepcopy(model).cpu()  # CPU runtimes; the caller's model stays where it is
+    return float(get_runtime(runtime).time(model, inputs, threads, runs, warmup))

@@ -1,0 +1,205 @@
+"""Latency-constrained planning: keep the most importance with predicted latency <= budget.
+
+A knapsack over moves, solved greedily by importance lost per millisecond saved:
+
+* *channel moves*: shrink a channel group to a smaller size on its latency staircase
+  (the sizes at which the runtime is strictly faster than at every larger size: a size
+  that is no faster than a larger one only loses channels), removing its least
+  important channels;
+* *depth moves*: remove a residual block's branch (``blocks.py``).
+
+Importance is in one unit for both: a channel's score divided by its group's total
+(the fraction of the group's signal it carries), times the block's importance when
+the group lives inside a removable block (the group matters only through that block's
+output); a block's importance is the fraction of its output its branch carries. The
+latency of every move comes from ``edgeslim.profile.latency_table`` (measured
+per-layer tables of the target runtime).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..graph import DependencyGraph
+from ..profile.latency_table import LatencyModel
+from .blocks import ResidualBlock
+
+
+class LatencyTargetError(ConfigError):
+    """A latency target the planner cannot reach; the message states the best reachable."""
+
+
+@dataclass
+class _GroupMoves:
+    order: np.ndarray  # prunable class ids, least important first
+    gains: np.ndarray  # normalised importance of each, same order
+    sizes: list[int]  # staircase sizes, descending, the first = the group's size
+    layers: list[int]  # LatencyModel layers this group's channels touch
+    size: int
+
+
+@dataclass
+class LatencyPlan:
+    removed: np.ndarray  # channel classes to remove
+    blocks: dict[str, str]  # removed block path -> "identity" | "relu"
+    predicted_ms: float
+    lost: float = 0.0
+    moves: list[str] = field(default_factory=list)
+
+
+def grid_sizes(size: int, lowest: int, points: int = 8) -> list[int]:
+    """Candidate sizes (descending): ``size`` and the multiples of a power-of-two step
+    (at most ``points`` of them) down to ``lowest``."""
+    step = 1
+    while size / step > points:
+        step *= 2
+    sizes = {size} | {s for s in range(step, size, step) if s >= lowest}
+    return sorted(sizes, reverse=True)
+
+
+def _touching(lat: LatencyModel, classes: np.ndarray) -> list[int]:
+    cs = set(classes.tolist())
+    return [i for i, layer in enumerate(lat.layers)
+            if cs.intersection(layer.in_idx.tolist()) or cs.intersection(layer.out_idx.tolist())]
+
+
+def _removal(n: int, order: np.ndarray, cut: int) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    mask[order[:cut]] = True
+    return mask
+
+
+def staircase(lat: LatencyModel, layers: list[int], order: np.ndarray, sizes: list[int],
+              size: int) -> list[int]:
+    """The sizes strictly faster than every larger one (the group alone shrunk)."""
+    n = len(lat.graph.class_locked)
+    kept, best = [], float("inf")
+    for s in sizes:  # descending
+        mask = _removal(n, order, size - s)
+        ms = sum(lat.layer_ms(i, mask) for i in layers)
+        if ms < best:
+            kept.append(s)
+            best = ms
+    return kept
+
+
+def _inside(path: str, prefix: str) -> bool:
+    return path.startswith(prefix + ".")
+
+
+def group_moves(graph: DependencyGraph, scores: np.ndarray, lat: LatencyModel,
+                weights: dict[int, float], min_channels: int) -> list[_GroupMoves | None]:
+    """Per group: its removable channels in order, their normalised importance, its staircase."""
+    out: list[_GroupMoves | None] = []
+    for gi, g in enumerate(graph.groups):
+        cls = np.asarray([c for c, ok in zip(g.classes, g.prunable) if ok], dtype=np.int64)
+        s = scores[cls] if len(cls) else np.zeros(0)
+        cls, s = cls[np.isfinite(s)], np.maximum(s[np.isfinite(s)], 0.0)
+        if not len(cls):
+            out.append(None)
+            continue
+        order = np.argsort(s, kind="stable")
+        total = s.sum() or 1.0
+        gains = (s[order] / total if s.sum() > 0 else np.full(len(s), 1.0 / len(s))) * weights.get(gi, 1.0)
+        lowest = max(min_channels, g.size - len(cls), 1)
+        layers = _touching(lat, np.asarray(g.classes, dtype=np.int64))
+        sizes = staircase(lat, layers, cls[order], grid_sizes(g.size, lowest), g.size)
+        out.append(_GroupMoves(cls[order], gains, sizes, layers, g.size))
+    return out
+
+
+def group_weights(graph: DependencyGraph, blocks: list[ResidualBlock],
+                  block_scores: dict[str, float]) -> dict[int, float]:
+    """A group inside a removable block counts with that (innermost) block's importance."""
+    weights = {}
+    for gi, g in enumerate(graph.groups):
+        owners = [b for b in blocks if g.members and all(_inside(m, b.path) for m in g.members)]
+        if owners:
+            weights[gi] = block_scores.get(max(owners, key=lambda b: len(b.path)).path, 1.0)
+    return weights
+
+
+@dataclass
+class _State:
+    removed: np.ndarray
+    kept: list[int]  # current size of each group
+    blocks: dict[str, str]
+    dropped: set[int]  # LatencyModel layers inside removed blocks
+    dead: set[int]  # groups that no longer exist (inside a removed block)
+
+
+def _channel_move(lat: LatencyModel, st: _State, gi: int, gm: _GroupMoves, s: int):
+    cur = gm.size - st.kept[gi]
+    cut = gm.size - s
+    mask = st.removed.copy()
+    mask[gm.order[cur:cut]] = True
+    live = [i for i in gm.layers if i not in st.dropped]
+    saved = sum(lat.layer_ms(i, st.removed) for i in live) - sum(lat.layer_ms(i, mask) for i in live)
+    return float(gm.gains[cur:cut].sum()), saved, mask
+
+
+def _block_layers(lat: LatencyModel, block: ResidualBlock) -> list[int]:
+    return [i for i, layer in enumerate(lat.layers) if _inside(layer.path, block.path)]
+
+
+def _best_move(lat, st, moves, blocks, block_scores):
+    """(ratio, saved, description, apply) of the move losing least importance per ms saved."""
+    best = None
+    for gi, gm in enumerate(moves):
+        if gm is None or gi in st.dead:
+            continue
+        for s in (s for s in gm.sizes if s < st.kept[gi]):
+            lost, saved, mask = _channel_move(lat, st, gi, gm, s)
+            if saved > 1e-9 and (best is None or lost / saved < best[0]):
+                best = (lost / saved, saved, f"group {lat.graph.groups[gi].id} -> {s}", ("c", gi, s, mask))
+    for b in blocks:
+        if any(b.path == p or _inside(b.path, p) for p in st.blocks):
+            continue
+        layers = [i for i in _block_layers(lat, b) if i not in st.dropped]
+        saved = sum(lat.layer_ms(i, st.removed) for i in layers)
+        lost = block_scores.get(b.path, 1.0)
+        if saved > 1e-9 and (best is None or lost / saved < best[0]):
+            best = (lost / saved, saved, f"block {b.path} removed", ("b", b, layers))
+    return best
+
+
+def _apply(st: _State, move, graph: DependencyGraph) -> None:
+    if move[0] == "c":
+        _, gi, s, mask = move
+        st.removed, st.kept[gi] = mask, s
+        return
+    _, block, layers = move
+    st.blocks[block.path] = block.post
+    st.dropped.update(layers)
+    st.dead.update(gi for gi, g in enumerate(graph.groups)
+                   if g.members and all(_inside(m, block.path) for m in g.members))
+
+
+def plan_latency(graph: DependencyGraph, scores: np.ndarray, lat: LatencyModel, budget_ms: float,
+                 blocks: list[ResidualBlock] = (), block_scores: dict[str, float] | None = None,
+                 min_channels: int = 1) -> LatencyPlan:
+    """Greedy knapsack: apply the cheapest move (importance lost per ms saved) until the
+    predicted latency is within ``budget_ms``.
+
+    Raises:
+        LatencyTargetError: no sequence of moves reaches the budget (states the best).
+    """
+    block_scores = block_scores or {}
+    moves = group_moves(graph, scores, lat, group_weights(graph, list(blocks), block_scores), min_channels)
+    st = _State(np.zeros(len(graph.class_locked), dtype=bool), [g.size for g in graph.groups], {}, set(), set())
+    pred, lost, log = lat.predict(st.removed), 0.0, []
+    while pred > budget_ms:
+        best = _best_move(lat, st, moves, list(blocks), block_scores)
+        if best is None:
+            raise LatencyTargetError(
+                f"the latency target {budget_ms:.4g} ms is not reachable: the fastest model the planner "
+                f"can make is predicted at {pred:.4g} ms (unpruned {lat.baseline_ms:.4g} ms). Fix: ask for "
+                f"target_latency >= {pred:.4g} or target_speedup <= {lat.baseline_ms / pred:.3g}, lower "
+                "min_channels, un-ignore layers, or protect_first=False")
+        _apply(st, best[3], graph)
+        lost += best[0] * best[1]
+        log.append(best[2])
+        pred = lat.predict(st.removed, frozenset(st.dropped))
+    return LatencyPlan(st.removed, dict(st.blocks), pred, lost, log)

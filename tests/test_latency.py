@@ -1,0 +1,185 @@
+"""Latency-first pruning: tables, planner and prune(target_latency/target_speedup).
+
+Plans are checked exactly with a deterministic fake runtime (``CostRuntime``: a cost
+function per layer), so nothing here depends on timing; one small onnxruntime test
+checks only the direction of the measured speed-up.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import edgeslim
+from edgeslim.errors import ConfigError
+from edgeslim.graph import build_dependency_graph
+from edgeslim.pipeline.configs import PruneStage
+from edgeslim.profile import CostRuntime, RuntimeUnavailableError
+from edgeslim.profile.latency_table import LatencyModel, LatencyTable
+from edgeslim.prune.blocks import block_importance, find_residual_blocks
+from edgeslim.prune.latency_planner import LatencyTargetError, grid_sizes, staircase
+from edgeslim.prune.surgery import apply_plan
+
+from nets import NETS, example_input, randomize_bn_
+
+
+def stair_cost(module: nn.Module, shape: tuple) -> float:
+    """0.1 ms per conv/linear (launch overhead) + work, with output channels padded to 8."""
+    if isinstance(module, nn.Conv2d):
+        hw = math.prod(shape[2:])
+        padded = -(-module.out_channels // 8) * 8
+        return 0.1 + 1e-5 * (module.in_channels // module.groups) * padded * hw
+    if isinstance(module, nn.Linear):
+        return 0.1 + 1e-5 * module.in_features * module.out_features
+    return 0.0
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESLIM_CACHE", str(tmp_path / "cache"))
+
+
+class Chain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+def _chain():
+    torch.manual_seed(0)
+    return randomize_bn_(Chain()).eval(), torch.randn(1, 3, 8, 8)
+
+
+def test_grid_and_staircase_keep_only_strictly_faster_sizes():
+    assert grid_sizes(16, 1) == [16, 14, 12, 10, 8, 6, 4, 2]
+    assert grid_sizes(6, 1) == [6, 5, 4, 3, 2, 1]
+    model, x = _chain()
+    graph = build_dependency_graph(model, x, protect_first=True)
+    lat = LatencyModel(graph, LatencyTable(CostRuntime(stair_cost)), 1.0)
+    g = graph.group_by_id["features.3"]
+    order = np.asarray(g.classes)
+    layers = [i for i, layer in enumerate(lat.layers) if layer.path in ("features.3", "features.6")]
+    # output padded to 8: 28..26 cost as 32, so the staircase is 32, 24, 16, 8
+    assert staircase(lat, layers, order, grid_sizes(32, 1), 32)[:4] == [32, 28, 24, 20]
+    only_out = [i for i, layer in enumerate(lat.layers) if layer.path == "features.3"]
+    assert staircase(lat, only_out, order, grid_sizes(32, 1), 32) == [32, 24, 16, 8]
+
+
+def test_prediction_is_exact_for_an_additive_runtime_and_the_plan_is_fixed():
+    model, x = _chain()
+    rt = CostRuntime(stair_cost)
+    base = edgeslim.measure_latency(model, x, runtime=rt)
+    pruned = edgeslim.prune(model, x, target_speedup=1.3, runtime=rt)
+    info = pruned.edgeslim_latency
+    assert info["baseline_ms"] == pytest.approx(base)
+    assert info["predicted_ms"] == pytest.approx(info["measured_ms"])
+    assert info["measured_ms"] <= base / 1.3 + 1e-9
+    widths = {n: m.out_channels for n, m in pruned.named_modules() if isinstance(m, nn.Conv2d)}
+    # 1.417 ms -> <= 1.090: halving features.3 saves 0.164 in it and 0.328 in features.6's
+    # input (0.49 ms); 24 channels would save only 0.246; features.0 is protected
+    assert widths == {"features.0": 16, "features.3": 16, "features.6": 32}
+    assert pruned(x).shape == (1, 10)
+    assert info["runtime"] == "cost" and info["threads"] == 1 and info["batch"] == 1
+
+
+def test_second_prune_measures_nothing():
+    model, x = _chain()
+    first = edgeslim.prune(model, x, target_speedup=1.3, runtime=CostRuntime(stair_cost))
+    second = edgeslim.prune(model, x, target_speedup=1.3, runtime=CostRuntime(stair_cost))
+    assert first.edgeslim_latency["measured_entries"] > 0
+    assert second.edgeslim_latency["measured_entries"] == 0
+
+
+def test_residual_blocks_are_found_and_removed_when_overhead_dominates():
+    model = randomize_bn_(NETS["resnet_basic"]()).eval()
+    x = example_input(1)
+    blocks = find_residual_blocks(model)
+    assert blocks, "identity-shortcut blocks must be candidates"
+    scores = block_importance(model, blocks, x)
+    assert all(0 <= s for s in scores.values())
+    rt = CostRuntime(lambda m, s: 1.0 if isinstance(m, (nn.Conv2d, nn.Linear)) else 0.0)
+    pruned = edgeslim.prune(model, x, target_speedup=1.2, runtime=rt)
+    info = pruned.edgeslim_latency
+    assert info["removed_blocks"], "with only per-layer overhead, channels cannot help"
+    assert info["measured_ms"] <= info["target_ms"] + 1e-9
+    assert pruned(x).shape == model(x).shape
+    # the plan (with its identity blocks) replays on a fresh copy
+    fresh = randomize_bn_(NETS["resnet_basic"]()).eval()
+    fresh.load_state_dict(model.state_dict())
+    apply_plan(fresh, x, pruned.edgeslim_plans[-1])
+    fresh.load_state_dict(pruned.state_dict())
+    torch.testing.assert_close(fresh(x), pruned(x))
+
+
+@pytest.mark.parametrize("name", ["resnet_basic", "densenet", "mobilenetv2", "senet", "resnext"])
+def test_architectures_reach_the_target(name):
+    if name not in NETS:
+        pytest.skip(f"no {name} in tests/nets.py")
+    model, x = randomize_bn_(NETS[name]()).eval(), example_input(1)
+    pruned = edgeslim.prune(model, x, target_speedup=1.1, runtime=CostRuntime(stair_cost))
+    info = pruned.edgeslim_latency
+    assert info["measured_ms"] <= info["target_ms"] * 1.05
+    assert pruned(x).shape == model(x).shape
+
+
+def test_unreachable_target_states_the_best_latency():
+    model, x = _chain()
+    with pytest.raises(LatencyTargetError, match=r"fastest model .* predicted at [0-9.]+ ms"):
+        edgeslim.prune(model, x, target_speedup=50, runtime=CostRuntime(stair_cost))
+
+
+def test_latency_targets_are_checked():
+    model, x = _chain()
+    with pytest.raises(ConfigError, match="exactly one"):
+        edgeslim.prune(model, x, target_speedup=2, target_flops=0.5)
+    with pytest.raises(ConfigError, match="target_speedup=0.5 is impossible"):
+        edgeslim.prune(model, x, target_speedup=0.5)
+    with pytest.raises(ConfigError, match="threads"):
+        edgeslim.prune(model, x, target_speedup=2, threads=0)
+    assert PruneStage(target_speedup=2.0, runtime="torch", threads=2).target_speedup == 2.0
+    with pytest.raises(ConfigError):
+        PruneStage(target_speedup=2.0, target_flops=0.5)
+    with pytest.raises(ConfigError):
+        PruneStage(target_latency=1.0, runtime="tensorrt")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is not None, reason="openvino is installed")
+def test_openvino_missing_names_the_install_command():
+    model, x = _chain()
+    with pytest.raises(RuntimeUnavailableError, match="pip install openvino"):
+        edgeslim.measure_latency(model, x, runtime="openvino")
+    with pytest.raises(RuntimeUnavailableError, match="pip install openvino"):
+        edgeslim.prune(model, x, target_speedup=2, runtime="openvino")
+
+
+class Wide(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 96, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(96, 96, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(96, 96, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(96, 10)
+
+    def forward(self, x):
+        return self.fc(self.body(x).mean((2, 3)))
+
+
+def test_onnxruntime_speedup_direction_on_a_toy_model():
+    torch.manual_seed(0)
+    model, x = Wide().eval(), torch.randn(1, 3, 32, 32)
+    pruned = edgeslim.prune(model, x, target_speedup=2.0, runtime="onnxruntime", latency_runs=10)
+    info = pruned.edgeslim_latency
+    assert info["runtime"] == "onnxruntime" and info["batch"] == 1
+    assert info["measured_ms"] < info["baseline_ms"]  # direction only: no timed thresholds
+    assert edgeslim.measure_latency(pruned, x, runs=5, warmup=1) > 0
