@@ -314,3 +314,20 @@ def test_open_ended_slice_keeps_the_tail_prunable() -> None:
     assert all(graph.class_locked[c] for c in a[:4]) and not any(graph.class_locked[c] for c in a[4:])
     assert none_locked(graph, "b")
     assert in_classes(graph, "c") == a[4:] + out_classes(graph, "b")
+
+
+@pytest.mark.parametrize("make", [nets.TinyConvNeXt, nets.RadixNet, nets.TimmLayersNet, nets.MixNet,
+                                  nets.ECANet, nets.resnet_basic, nets.shuffle_net])
+def test_cost_model_is_the_profilers_or_says_it_is_not(make) -> None:
+    """prune(target_flops=) skips its counting pass when the graph says every MAC is modelled:
+    then the graph's MACs must equal count_flops's exactly."""
+    from edgeslim.profile import count_flops
+
+    model = make().eval()
+    x = example_input(2)
+    graph = graph_of(model)
+    macs = count_flops(model, x)[1]
+    if graph.fully_modelled:
+        assert graph.cost()[0] * 2 == macs  # cost() is per sample; the batch is 2
+    else:
+        assert graph.cost()[0] * 2 < macs

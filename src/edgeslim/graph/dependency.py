@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .._checks import check_model_and_inputs
-from .trace import ModuleRecord, OnUnsupported, output_shape, trace_labels
+from .trace import has_unmodelled_cost, ModuleRecord, OnUnsupported, output_shape, trace_labels
 
 
 @dataclass
@@ -200,6 +200,7 @@ def build_dependency_graph(model: nn.Module, example_inputs: tuple | torch.Tenso
     graph.output_shape = output_shape(fx_graph)
     graph.lock_notes, graph.tied = table.lock_notes, ctx.tied
     graph.space_of = np.asarray(table.owner, dtype=np.int64)
+    graph.fully_modelled = not has_unmodelled_cost(fx_graph, ctx.records)
     # what it takes to rebuild this graph on a fresh copy of the model (``apply_plan``)
     graph.replay = {"inputs": [[list(t.shape), str(t.dtype).removeprefix("torch.")]
                                for t in example_inputs if isinstance(t, torch.Tensor)],

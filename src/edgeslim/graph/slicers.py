@@ -26,7 +26,7 @@ def _take(param: torch.Tensor | None, dim: int, keep: Sequence[int] | None) -> t
     if param is None or keep is None:
         return None if param is None else param.detach().clone()
     idx = torch.as_tensor(list(keep), dtype=torch.long, device=param.device)
-    return param.detach().index_select(dim, idx).clone()
+    return param.detach().index_select(dim, idx)  # a new tensor already: no clone
 
 
 def _n(keep: Sequence[int] | None, current: int) -> int:

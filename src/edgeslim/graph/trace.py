@@ -571,6 +571,7 @@ def _visit_channels_last(ctx: TraceContext, path: str, rec: ModuleRecord, label:
     m = rec.module
     if isinstance(m, nn.Conv1d) and m.in_channels == m.out_channels == 1 and label.dim == last \
             and out_shape[-1] == len(label.label):
+        rec.ignored = True  # nothing of it to cut; its cost is fixed (counted, not modelled)
         return label  # ECA: a 1-channel conv along the channel axis, whatever its length
     if not rec.slicer.channels_last or label.dim != last or len(out_shape) != len(in_shape):
         raise _Unsupported(f"layer {path!r} on a channels-last tensor (channels on dim {label.dim})")
@@ -672,6 +673,23 @@ class _ShapeRecorder(fx.Interpreter):
             n.meta["tensor_meta"] = tuple(_TensorShape(tuple(r.shape)) if isinstance(r, torch.Tensor)
                                           else r for r in result)
         return result
+
+
+# functions and tensor methods that edgeslim.profile.count_flops counts (matrix products,
+# convolutions, attention) and that no slicer's cost covers
+_COUNTED = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.linear, F.bilinear,
+            torch.matmul, operator.matmul, torch.mm, torch.bmm, torch.addmm, torch.baddbmm, torch.einsum,
+            F.scaled_dot_product_attention, "matmul", "mm", "bmm", "addmm", "baddbmm"}
+
+
+def has_unmodelled_cost(graph: fx.Graph, records: dict[str, ModuleRecord]) -> bool:
+    """Whether some MACs of the traced forward fall outside the slicers' cost model: a
+    matrix product called as a function, or a layer without slicer / left alone (``ignore``).
+    When not, the graph's cost *is* ``count_flops``'s, and no counting pass is needed."""
+    for node in graph.nodes:
+        if node.op in ("call_function", "call_method") and node.target in _COUNTED:
+            return True
+    return any(r.slicer is None or r.ignored for r in records.values())
 
 
 def output_shape(graph: fx.Graph) -> tuple[int, ...] | None:

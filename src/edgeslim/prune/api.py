@@ -124,13 +124,14 @@ def _budget(cfg: PruneConfig, step: int, n0: int, macs0: int, params0: int,
     return Budget(params=(params0 + fixed[1]) * cfg.target_params ** frac - fixed[1])
 
 
-def _unmodelled(model: nn.Module, inputs: tuple, cfg: PruneConfig, macs0: int,
-                params0: int) -> tuple[float, float]:
-    """Measured cost (``edgeslim.profile``'s counters) minus the graph's estimate, per sample."""
+def _unmodelled(model: nn.Module, inputs: tuple, cfg: PruneConfig, graph: DependencyGraph) -> tuple[float, float]:
+    """Measured cost (``edgeslim.profile``'s counters) minus the graph's estimate, per sample;
+    no counting pass when every MAC is a slicer's (the graph's cost is then exact)."""
     from ..profile import count_flops, count_params
 
+    macs0, params0 = graph.cost()
     macs = 0.0
-    if cfg.target_flops is not None:
+    if cfg.target_flops is not None and not graph.fully_modelled:
         batch = next((t.shape[0] for t in inputs if isinstance(t, torch.Tensor) and t.dim() > 0), 1)
         macs = count_flops(model, inputs)[1] / max(batch, 1) - macs0
     return macs, float(count_params(model) - params0)
@@ -256,7 +257,7 @@ def prune_(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plan
     out_shape = graph0.output_shape or _output_shape(model, inputs)
     n0 = len(graph0.prunable_classes())
     macs0, params0 = graph0.cost()
-    fixed = _unmodelled(model, inputs, cfg, macs0, params0) \
+    fixed = _unmodelled(model, inputs, cfg, graph0) \
         if cfg.ratio is None and not cfg.latency_target else (0.0, 0.0)
     removed_total = 0
     plans = list(getattr(model, "edgeslim_plans", []))
