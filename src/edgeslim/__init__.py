@@ -17,6 +17,7 @@ _EXPORTS: dict[str, str] = {
     "profile": "edgeslim.profile",
     "measure_latency": "edgeslim.profile.runtimes",
     "export_onnx": "edgeslim.export",
+    "export_openvino": "edgeslim.export",
     "Trainer": "edgeslim.train",
     "TrainConfig": "edgeslim.train",
     "evaluate": "edgeslim.train",

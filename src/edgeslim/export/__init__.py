@@ -8,9 +8,10 @@ from __future__ import annotations
 from edgeslim._lazy import lazy_getattr
 from edgeslim.export.onnx import export_onnx
 
-__all__ = ["export_onnx", "load", "save"]
+__all__ = ["export_onnx", "export_openvino", "load", "save"]
 
-_LAZY = {"save": "edgeslim.export.bundle", "load": "edgeslim.export.bundle"}
+_LAZY = {"save": "edgeslim.export.bundle", "load": "edgeslim.export.bundle",
+         "export_openvino": "edgeslim.export.openvino"}
 
 
 __getattr__ = lazy_getattr(__name__, _LAZY)

@@ -252,6 +252,8 @@ class ExportStage(StageConfig):
     final: ClassVar[bool] = True
     opset: int = opt(17, "ONNX opset", check=OPSET)
     tol: float = opt(1e-4, "largest accepted |onnxruntime - torch| difference", check=POSITIVE)
+    openvino: bool = opt(False, "also write an OpenVINO IR (model.xml/.bin), checked the same way "
+                                "(needs pip install openvino)")
 
 
 @dataclass

@@ -232,6 +232,13 @@ def _export(state: RunState, cfg: R.ExportStage) -> None:
     path = state.run_dir / "model.onnx"
     diff = export_onnx(state.model.cpu().eval(), state.example.cpu(), path, tol=cfg.tol, opset=cfg.opset)
     state.artifacts.update(onnx=str(path), onnx_max_abs_diff=diff)
+    if cfg.openvino:
+        from ..export import export_openvino
+
+        xml = state.run_dir / "model.xml"
+        ov_diff = export_openvino(state.model.cpu().eval(), state.example.cpu(), xml, tol=cfg.tol,
+                                  opset=cfg.opset)
+        state.artifacts.update(openvino_xml=str(xml), openvino_max_abs_diff=ov_diff)
     _write_deploy(state)
 
 
