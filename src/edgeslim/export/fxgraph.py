@@ -80,6 +80,8 @@ def _check_names(n: dict) -> None:
 def _checked_target(n: dict, args: tuple, kwargs: dict, attrs: set, modules: set) -> Any:
     """The node's target, once it is known to do only what ``graph_policy`` allows."""
     op, target = n["op"], n["target"]
+    if not isinstance(target, str):
+        raise CheckpointError(f"saved graph node {n['name']!r} has a target that is not a name")
     is_node = lambda v: isinstance(v, fx.Node)  # noqa: E731
     if op == "call_function":
         fn = _resolve(target)

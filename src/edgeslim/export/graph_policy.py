@@ -163,7 +163,8 @@ def check_arguments(name: str, args: tuple, kwargs: dict, is_node: Any) -> None:
 
 def check_getattr(args: tuple, kwargs: dict, is_node: Any) -> None:
     """``getattr(node, "shape")``: a listed tensor attribute of a node, no default, no kwargs."""
-    if kwargs or len(args) != 2 or not is_node(args[0]) or args[1] not in TENSOR_ATTRIBUTES:
+    if kwargs or len(args) != 2 or not is_node(args[0]) or not isinstance(args[1], str) \
+            or args[1] not in TENSOR_ATTRIBUTES:
         shown = args[1] if len(args) == 2 else args
         raise _refuse(f"reads attribute {shown!r} (only {sorted(TENSOR_ATTRIBUTES)} of a tensor)")
 
