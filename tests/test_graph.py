@@ -331,3 +331,25 @@ def test_cost_model_is_the_profilers_or_says_it_is_not(make) -> None:
         assert graph.cost()[0] * 2 == macs  # cost() is per sample; the batch is 2
     else:
         assert graph.cost()[0] * 2 < macs
+
+
+def test_python_control_flow_names_its_module_and_lock_prunes_the_rest() -> None:
+    """A block with data-dependent control flow: the error names it; with on_unsupported='lock'
+    it becomes an opaque locked leaf (a warning says so) and the rest is still prunable."""
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, padding=1)
+            self.branchy = nets.ControlFlowNet()
+            self.mid = nn.Conv2d(3, 8, 3, padding=1)
+            self.out = nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.mid(x))).mean((2, 3)) + self.branchy(x)[:, :8]
+
+    with pytest.raises(UnsupportedModelError, match="in module 'branchy'") as err:
+        graph_of(Net())
+    assert err.value.module == "branchy" and "ignore=['branchy']" in str(err.value)
+    with pytest.warns(UserWarning, match="'branchy' has Python control flow"):
+        graph = graph_of(Net(), on_unsupported="lock")
+    assert graph.records["branchy"].ignored and none_locked(graph, "mid")

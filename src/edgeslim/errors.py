@@ -19,7 +19,12 @@ class CheckpointError(EdgeslimError):
 
 
 class UnsupportedModelError(EdgeslimError):
-    """The dependency graph met an operation it cannot prune through."""
+    """The dependency graph met an operation it cannot prune through; ``module`` is the
+    module path where it happened, when known ('' otherwise)."""
+
+    def __init__(self, *args: object, module: str = "") -> None:
+        super().__init__(*args)
+        self.module = module
 
 
 class ExportError(EdgeslimError):

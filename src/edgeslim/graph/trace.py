@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import operator
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, NamedTuple, Sequence
 
@@ -705,7 +706,7 @@ def trace_labels(model: nn.Module, example_inputs: tuple, ignore: Sequence[str] 
     # Traced in eval mode, the mode the pruned model is checked and deployed in: training-only
     # branches (stochastic depth, aux heads) drop out. eval_mode restores every module's flag.
     with eval_mode(model), torch.no_grad():
-        graph = _trace_graph(model, ignore, sliced_leaves=True)
+        graph, ignore = _trace_with_opaque(model, ignore, on_unsupported)
         run_checked(lambda: _ShapeRecorder(model, graph=graph).run(*example_inputs), model,
                     example_inputs, "prune")
     ctx = TraceContext(root=model)
@@ -844,10 +845,39 @@ def symbolic_trace(model: nn.Module, leaves: Sequence[str] = (), *, what: str = 
 def _trace_graph(model: nn.Module, leaves: Sequence[str] = (), what: str = "edgeslim",
                  fix: str = PRUNE_FIX, sliced_leaves: bool = False) -> fx.Graph:
     """The fx graph of ``model`` (see :func:`symbolic_trace`), without generating its code."""
+    tracer = _Tracer(leaves, sliced_leaves)
     try:
-        return _Tracer(leaves, sliced_leaves).trace(model)
+        return tracer.trace(model)
     except Exception as exc:  # fx raises many types (TraceError, TypeError, ...)
+        where = failing_module(tracer)
+        at = f" in module {where!r}" if where else ""
+        hint = f" (e.g. ignore=[{where!r}])" if where else ""
         raise UnsupportedModelError(
-            f"{what} needs a torch.fx-traceable model, but tracing {type(model).__name__} failed "
-            f"({type(exc).__name__}: {exc}); no Python control flow on tensor values. {fix}"
-        ) from exc
+            f"{what} needs a torch.fx-traceable model, but tracing {type(model).__name__} failed{at} "
+            f"({type(exc).__name__}: {exc}); no Python control flow on tensor values. {fix}{hint}",
+            module=where) from exc
+
+
+def failing_module(tracer: fx.Tracer) -> str:
+    """The innermost module being traced when tracing failed ('' at the top level)."""
+    stack = list(getattr(tracer, "module_stack", {}) or {})
+    return next((p for p in reversed(stack) if p), "")
+
+
+def _trace_with_opaque(model: nn.Module, ignore: Sequence[str], on_unsupported: OnUnsupported
+                       ) -> tuple[fx.Graph, list[str]]:
+    """The pruning trace. With ``on_unsupported="lock"``, a module whose forward fx cannot
+    trace (Python control flow on tensor values) becomes an opaque, locked leaf, as if named
+    in ``ignore`` (with a warning), and tracing goes on: the rest of the model is pruned."""
+    ignore = list(ignore)
+    for _ in range(64):
+        try:
+            return _trace_graph(model, ignore, sliced_leaves=True), ignore
+        except UnsupportedModelError as exc:
+            where = getattr(exc, "module", "")
+            if on_unsupported != "lock" or not where or where in ignore:
+                raise
+            warnings.warn(f"module {where!r} has Python control flow fx cannot trace: left unpruned "
+                          f"(as with ignore=[{where!r}])", stacklevel=4)
+            ignore.append(where)
+    raise UnsupportedModelError(f"{type(model).__name__}: too many untraceable modules; pass ignore=")
