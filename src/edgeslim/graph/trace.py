@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import run_checked
+from .._core import run_on_meta
 from ..errors import ConfigError, UnsupportedModelError
 from .._core import eval_mode
 from .channels import ElementTable
@@ -693,6 +694,18 @@ def has_unmodelled_cost(graph: fx.Graph, records: dict[str, ModuleRecord]) -> bo
     return any(r.slicer is None or r.ignored for r in records.values())
 
 
+def _record_shapes(model: nn.Module, graph: fx.Graph, inputs: tuple) -> None:
+    """Every node's shape, from one pass on the meta device (no computation); where the model
+    cannot run there (data-dependent code), from a real pass, whose errors are the user's."""
+    try:
+        run_on_meta(model, inputs, lambda m, xs: _ShapeRecorder(m, graph=graph).run(*xs))
+        return
+    except Exception:  # noqa: BLE001  (any failure: the real pass below decides)
+        for node in graph.nodes:
+            node.meta.pop("tensor_meta", None)
+    run_checked(lambda: _ShapeRecorder(model, graph=graph).run(*inputs), model, inputs, "prune")
+
+
 def output_shape(graph: fx.Graph) -> tuple[int, ...] | None:
     """Shape of the traced model's output (None unless it returns a single tensor)."""
     out = next(n for n in reversed(graph.nodes) if n.op == "output")
@@ -707,8 +720,7 @@ def trace_labels(model: nn.Module, example_inputs: tuple, ignore: Sequence[str] 
     # branches (stochastic depth, aux heads) drop out. eval_mode restores every module's flag.
     with eval_mode(model), torch.no_grad():
         graph, ignore = _trace_with_opaque(model, ignore, on_unsupported)
-        run_checked(lambda: _ShapeRecorder(model, graph=graph).run(*example_inputs), model,
-                    example_inputs, "prune")
+        _record_shapes(model, graph, example_inputs)
     ctx = TraceContext(root=model)
     labels: Labels = {}
     for node in graph.nodes:

@@ -23,7 +23,7 @@ from torch import nn
 from .._checks import check_finite, check_model_and_inputs
 from ..errors import ConfigError, EdgeslimError
 from ..graph import DependencyGraph, build_dependency_graph
-from .._core import eval_mode, flatten_outputs
+from .._core import run_on_meta, eval_mode, flatten_outputs
 from .importance import Importance, ImportanceContext, get_importance
 from .planner import Budget, Constraints, explain_locks, plan_removal
 from .surgery import prune_channels_
@@ -379,9 +379,13 @@ def plain_finetune(epochs: int, train_data: Any, **options: Any) -> Finetune:
 
 
 def _output_shape(model: nn.Module, inputs: tuple) -> Any:
-    """The output's shape; for a tuple/list/dict output, the shapes of its tensors."""
+    """The output's shape; for a tuple/list/dict output, the shapes of its tensors (found on the
+    meta device where the model allows it: no computation)."""
     with eval_mode(model), torch.no_grad():  # restores each submodule's own flag (frozen BN)
-        out = model(*inputs)
+        try:
+            out = run_on_meta(model, inputs, lambda m, xs: m(*xs))
+        except Exception:  # data-dependent code: run it for real (and report its own error)
+            out = model(*inputs)
     if isinstance(out, torch.Tensor):
         return tuple(out.shape)
     try:
