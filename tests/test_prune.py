@@ -522,3 +522,13 @@ def test_selective_kernel_and_split_attention_prune_every_path_alike(tmp_path) -
     assert count_flops(pruned, x)[1] == nets.analytic_macs(pruned, x)
     assert edgeslim.export_onnx(pruned, x, tmp_path / "m.onnx") < 1e-4
     torch.testing.assert_close(edgeslim.prune(model, x, ratio=0.0)(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_finetune_none_is_spelled_the_same_in_python_as_in_yaml() -> None:
+    model = randomize_bn_(nets.resnet_basic()).eval()
+    x = example_input(2)
+    a = edgeslim.prune(model, x, ratio=0.3, finetune="none")
+    b = edgeslim.prune(model, x, ratio=0.3, finetune=None)
+    torch.testing.assert_close(a(x), b(x))
+    with pytest.raises(ConfigError, match="'none'"):
+        edgeslim.prune(model, x, ratio=0.3, finetune="nope")

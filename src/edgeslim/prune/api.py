@@ -352,10 +352,11 @@ FINETUNE_DEFAULTS = {"lr": 0.01, "progress": False}
 
 def _resolve_finetune(finetune: Finetune | str | None, teacher: nn.Module | None, data: Any,
                       epochs: int, options: dict) -> Finetune | None:
-    if finetune is None or callable(finetune):
-        return finetune
+    if finetune is None or callable(finetune) or finetune == "none":  # "none": YAML/CLI's spelling
+        return None if finetune == "none" else finetune
     if finetune not in ("plain", "kd"):
-        raise ConfigError(f"finetune={finetune!r}: use None, 'plain', 'kd' or a callable(model, step)")
+        raise ConfigError(f"finetune={finetune!r}: use None (or 'none'), 'plain', 'kd' or a "
+                          "callable(model, step)")
     if data is None:
         raise ConfigError(f"finetune={finetune!r} needs train_data= (batches of (x, y))")
     if finetune == "kd":
