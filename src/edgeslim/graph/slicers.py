@@ -297,14 +297,8 @@ class LayerNormSlicer(Slicer):
         return 0, (2 * n_out if module.weight is not None else 0)
 
 
-class FrozenNormSlicer(Slicer):
-    """A frozen BatchNorm: four per-channel tensors, sliced like BatchNorm's, no statistics kept."""
-
-    kind = "norm"
-
-    def trace(self, ctx, path, module, in_label, out_shape):
-        ctx.consume(path, in_label)
-        return in_label
+class FrozenNormSlicer(NormSlicer):
+    """A frozen BatchNorm: four per-channel tensors (buffers), traced and cut like BatchNorm's."""
 
     def slice_(self, module, in_keep, out_keep):
         for name in sorted(_NORM_TENSORS):
