@@ -1051,3 +1051,66 @@ class RadixNet(nn.Module):
         x = self.stem(x)
         x = x + self.sk(x)
         return self.head(F.relu(self.conv(self.split(x))))
+
+
+# ----------------------------------------------------------------------------------------
+# Res2Net (split, then each piece adds the previous piece's output), DPN (slice + add +
+# concat of a dual path), RepVGG / MobileOne (3x3 + 1x1 + identity branches summed)
+
+class Res2NetBlock(nn.Module):
+    def __init__(self, c: int = 16, scale: int = 4) -> None:
+        super().__init__()
+        self.width = c // scale
+        self.convs = nn.ModuleList([nn.Conv2d(self.width, self.width, 3, padding=1) for _ in range(scale - 1)])
+        self.conv_out = nn.Conv2d(c, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pieces = torch.split(x, self.width, 1)
+        out, sp = [], None
+        for i, conv in enumerate(self.convs):
+            sp = pieces[i] if i == 0 else sp + pieces[i]
+            sp = F.relu(conv(sp))
+            out.append(sp)
+        out.append(pieces[-1])
+        return F.relu(self.conv_out(torch.cat(out, 1)) + x)
+
+
+class DualPathBlock(nn.Module):
+    """DPN: the first ``res`` channels of a conv's output add to the residual path, the rest
+    concatenate to the dense path."""
+
+    def __init__(self, res: int = 16, inc: int = 8) -> None:
+        super().__init__()
+        self.res = res
+        self.conv = nn.Conv2d(res + 8, res + inc, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        resid, dense = x[:, :self.res], x[:, self.res:]
+        return torch.cat([resid + y[:, :self.res], dense, y[:, self.res:]], dim=1)
+
+
+class RepVGGBlock(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.dense = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+        self.one = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
+        self.identity = nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.dense(x) + self.one(x) + self.identity(x))
+
+
+class MultiPathNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, 2, 1)
+        self.res2 = Res2NetBlock(16)
+        self.expand = nn.Conv2d(16, 24, 1)
+        self.dpn = DualPathBlock(16, 8)
+        self.rep = RepVGGBlock(32)
+        self.head = _Head(32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.res2(F.relu(self.stem(x)))
+        return self.head(self.rep(self.dpn(F.relu(self.expand(x)))))

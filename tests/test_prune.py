@@ -532,3 +532,20 @@ def test_finetune_none_is_spelled_the_same_in_python_as_in_yaml() -> None:
     torch.testing.assert_close(a(x), b(x))
     with pytest.raises(ConfigError, match="'none'"):
         edgeslim.prune(model, x, ratio=0.3, finetune="nope")
+
+
+def test_res2net_dpn_and_repvgg_patterns_prune_exactly(tmp_path) -> None:
+    from edgeslim.profile import count_flops
+
+    model = randomize_bn_(nets.MultiPathNet()).eval()
+    x = example_input(2)
+    pruned = edgeslim.prune(model, x, ratio=0.4, protect_first=False)
+    assert count_params(pruned) < count_params(model) and pruned(x).shape == (2, 10)
+    r2 = pruned.res2  # torch.split(x, self.width, 1): the width follows the cut, pieces stay equal
+    assert r2.width * 4 == pruned.stem.out_channels < 16 and all(c.in_channels == r2.width for c in r2.convs)
+    assert count_params(pruned) == nets.analytic_params(pruned)
+    assert count_flops(pruned, x)[1] == nets.analytic_macs(pruned, x)
+    assert edgeslim.export_onnx(pruned, x, tmp_path / "m.onnx") < 1e-4
+    torch.testing.assert_close(edgeslim.prune(model, x, ratio=0.0)(x), model(x), atol=1e-5, rtol=1e-5)
+    again = edgeslim.load(edgeslim.save(pruned, tmp_path / "m.safetensors"))
+    torch.testing.assert_close(again(x), pruned(x))

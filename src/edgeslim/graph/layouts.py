@@ -102,7 +102,8 @@ def owner_of(root: nn.Module, target: str) -> tuple[nn.Module, str]:
 
 
 class SplitSizesSlicer(Slicer):
-    """Rewrites a module's list of split sizes (``self.splits``) to the pieces' kept counts."""
+    """Rewrites a module's split sizes (a list ``self.splits``, or an int ``self.width`` for
+    equal pieces) to the pieces' kept counts."""
 
     kind = "split"
     slices_extras = False
@@ -122,5 +123,5 @@ class SplitSizesSlicer(Slicer):
             start += n
         new = [sum(lo <= k < hi for k in out_keep) for lo, hi in bounds]
         old = getattr(module, self.attr)
-        setattr(module, self.attr, type(old)(new))
+        setattr(module, self.attr, new[0] if type(old) is int else type(old)(new))
         self.sizes = new

@@ -329,17 +329,24 @@ def _split(ctx: TraceContext, node: fx.Node, labels: Labels) -> Any:
 
 
 def _sizes_follow_cut(ctx: TraceContext, node: fx.Node, label: Label, sizes: list[int]) -> bool:
-    """Uneven constant splits (timm's MixedConv2d: ``torch.split(x, self.splits, 1)``) can be
-    cut piece by piece when the sizes come from an attribute of the module that runs the
-    split: surgery rewrites the attribute to the pieces' new sizes (``SplitSizesSlicer``)."""
+    """Constant splits can be cut when their sizes come from an attribute of the module that
+    runs the split; surgery rewrites the attribute (``SplitSizesSlicer``):
+    - a list (timm's MixedConv2d: ``torch.split(x, self.splits, 1)``): piece by piece;
+    - an int (Res2Net: ``torch.split(x, self.width, 1)``, equal pieces): the pieces are
+      coupled position by position, as for ``chunk``, and the int becomes the new width."""
     path = _module_path(node)
     if path == "<top level>" or path in ctx.records:
         return False
     owner = ctx.root.get_submodule(path)
-    attr = next((k for k, v in vars(owner).items() if not k.startswith("_")
-                 and isinstance(v, (list, tuple)) and list(v) == sizes), None)
+    equal = len(set(sizes)) == 1
+    attr = next((k for k, v in vars(owner).items() if not k.startswith("_") and (
+        (isinstance(v, (list, tuple)) and list(v) == sizes)
+        or (equal and type(v) is int and v == sizes[0]))), None)
     if attr is None:
         return False
+    if type(getattr(owner, attr)) is int:
+        for j in range(1, len(sizes)):
+            ctx.table.union_labels(label[:sizes[0]], label[j * sizes[0]:(j + 1) * sizes[0]])
     ctx.records[path] = ModuleRecord(path, owner, SplitSizesSlicer(attr, sizes), in_label=list(label),
                                      out_label=list(label), out_shape=(1, len(label)))
     return True
