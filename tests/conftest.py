@@ -16,6 +16,16 @@ import pytest
 MNIST_SMALL_SIZE = 512
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread_session() -> None:
+    """The same for fixtures of wider scope (a module's finished run): results compared
+    bitwise (resume == uninterrupted) must come from runs with the same thread count, since
+    float sums in another order differ in the last bits."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
     """One intra-op thread per test: pytest-xdist runs one worker per core, and a worker

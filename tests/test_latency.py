@@ -178,7 +178,8 @@ class Wide(nn.Module):
 def test_onnxruntime_speedup_direction_on_a_toy_model():
     torch.manual_seed(0)
     model, x = Wide().eval(), torch.randn(1, 3, 32, 32)
-    pruned = edgeslim.prune(model, x, target_speedup=2.0, runtime="onnxruntime", latency_runs=10)
+    # a modest target, so a busy machine's timing noise cannot make it unreachable
+    pruned = edgeslim.prune(model, x, target_speedup=1.25, runtime="onnxruntime", latency_runs=10)
     info = pruned.edgeslim_latency
     assert info["runtime"] == "onnxruntime" and info["batch"] == 1
     assert info["measured_ms"] < info["baseline_ms"]  # direction only: no timed thresholds
