@@ -43,6 +43,7 @@ class PruneConfig:
     protect_first: bool = True
     on_unsupported: str = "error"
     calib_batches: int = 8
+    cost_aware: bool | None = None  # rank by importance per FLOP/parameter (None: for those targets)
 
     def __post_init__(self) -> None:
         targets = {k: v for k, v in (("ratio", self.ratio), ("target_flops", self.target_flops),
@@ -105,7 +106,8 @@ def prune_step_(model: nn.Module, inputs: tuple, cfg: PruneConfig, budget: Budge
     ctx = ImportanceContext(calib_data=calib_data, max_batches=cfg.calib_batches)
     scores = get_importance(cfg.criterion)(graph, model, ctx)
     removed = plan_removal(graph, scores, budget, cfg.planner,
-                           Constraints(cfg.min_channels, cfg.round_to), already_removed)
+                           Constraints(cfg.min_channels, cfg.round_to), already_removed,
+                           cost_aware=cfg.cost_aware)
     return prune_channels_(model, graph, removed) | {"removed": int(removed.sum())}
 
 
@@ -171,7 +173,9 @@ def prune(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plann
         **options: ``train_data``, ``finetune_epochs``, ``finetune_options`` (TrainConfig
             fields), ``min_channels``, ``protect_first`` (default True: the first conv
             keeps its channels), ``on_unsupported`` (``"error"``/``"lock"``),
-            ``calib_batches``.
+            ``calib_batches``, ``cost_aware`` (default: True for ``target_flops`` and
+            ``target_params``: rank channels by importance per FLOP/parameter they cost;
+            False: by importance alone; see ``edgeslim.prune.planner``).
 
     Returns:
         The pruned model; ``model.edgeslim_plans`` lists each step's plan.
