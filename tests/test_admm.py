@@ -106,15 +106,44 @@ def test_final_model_has_the_planned_channels_and_exports(pruned, tmp_path):
     assert out.edgeslim_plans and "groups" in out.edgeslim_plans[-1]
 
 
-def test_flops_target(tmp_path):
+@pytest.mark.parametrize("target", [dict(target_flops=0.4), dict(target_params=0.5)])
+def test_cost_targets_are_met_in_profiler_units(target: dict):
+    """``target_flops``/``target_params`` are fractions of what ``edgeslim.profile`` counts."""
+    from edgeslim.profile import count_flops, count_params
+
     model, data = _net(), _data(64)
     x = data[0][0][:1]
-    out = admm_prune(model, x, data, target_flops=0.4, finetune=None, admm_iterations=1,
-                     admm_epochs=1, device="cpu", calib_batches=1)
-    macs0, _ = build_dependency_graph(model, x).cost()
-    macs1, _ = build_dependency_graph(out, x).cost()
-    assert macs1 <= 0.4 * macs0
+    out = admm_prune(model, x, data, finetune=None, admm_iterations=1, admm_epochs=1, device="cpu",
+                     calib_batches=1, **target)
+    if "target_flops" in target:
+        assert count_flops(out, x)[0] <= 0.4 * count_flops(model, x)[0]
+    else:
+        assert count_params(out) <= 0.5 * count_params(model)
     assert out(x).shape == (1, 4)
+
+
+def test_progressive_projection_reaches_the_target_and_stays():
+    model, data = _net(), _data(64)
+    n0 = len(build_dependency_graph(model, data[0][0][:1], protect_first=True).prunable_classes())
+    out = admm_prune(model, data[0][0][:1], data, target_filters=TARGET, progressive=3, finetune=None,
+                     **(FAST | dict(admm_iterations=4)))
+    kept = [r["kept_filters"] for r in out.edgeslim_admm_history if r["stage"] == "admm"]
+    final = n0 - round(TARGET * n0)
+    assert kept[0] > kept[1] == final and kept[1:] == [final] * 3  # Z0 went 1/3, Z1 2/3, Z2.. all
+    assert kept[0] == n0 - round(TARGET * 2 / 3 * n0)
+
+
+def test_accuracy_guard_holds_rho():
+    """rho grows by the factor after every W-step that kept the training accuracy within the guard
+    of the accuracy before ADMM, and stays where it did not."""
+    model, data = _net(), _data(64)
+    out = admm_prune(model, data[0][0][:1], data, target_filters=0.75, accuracy_guard=0.0, finetune=None,
+                     **(FAST | dict(admm_iterations=4)))
+    history = [r for r in out.edgeslim_admm_history if r["stage"] == "admm"]
+    for now, nxt in zip(history, history[1:]):
+        held = now["train_accuracy"] < now["reference_accuracy"]
+        assert now["rho_held"] == held
+        assert nxt["rho"] == pytest.approx(now["rho"] * (1.0 if held else 1.5))
 
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):
@@ -152,7 +181,9 @@ def test_kd_finetune_runs():
 
 
 @pytest.mark.parametrize("bad", [dict(target_filters=1.0), dict(target_flops=0.0), dict(rho=0.0),
-                                 dict(rho_schedule=[1.0]), dict(lrr=0.1)])
+                                 dict(rho_schedule=[1.0]), dict(lrr=0.1), dict(target_params=1.5),
+                                 dict(target_flops=0.5, target_params=0.5), dict(progressive=4),
+                                 dict(accuracy_guard=2.0)])
 def test_bad_settings_are_config_errors(bad):
     model, data = _net(), _data(32)
     with pytest.raises(ConfigError):

@@ -117,3 +117,16 @@ def test_prune_target_flops_cost_aware_by_default(planner: str):
         pruned = edgeslim.prune(model, X, target_flops=0.5, planner=planner, cost_aware=aware)
         assert count_flops(pruned, X)[0] <= 0.5 * f0
         assert pruned(X).shape == (1, 3)
+
+
+def test_fpgm_cuts_the_filters_nearest_the_geometric_median():
+    """Three copies of one filter sit at the layer's median; the two far-out filters stay."""
+    conv = nn.Conv2d(2, 5, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [9.0, 0.0], [0.0, 9.0]])[..., None, None])
+    model = nn.Sequential(nn.Conv2d(2, 2, 1), conv, nn.ReLU(), nn.Conv2d(5, 3, 1)).eval()
+    x = torch.randn(1, 2, 4, 4)
+    graph = build_dependency_graph(model, x, protect_first=True)
+    removed = plan_removal(graph, edgeslim.prune.get_importance("fpgm")(graph, model),
+                           Budget(channels=3))
+    assert removed[_classes(graph, "1")].tolist() == [True, True, True, False, False]

@@ -52,7 +52,7 @@ from ..errors import CheckpointError, ConfigError
 from ..graph import DependencyGraph, build_dependency_graph
 from ..io import atomic_torch_save, safe_torch_load
 from . import information_gain  # noqa: F401  (registers the information-gain criteria)
-from .api import _check_forward, _example, _output_shape, _resolve_finetune
+from .api import _check_forward, _example, _output_shape, _resolve_finetune, _unmodelled
 from .importance import ImportanceContext, get_importance
 from .planner import Budget, Constraints, plan_removal
 from .surgery import prune_channels_
@@ -66,11 +66,15 @@ STATE_FORMAT = "edgeslim.prune.admm/1"
 class ADMMConfig:
     """The ADMM pruning settings (see :func:`admm_prune` for each field)."""
 
-    target_filters: float = 0.8
+    target_filters: float | None = None
     target_flops: float | None = None
+    target_params: float | None = None
+    cost_aware: bool | None = None
     criterion: Any = "information_gain_taylor"
     rho: float = 1e-2
     rho_schedule: float | Sequence[float] = 1.5
+    accuracy_guard: float | None = None
+    progressive: int = 1
     admm_iterations: int = 10
     admm_epochs: float = 5.0
     finetune_epochs: int = 5
@@ -82,12 +86,7 @@ class ADMMConfig:
     protect_first: bool = True
 
     def __post_init__(self) -> None:
-        if self.target_flops is None and not 0.0 <= self.target_filters < 1.0:
-            raise ConfigError(f"admm_prune: target_filters={self.target_filters} must lie in [0, 1) "
-                              "(the fraction of prunable filters removed)")
-        if self.target_flops is not None and not 0.0 < self.target_flops <= 1.0:
-            raise ConfigError(f"admm_prune: target_flops={self.target_flops} must lie in (0, 1] "
-                              "(the fraction of FLOPs kept)")
+        self._check_targets()
         if self.rho <= 0 or self.admm_iterations < 1 or self.admm_epochs <= 0 or self.finetune_epochs < 0:
             raise ConfigError("admm_prune: rho and admm_epochs must be > 0, admm_iterations >= 1, "
                               f"finetune_epochs >= 0 (got rho={self.rho}, admm_epochs={self.admm_epochs}, "
@@ -96,18 +95,49 @@ class ADMMConfig:
             raise ConfigError(f"admm_prune: rho_schedule lists {len(self.rho_schedule)} values but "
                               f"admm_iterations={self.admm_iterations}; give one rho per iteration or a "
                               "growth factor (e.g. 1.5)")
+        if not 1 <= self.progressive <= self.admm_iterations + 1:
+            raise ConfigError(f"admm_prune: progressive={self.progressive} must lie in [1, admm_iterations + 1 = "
+                              f"{self.admm_iterations + 1}] (projections that reach the target; 1 = from the start)")
+        if self.accuracy_guard is not None and not 0 <= self.accuracy_guard <= 1:
+            raise ConfigError(f"admm_prune: accuracy_guard={self.accuracy_guard} is a drop in accuracy "
+                              "(0-1, e.g. 0.02 for two points) or None")
 
-    def rho_at(self, iteration: int) -> float:
-        """rho used by the W-step of ``iteration`` (0-based)."""
-        if isinstance(self.rho_schedule, (int, float)):
-            return self.rho * float(self.rho_schedule) ** iteration
-        return float(self.rho_schedule[iteration])
+    def _check_targets(self) -> None:
+        given = {k: v for k, v in (("target_filters", self.target_filters), ("target_flops", self.target_flops),
+                                   ("target_params", self.target_params)) if v is not None}
+        if len(given) > 1:
+            raise ConfigError(f"admm_prune: give one target, target_filters= (fraction of filters removed), "
+                              f"target_flops= or target_params= (fraction kept); got {given}")
+        if not given:
+            self.target_filters = 0.8  # the EasiEdge paper's setting
+        elif self.target_filters is not None and not 0.0 <= self.target_filters < 1.0:
+            raise ConfigError(f"admm_prune: target_filters={self.target_filters} must lie in [0, 1) "
+                              "(the fraction of prunable filters removed)")
+        for name in ("target_flops", "target_params"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value <= 1.0:
+                raise ConfigError(f"admm_prune: {name}={value} must lie in (0, 1] (the fraction kept)")
+
+    def next_rho(self, iteration: int, rho: float, accuracy_ok: bool = True) -> float:
+        """rho for the W-step after ``iteration`` (0-based): the listed value, or ``rho`` times the
+        growth factor -- held where ``accuracy_guard`` saw the W-step's accuracy fall too far."""
+        if not isinstance(self.rho_schedule, (int, float)):
+            return float(self.rho_schedule[iteration + 1])
+        return rho * float(self.rho_schedule) if accuracy_ok else rho
+
+    def first_rho(self) -> float:
+        return self.rho if isinstance(self.rho_schedule, (int, float)) else float(self.rho_schedule[0])
+
+    def progress(self, projection: int) -> float:
+        """How far the ``projection``-th Z-step (0 = the initial one) goes towards the target."""
+        return min(1.0, (projection + 1) / self.progressive)
 
     def target(self) -> dict:
         """What a saved state must agree with to be resumed."""
         crit = self.criterion if isinstance(self.criterion, str) else type(self.criterion).__name__
-        return {"target_filters": None if self.target_flops is not None else self.target_filters,
-                "target_flops": self.target_flops, "criterion": crit}
+        return {"target_filters": self.target_filters, "target_flops": self.target_flops,
+                "target_params": self.target_params, "cost_aware": self.cost_aware,
+                "progressive": self.progressive, "criterion": crit}
 
 
 # ----------------------------------------------------------------------------------------
@@ -299,10 +329,16 @@ def _train_options(options: dict, **defaults: Any) -> dict:
     return defaults | options
 
 
-def _budget(cfg: ADMMConfig, graph: DependencyGraph) -> Budget:
+def _budget(cfg: ADMMConfig, graph: DependencyGraph, fixed: tuple[float, float], frac: float = 1.0) -> Budget:
+    """The projection's target, ``frac`` of the way (geometrically, as ``prune``'s steps) from
+    the unpruned model to the final target. ``fixed``: the (MACs, params) that the graph's cost
+    model does not see; they count in the total the fractions refer to (``edgeslim.profile``'s)."""
+    macs0, params0 = graph.cost()
     if cfg.target_flops is not None:
-        return Budget(macs=graph.cost()[0] * cfg.target_flops)
-    return Budget(channels=round(cfg.target_filters * len(graph.prunable_classes())))
+        return Budget(macs=(macs0 + fixed[0]) * cfg.target_flops ** frac - fixed[0])
+    if cfg.target_params is not None:
+        return Budget(params=(params0 + fixed[1]) * cfg.target_params ** frac - fixed[1])
+    return Budget(channels=round(cfg.target_filters * frac * len(graph.prunable_classes())))
 
 
 @dataclass
@@ -313,7 +349,7 @@ class _Run:
     net: nn.Module
     graph: DependencyGraph
     state: ADMMState
-    budget: Budget
+    fixed: tuple[float, float]
     ctx: ImportanceContext
     train: Any
     val: Any
@@ -321,14 +357,17 @@ class _Run:
     out_dir: Path | None
     history: list[dict]
     inputs: tuple = ()
+    reference_accuracy: float | None = None  # training accuracy before ADMM (accuracy_guard)
 
-    def z_step(self) -> np.ndarray:
-        """Score W + U, choose the classes to remove, return the removal mask."""
+    def z_step(self, projection: int) -> np.ndarray:
+        """Score W + U, choose the classes to remove (cost-aware for FLOPs/parameter targets: the
+        projection keeps the most importance the budget buys), return the removal mask."""
         values = [s.param.detach() + u for s, u in zip(self.state.slabs, self.state.U)]
         with self.state.weights(values):
             scores = get_importance(self.cfg.criterion)(self.graph, self.net, self.ctx)
         cons = Constraints(self.cfg.min_channels, self.cfg.round_to)
-        removed = plan_removal(self.graph, scores, self.budget, "global", cons)
+        budget = _budget(self.cfg, self.graph, self.fixed, self.cfg.progress(projection))
+        removed = plan_removal(self.graph, scores, budget, "global", cons, cost_aware=self.cfg.cost_aware)
         self.state.Z = self.state.project(values, removed)
         self.state.removed = torch.as_tensor(removed, dtype=torch.bool)
         return removed
@@ -346,12 +385,11 @@ def _w_step(run: _Run, iteration: int, steps: int) -> dict:
 
 
 def _iteration(run: _Run, k: int, steps: int) -> dict:
-    """One W-step, Z-step and dual update; returns the iteration's record."""
+    """One W-step, Z-step and dual update, then the next rho; returns the iteration's record."""
     state = run.state
-    state.rho = run.cfg.rho_at(k)
     record = {"stage": "admm", "iteration": k + 1, "rho": state.rho} | _w_step(run, k, steps)
     z_prev = state.Z
-    run.z_step()
+    run.z_step(k + 1)
     with torch.no_grad():
         W = [s.param.detach() for s in state.slabs]
         for i, (w, z) in enumerate(zip(W, state.Z)):
@@ -361,11 +399,24 @@ def _iteration(run: _Run, k: int, steps: int) -> dict:
         record["dual_residual"] = state.rho * state.norm(z - zp for z, zp in zip(state.Z, z_prev))
         record["relative_primal"] = record["primal_residual"] / max(state.norm(W), 1e-12)
         if k + 1 < run.cfg.admm_iterations:  # keep the unscaled dual rho*U fixed
-            ratio = state.rho / run.cfg.rho_at(k + 1)
-            state.U = [u * ratio for u in state.U]
+            ok = _accuracy_ok(run, record)
+            if run.reference_accuracy is not None:
+                record |= {"reference_accuracy": run.reference_accuracy, "rho_held": not ok}
+            rho = run.cfg.next_rho(k, state.rho, ok)
+            state.U = [u * (state.rho / rho) for u in state.U]
+            state.rho = rho
     record["kept_filters"] = int(len(run.graph.prunable_classes()) - int(state.removed.sum()))
+    record["kept_macs"], record["kept_params"] = run.graph.cost(state.removed.numpy())
     record |= _validate(run)
     return record
+
+
+def _accuracy_ok(run: _Run, record: dict) -> bool:
+    """``accuracy_guard``: rho may grow only while the W-step's training accuracy stays within
+    the guard of the accuracy before ADMM (a faster pull would cut filters before the rest of
+    the network has taken over their work)."""
+    guard, ref = run.cfg.accuracy_guard, run.reference_accuracy
+    return guard is None or ref is None or record["train_accuracy"] >= ref - guard
 
 
 def _validate(run: _Run) -> dict:
@@ -385,7 +436,8 @@ def _save(run: _Run, iteration: int) -> None:
         return
     atomic_torch_save({"format": STATE_FORMAT, "iteration": iteration, "target": run.cfg.target(),
                        "model": {k: v.cpu() for k, v in run.net.state_dict().items()},
-                       "history": run.history, **run.state.state_dict()}, run.out_dir / STATE_NAME)
+                       "history": run.history, "reference_accuracy": run.reference_accuracy,
+                       **run.state.state_dict()}, run.out_dir / STATE_NAME)
 
 
 def _restore(run: _Run) -> int:
@@ -408,6 +460,7 @@ def _restore(run: _Run) -> int:
                               "written for a different model. Delete it or set resume=False") from None
     run.state.load_state_dict(saved, path)
     run.history[:] = list(saved["history"])
+    run.reference_accuracy = saved.get("reference_accuracy")
     log.info("resumed ADMM from %s after iteration %d", path, saved["iteration"])
     return int(saved["iteration"])
 
@@ -424,7 +477,9 @@ def _admm_phase(run: _Run, resume: bool) -> None:
     """Initialise (or restore) Z and U, then run the remaining iterations."""
     done = _restore(run) if resume else -1
     if done < 0:
-        run.z_step()  # Z0 = Pi(W0), U0 = 0
+        run.reference_accuracy = _reference_accuracy(run) if run.cfg.accuracy_guard is not None else None
+        run.state.rho = run.cfg.first_rho()
+        run.z_step(0)  # Z0 = Pi(W0), U0 = 0: ADMM starts from the trained model
         done = 0
     per_epoch = len(run.train)
     steps = max(1, round(run.cfg.admm_epochs * per_epoch / run.cfg.admm_iterations))
@@ -440,10 +495,12 @@ def _admm_phase(run: _Run, resume: bool) -> None:
         _save(run, k + 1)
 
 
-def admm_prune(model: nn.Module, example_inputs: Any, train_data: Any, *, target_filters: float = 0.8,
+def admm_prune(model: nn.Module, example_inputs: Any, train_data: Any, *, target_filters: float | None = None,
                criterion: Any = "information_gain_taylor", rho: float = 1e-2,
                admm_epochs: float = 5.0, finetune_epochs: int = 5, finetune: Any = "plain",
-               target_flops: float | None = None, rho_schedule: float | Sequence[float] = 1.5,
+               target_flops: float | None = None, target_params: float | None = None,
+               cost_aware: bool | None = None, rho_schedule: float | Sequence[float] = 1.5,
+               accuracy_guard: float | None = None, progressive: int = 1,
                admm_iterations: int = 10, val_data: Any = None, calib_data: Any = None,
                out_dir: str | Path | None = None, resume: bool = False,
                finetune_options: dict | None = None, **options: Any) -> nn.Module:
@@ -490,8 +547,9 @@ def admm_prune(model: nn.Module, example_inputs: Any, train_data: Any, *, target
         the final stages, and ``edgeslim_plans`` the pruning plan.
     """
     own = {k: options.pop(k) for k in [f.name for f in dataclasses.fields(ADMMConfig)] if k in options}
-    cfg = ADMMConfig(target_filters=target_filters, target_flops=target_flops, criterion=criterion,
-                     rho=rho, rho_schedule=rho_schedule, admm_iterations=admm_iterations,
+    cfg = ADMMConfig(target_filters=target_filters, target_flops=target_flops, target_params=target_params,
+                     cost_aware=cost_aware, criterion=criterion, rho=rho, rho_schedule=rho_schedule,
+                     accuracy_guard=accuracy_guard, progressive=progressive, admm_iterations=admm_iterations,
                      admm_epochs=admm_epochs, finetune_epochs=finetune_epochs, finetune=finetune, **own)
     admm_opts = _train_options(options, lr=0.01, schedule="constant", progress=False)
     tune_opts = _train_options(options, lr=0.01, progress=False) | (finetune_options or {})
@@ -536,9 +594,17 @@ def _prepare(cfg: ADMMConfig, net: nn.Module, example_inputs: Any, train_data: A
                           "a DataLoader, a list of (x, y) batches or an (X, Y) tensor pair)")
     ctx = ImportanceContext(calib_data=calib_data if calib_data is not None else train_data,
                             max_batches=cfg.calib_batches)
-    run = _Run(cfg, net, graph, ADMMState(collect_slabs(graph), cfg.rho), _budget(cfg, graph), ctx,
-               train, val_data, options, None if out_dir is None else Path(out_dir), [], inputs)
-    return run
+    macs0, params0 = graph.cost()
+    fixed = _unmodelled(net, inputs, cfg, macs0, params0)
+    return _Run(cfg, net, graph, ADMMState(collect_slabs(graph), cfg.first_rho()), fixed, ctx,
+                train, val_data, options, None if out_dir is None else Path(out_dir), [], inputs)
+
+
+def _reference_accuracy(run: _Run) -> float:
+    """Accuracy of the unpruned model on the calibration batches (the guard's reference)."""
+    from ..train import evaluate
+
+    return evaluate(run.net, list(run.ctx.batches(run.net, "accuracy_guard")))["accuracy"]
 
 
 def _finetune(cfg: ADMMConfig, net: nn.Module, teacher: nn.Module, train_data: Any, options: dict,
