@@ -16,13 +16,35 @@ to S_k and U the scaled dual variable, each iteration does
 2. Z-step (global pruning subproblem): Z = Pi(W + U), which keeps the k most
    important classes of W + U and zeroes the rest. With the group norm as the
    importance this is the exact Euclidean projection onto S_k; EasiEdge ranks by
-   information gain instead (any registered criterion works here);
-3. dual update U = U + W - Z; then rho grows (rho_schedule) and U is rescaled by
+   information gain instead (any registered criterion works here). With a FLOPs
+   or parameter target, S is "at most that cost" and Pi keeps the classes that
+   carry the most importance per unit of it (``edgeslim.prune.planner``);
+3. dual update U = U + W - Z; then rho is updated and U is rescaled by
    rho_old / rho_new so that the unscaled dual rho*U is unchanged (Boyd 3.4.1).
 
 The importance is computed once per iteration *on the network with weights
 W + U* (loaded temporarily): the projection acts on W + U, so its ranking must
 too; ranking W would make Z's support lag one dual step behind.
+
+Choices that keep the W-step from collapsing (measured in
+``benchmarks/easiedge.py``; numbers in the README):
+
+* Warm start: Z0 = Pi(W0), U0 = 0 on the trained model.
+* ``rho="auto"``: ``lr * rho * steps / (1 - momentum) = 1``, i.e. the penalty alone
+  closes the cut filters' distance to Z by a factor e over one W-step, whatever the
+  learning rate and W-step length. The earlier fixed rho 0.3 growing 1.5x per
+  iteration reached 17x that pull by the last iteration: the cut filters vanished
+  within a few dozen steps, before the rest of the network could take over their
+  work (the training accuracy fell to 55-67% on Fashion-MNIST-like data).
+* ``accuracy_guard``: rho grows (``rho_schedule``) only after W-steps whose training
+  accuracy stayed within the guard of the unpruned model's accuracy on the same
+  batches; otherwise it is held.
+* ``progressive``: the first Z-steps may approach the target geometrically instead
+  of jumping to it (off by default: on LeNet-5 it did not help; see the README).
+* The last support is chosen on W alone (as ADMM weight pruning hard-prunes Pi(W)):
+  a last Z-step on W + U can swap in a filter that W has not grown yet, and the
+  physical pruning then cut a filter the network was using (one seed in eight
+  lost 2 points that way).
 
 A filter's variables are every parameter slice that follows its output channel:
 the conv/linear filter and bias, the BN scale and shift, a depthwise filter.
@@ -42,7 +64,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -71,9 +93,9 @@ class ADMMConfig:
     target_params: float | None = None
     cost_aware: bool | None = None
     criterion: Any = "information_gain_taylor"
-    rho: float = 1e-2
+    rho: float | Literal["auto"] = "auto"
     rho_schedule: float | Sequence[float] = 1.5
-    accuracy_guard: float | None = None
+    accuracy_guard: float | None = 0.02
     progressive: int = 1
     admm_iterations: int = 10
     admm_epochs: float = 5.0
@@ -87,9 +109,11 @@ class ADMMConfig:
 
     def __post_init__(self) -> None:
         self._check_targets()
-        if self.rho <= 0 or self.admm_iterations < 1 or self.admm_epochs <= 0 or self.finetune_epochs < 0:
-            raise ConfigError("admm_prune: rho and admm_epochs must be > 0, admm_iterations >= 1, "
-                              f"finetune_epochs >= 0 (got rho={self.rho}, admm_epochs={self.admm_epochs}, "
+        if self.rho != "auto" and not (isinstance(self.rho, (int, float)) and self.rho > 0):
+            raise ConfigError(f"admm_prune: rho={self.rho!r} must be a number > 0 or 'auto'")
+        if self.admm_iterations < 1 or self.admm_epochs <= 0 or self.finetune_epochs < 0:
+            raise ConfigError("admm_prune: admm_epochs must be > 0, admm_iterations >= 1, "
+                              f"finetune_epochs >= 0 (got admm_epochs={self.admm_epochs}, "
                               f"admm_iterations={self.admm_iterations}, finetune_epochs={self.finetune_epochs})")
         if not isinstance(self.rho_schedule, (int, float)) and len(self.rho_schedule) < self.admm_iterations:
             raise ConfigError(f"admm_prune: rho_schedule lists {len(self.rho_schedule)} values but "
@@ -126,7 +150,19 @@ class ADMMConfig:
         return rho * float(self.rho_schedule) if accuracy_ok else rho
 
     def first_rho(self) -> float:
-        return self.rho if isinstance(self.rho_schedule, (int, float)) else float(self.rho_schedule[0])
+        return float(self.rho) if isinstance(self.rho_schedule, (int, float)) else float(self.rho_schedule[0])
+
+    def resolve_rho(self, steps: int, options: dict) -> None:
+        """``rho="auto"``: the rho at which the penalty alone contracts the cut filters' distance
+        to Z by e^-1 over one W-step of ``steps`` SGD steps, ``lr * rho * steps / (1 - momentum) = 1``
+        (for the slow mode of heavy-ball SGD on rho/2 ||W - Z||^2). Scale-free: the same pull per
+        iteration whatever the learning rate and the W-step length."""
+        if self.rho == "auto":
+            from ..train import TrainConfig
+
+            train = TrainConfig(**options)
+            momentum = train.momentum if train.optimizer == "sgd" else 0.9  # AdamW: its beta1, a heuristic
+            self.rho = (1.0 - momentum) / (train.lr * steps)
 
     def progress(self, projection: int) -> float:
         """How far the ``projection``-th Z-step (0 = the initial one) goes towards the target."""
@@ -359,10 +395,11 @@ class _Run:
     inputs: tuple = ()
     reference_accuracy: float | None = None  # training accuracy before ADMM (accuracy_guard)
 
-    def z_step(self, projection: int) -> np.ndarray:
-        """Score W + U, choose the classes to remove (cost-aware for FLOPs/parameter targets: the
-        projection keeps the most importance the budget buys), return the removal mask."""
-        values = [s.param.detach() + u for s, u in zip(self.state.slabs, self.state.U)]
+    def z_step(self, projection: int, dual: bool = True) -> np.ndarray:
+        """Score W + U (``dual=False``: W alone), choose the classes to remove (cost-aware for
+        FLOPs/parameter targets: the projection keeps the most importance the budget buys),
+        set Z to the projection and return the removal mask."""
+        values = [s.param.detach() + (u if dual else 0) for s, u in zip(self.state.slabs, self.state.U)]
         with self.state.weights(values):
             scores = get_importance(self.cfg.criterion)(self.graph, self.net, self.ctx)
         cons = Constraints(self.cfg.min_channels, self.cfg.round_to)
@@ -388,8 +425,9 @@ def _iteration(run: _Run, k: int, steps: int) -> dict:
     """One W-step, Z-step and dual update, then the next rho; returns the iteration's record."""
     state = run.state
     record = {"stage": "admm", "iteration": k + 1, "rho": state.rho} | _w_step(run, k, steps)
-    z_prev = state.Z
+    z_prev, removed_prev = state.Z, state.removed.clone()
     run.z_step(k + 1)
+    record["support_changes"] = int((state.removed != removed_prev).sum())
     with torch.no_grad():
         W = [s.param.detach() for s in state.slabs]
         for i, (w, z) in enumerate(zip(W, state.Z)):
@@ -473,6 +511,11 @@ def _device(options: dict) -> torch.device:
     return resolve_device(TrainConfig(**options).device, env_info())
 
 
+def _w_steps(cfg: ADMMConfig, train: Any) -> int:
+    """SGD steps per W-step: the ADMM epochs shared by the iterations."""
+    return max(1, round(cfg.admm_epochs * len(train) / cfg.admm_iterations))
+
+
 def _admm_phase(run: _Run, resume: bool) -> None:
     """Initialise (or restore) Z and U, then run the remaining iterations."""
     done = _restore(run) if resume else -1
@@ -481,8 +524,7 @@ def _admm_phase(run: _Run, resume: bool) -> None:
         run.state.rho = run.cfg.first_rho()
         run.z_step(0)  # Z0 = Pi(W0), U0 = 0: ADMM starts from the trained model
         done = 0
-    per_epoch = len(run.train)
-    steps = max(1, round(run.cfg.admm_epochs * per_epoch / run.cfg.admm_iterations))
+    steps = _w_steps(run.cfg, run.train)
     for k in range(done, run.cfg.admm_iterations):
         record = _iteration(run, k, steps)
         run.history.append(record)
@@ -496,11 +538,11 @@ def _admm_phase(run: _Run, resume: bool) -> None:
 
 
 def admm_prune(model: nn.Module, example_inputs: Any, train_data: Any, *, target_filters: float | None = None,
-               criterion: Any = "information_gain_taylor", rho: float = 1e-2,
+               criterion: Any = "information_gain_taylor", rho: float | Literal["auto"] = "auto",
                admm_epochs: float = 5.0, finetune_epochs: int = 5, finetune: Any = "plain",
                target_flops: float | None = None, target_params: float | None = None,
                cost_aware: bool | None = None, rho_schedule: float | Sequence[float] = 1.5,
-               accuracy_guard: float | None = None, progressive: int = 1,
+               accuracy_guard: float | None = 0.02, progressive: int = 1,
                admm_iterations: int = 10, val_data: Any = None, calib_data: Any = None,
                out_dir: str | Path | None = None, resume: bool = False,
                finetune_options: dict | None = None, **options: Any) -> nn.Module:
@@ -510,25 +552,41 @@ def admm_prune(model: nn.Module, example_inputs: Any, train_data: Any, *, target
         model: a trained, torch.fx-traceable network (left untouched).
         example_inputs: a tensor (or tuple) for one forward pass.
         train_data: ``(x, y)`` batches (anything ``edgeslim.data.as_loader`` takes, with ``len``).
-        target_filters: fraction of the prunable filters (channel classes) removed globally.
+        target_filters: fraction of the prunable filters (channel classes) removed globally
+            (default 0.8 when no target is given: the paper's filter-count protocol).
         criterion: importance used by the Z-step projection (a registered name, e.g.
             ``information_gain_taylor`` (default), ``information_gain``, ``l1``, ``taylor``,
             or an ``Importance`` instance).
-        rho: initial penalty weight. Rule of thumb for SGD: ``lr * rho * steps / (1 - momentum)``
-            of order 1, with ``steps`` the optimiser steps of one iteration, so that W can
-            follow Z within an iteration (too small: the primal residual and the penalty grow;
-            too large: the filters outside Z are cut almost at once, like one-shot pruning).
+        rho: initial penalty weight, or ``"auto"`` (default): ``(1 - momentum) / (lr * steps)``
+            with ``steps`` the optimiser steps of one iteration, so that one W-step closes the
+            cut filters' distance to Z by a factor e (too small: the primal residual and the
+            penalty grow; too large: the filters outside Z are cut almost at once, like
+            one-shot pruning).
         admm_epochs: total epochs of W-steps, shared by the ``admm_iterations`` iterations
             (an iteration may last a fraction of an epoch).
         finetune_epochs: epochs of fine-tuning after the physical pruning (0 = none).
         finetune: ``"plain"`` (cross-entropy), ``"kd"`` (distillation from ``model``), a
             callable ``finetune(model, step)``, or ``None``.
-        target_flops: instead of ``target_filters``, the fraction of FLOPs (MACs) to keep.
-        rho_schedule: a growth factor per iteration (rho_k = rho * factor**k) or one rho per
-            iteration.
+        target_flops: instead of ``target_filters``, the fraction of FLOPs to keep, counted
+            as ``edgeslim.profile`` counts them (layers the graph cannot cut included).
+        target_params: instead, the fraction of parameters to keep.
+        cost_aware: with ``target_flops``/``target_params`` (default True there), the
+            projection ranks filters by importance per FLOP/parameter they cost; False: by
+            importance alone.
+        rho_schedule: a growth factor per iteration (rho_{k+1} = rho_k * factor) or one rho
+            per iteration.
+        accuracy_guard: hold rho (no growth) after a W-step whose training accuracy fell
+            more than this (0-1) below the unpruned model's on the same batches; ``None``:
+            always grow.
+        progressive: the Z-steps reach the target over this many projections (the j-th, from
+            0, keeps ``target ** ((j + 1) / progressive)`` of the cost, or that share of the
+            filter cut); 1 = the target from the start.
         admm_iterations: number of Z/U updates.
         val_data: if given, every iteration records ``val_accuracy`` (of W) and
             ``val_accuracy_hard`` (of W with the filters outside Z removed).
+            Every iteration records anyway its W-step's ``train_accuracy``, ``rho``, the
+            residuals, the kept filters/MACs/params and ``support_changes`` (classes whose
+            cut/kept status the Z-step changed).
         calib_data: batches for the importance (default: ``train_data``).
         out_dir: if given, ``out_dir/admm_state.pt`` (W, U, Z, rho, iteration, history) is
             written atomically after every iteration, and fine-tuning checkpoints go to
@@ -566,13 +624,22 @@ def admm_prune(model: nn.Module, example_inputs: Any, train_data: Any, *, target
 
 
 def _hard_prune(run: _Run, out_shape: Any) -> None:
-    """Remove the filters outside Z physically (the surgery keeps W's other weights)."""
+    """Remove the filters outside Pi(W) physically (the surgery keeps W's other weights).
+
+    The last support is chosen on W, not on W + U as in the iterations (ADMM weight pruning,
+    Zhang et al. 2018, also hard-prunes Pi(W)): W + U adds the dual's pull, which may swap a
+    filter in that W has not grown yet; W itself has converged to the support it works with.
+    """
     net = run.net
-    plan = prune_channels_(net, run.graph, run.state.removed.numpy())
+    last = run.state.removed.clone()
+    removed = run.z_step(run.cfg.admm_iterations + 1, dual=False)
+    plan = prune_channels_(net, run.graph, removed)
     net.edgeslim_plans = list(getattr(net, "edgeslim_plans", [])) + [plan]
     _check_forward(net, run.inputs, out_shape)
-    kept = len(run.graph.prunable_classes()) - int(run.state.removed.sum())
-    run.history.append({"stage": "hard_pruned", "kept_filters": kept} | _validate_net(net, run.val))
+    kept = len(run.graph.prunable_classes()) - int(removed.sum())
+    changed = int((torch.as_tensor(removed) != last).sum())
+    run.history.append({"stage": "hard_pruned", "kept_filters": kept, "changed_from_last_z": changed}
+                       | _validate_net(net, run.val))
 
 
 def _validate_net(net: nn.Module, val_data: Any) -> dict:
@@ -596,15 +663,18 @@ def _prepare(cfg: ADMMConfig, net: nn.Module, example_inputs: Any, train_data: A
                             max_batches=cfg.calib_batches)
     macs0, params0 = graph.cost()
     fixed = _unmodelled(net, inputs, cfg, macs0, params0)
+    cfg.resolve_rho(_w_steps(cfg, train), options)
     return _Run(cfg, net, graph, ADMMState(collect_slabs(graph), cfg.first_rho()), fixed, ctx,
                 train, val_data, options, None if out_dir is None else Path(out_dir), [], inputs)
 
 
 def _reference_accuracy(run: _Run) -> float:
-    """Accuracy of the unpruned model on the calibration batches (the guard's reference)."""
+    """The guard's reference: the unpruned model's accuracy on the batches of the first W-step,
+    augmented as the W-step sees them (so that augmentation does not count as a drop)."""
     from ..train import evaluate
 
-    return evaluate(run.net, list(run.ctx.batches(run.net, "accuracy_guard")))["accuracy"]
+    seed = run.options.get("seed", 0)
+    return evaluate(run.net, BatchWindow(run.train, 0, _w_steps(run.cfg, run.train), seed))["accuracy"]
 
 
 def _finetune(cfg: ADMMConfig, net: nn.Module, teacher: nn.Module, train_data: Any, options: dict,
