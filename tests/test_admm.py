@@ -226,3 +226,20 @@ def test_the_last_support_is_chosen_on_w_not_w_plus_u():
     admm._hard_prune(run, (1, 4))
     assert bool(run.state.removed[c]) and torch.equal(run.state.removed, cut)
     assert run.history[-1]["changed_from_last_z"] == 0
+
+
+def test_projection_keeps_the_previous_support_unless_the_new_one_is_better():
+    from edgeslim.prune.admm import _better_support
+
+    model = _net()
+    graph = build_dependency_graph(model, _data(32)[0][0][:1], protect_first=True)
+    prunable = np.asarray(graph.prunable_classes())
+    scores = np.full(len(graph.class_locked), np.nan)
+    scores[prunable] = np.arange(len(prunable), dtype=float)
+    a, b = np.zeros_like(scores, dtype=bool), np.zeros_like(scores, dtype=bool)
+    a[prunable[:5]] = True  # cuts the least important five
+    b[prunable[5:10]] = True
+    budget = Budget(channels=5)
+    assert _better_support(graph, scores, budget, candidate=b, previous=a) is a
+    assert _better_support(graph, scores, budget, candidate=a, previous=b) is a
+    assert _better_support(graph, scores, Budget(channels=6), candidate=b, previous=a) is b  # a too small now

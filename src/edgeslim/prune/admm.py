@@ -76,7 +76,7 @@ from ..io import atomic_torch_save, safe_torch_load
 from . import information_gain  # noqa: F401  (registers the information-gain criteria)
 from .api import _check_forward, _example, _output_shape, _resolve_finetune, _unmodelled
 from .importance import ImportanceContext, get_importance
-from .planner import Budget, Constraints, plan_removal
+from .planner import Budget, Constraints, meets_budget, plan_removal
 from .surgery import prune_channels_
 
 log = logging.getLogger(__name__)
@@ -405,9 +405,28 @@ class _Run:
         cons = Constraints(self.cfg.min_channels, self.cfg.round_to)
         budget = _budget(self.cfg, self.graph, self.fixed, self.cfg.progress(projection))
         removed = plan_removal(self.graph, scores, budget, "global", cons, cost_aware=self.cfg.cost_aware)
+        if projection > 0:
+            removed = _better_support(self.graph, scores, budget, removed, self.state.removed.numpy())
         self.state.Z = self.state.project(values, removed)
         self.state.removed = torch.as_tensor(removed, dtype=torch.bool)
         return removed
+
+
+def _better_support(graph: DependencyGraph, scores: np.ndarray, budget: Budget, candidate: np.ndarray,
+                    previous: np.ndarray) -> np.ndarray:
+    """The Z-step's projection returns the better of the planner's (greedy) solution and the
+    previous support, by the importance each cuts, when the previous one still meets the budget.
+
+    The greedy knapsack is not exact: with filters that are large against the budget it can
+    jump between very different supports of about equal worth (two conv filters and wide
+    linear layers, or three and narrow ones), and every jump costs the network the filters
+    it was using. Keeping the previous support when it is no worse makes that impossible and
+    never lowers the projection's objective.
+    """
+    if not meets_budget(graph, previous, budget):
+        return candidate
+    worth = np.nan_to_num(scores, nan=0.0, posinf=0.0)
+    return previous if worth[previous].sum() <= worth[candidate].sum() else candidate
 
 
 def _w_step(run: _Run, iteration: int, steps: int) -> dict:

@@ -184,6 +184,14 @@ def fill_budget(graph: DependencyGraph, removed: np.ndarray, scores: np.ndarray,
     return removed
 
 
+def meets_budget(graph: DependencyGraph, removed: np.ndarray, budget: Budget, already_removed: int = 0) -> bool:
+    """Whether the removal mask reaches the budget."""
+    unit = budget_unit(budget)
+    if unit == "channels":
+        return already_removed + int(removed.sum()) >= budget.channels
+    return _spent(graph, removed, unit) <= (budget.macs if unit == "macs" else budget.params)
+
+
 def plan_removal(graph: DependencyGraph, scores: np.ndarray, budget: Budget,
                  planner: str = "global", constraints: Constraints = Constraints(),
                  already_removed: int = 0, cost_aware: bool | None = None) -> np.ndarray:
@@ -204,9 +212,7 @@ def plan_removal(graph: DependencyGraph, scores: np.ndarray, budget: Budget,
         return apply_constraints(graph, mask, scores, constraints)
 
     def met(mask: np.ndarray) -> bool:
-        if unit == "channels":
-            return already_removed + int(mask.sum()) >= budget.channels
-        return _spent(graph, mask, unit) <= (budget.macs if unit == "macs" else budget.params)
+        return meets_budget(graph, mask, budget, already_removed)
 
     if met(removal(0)):
         return removal(0)
