@@ -7,10 +7,11 @@
 
 Protocol. Per seed, one baseline is trained; every method starts from it and gets the same
 post-training budget (``--budget-epochs``). The baselines (``global_l1``, ``global_taylor``,
-``global_fpgm``) prune globally to ``--target-flops`` (cost-aware ranking: importance per FLOP)
+``global_fpgm``, ranking channels by importance per FLOP, and the same three ranking by
+importance alone, ``*_importance_only``) prune globally to ``--target-flops``
 in ``--steps`` prune/fine-tune steps; for each baseline ``X`` an EasiEdge run ``easiedge@X``
 targets exactly the FLOPs that ``X`` ended with (its FLOPs are checked to lie within 2% of
-``X``'s) and spends ``--admm-epochs`` of the budget in ADMM, the rest fine-tuning. With
+``X``'s; a plan that lands more than 2% below is rerun at 2% above) and spends ``--admm-epochs`` of the budget in ADMM, the rest fine-tuning. With
 ``--target-filters F`` the baselines instead remove a fraction F of the filters ranked by
 importance alone (the EasiEdge paper's filter-count protocol) and the EasiEdge rows still match
 their FLOPs. Seeds: ``--seed S`` and the next ``--num-seeds - 1`` (default 3); each has its own
@@ -50,7 +51,11 @@ from edgeslim.prune.information_gain import exact_information_gain, spearman, ta
 from edgeslim.train import TrainConfig, Trainer, evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BASELINES = {"global_l1": "l1", "global_taylor": "taylor", "global_fpgm": "fpgm"}
+# name -> (criterion, cost_aware). Ranking by importance per FLOP is the library's default for
+# FLOPs targets; ranking by importance alone is kept as a baseline too, because with
+# per-layer-normalised criteria it is sometimes the stronger of the two (see the README).
+BASELINES = {f"global_{c}{suffix}": (c, aware) for c in ("l1", "taylor", "fpgm")
+             for suffix, aware in (("", True), ("_importance_only", False))}
 MATCH_TOLERANCE = 0.02  # easiedge@X's FLOPs within 2% of X's
 # The ADMM settings (see edgeslim.prune.admm.admm_prune and the README's EasiEdge notes):
 # rho="auto" makes one W-step contract the cut filters by about e^-1; it grows 1.5x per
@@ -178,12 +183,13 @@ def run_baselines(args: argparse.Namespace, base: nn.Module, train: TensorLoader
     common = dict(device=args.device, amp=args.amp, lr=args.finetune_lr, seed=seed)
     per_step = args.budget_epochs // args.steps
 
-    def iterative(criterion: str) -> nn.Module:
+    def iterative(criterion: str, cost_aware: bool) -> nn.Module:
         return prune(base, example, criterion=criterion, planner="global", steps=args.steps,
                      finetune="plain", train_data=train, calib_data=calib, finetune_epochs=per_step,
-                     finetune_options=common, **_target(args))
+                     finetune_options=common, cost_aware=cost_aware, **_target(args))
 
-    return {name: _timed(lambda c=crit: iterative(c), args.device) for name, crit in BASELINES.items()}
+    return {name: _timed(lambda c=crit, a=aware: iterative(c, a), args.device)
+            for name, (crit, aware) in BASELINES.items()}
 
 
 def run_easiedge(args: argparse.Namespace, base: nn.Module, train: TensorLoader, calib: list,
@@ -196,6 +202,19 @@ def run_easiedge(args: argparse.Namespace, base: nn.Module, train: TensorLoader,
         device=args.device, amp=args.amp, lr=args.finetune_lr, seed=seed, **ADMM), args.device)
 
 
+def matched_easiedge(args: argparse.Namespace, base: nn.Module, train: TensorLoader, calib: list,
+                     example: torch.Tensor, seed: int, flops: float, flops0: float) -> tuple[nn.Module, float, float]:
+    """EasiEdge at ``flops``; if its plan lands more than the tolerance below (one conv filter is
+    a large share of the budget and its importance says cut it), once more at the tolerance's
+    upper end. Returns the model, the seconds of the run kept and the fraction it targeted."""
+    target = flops / flops0
+    model, seconds = run_easiedge(args, base, train, calib, example, seed, target)
+    if count_flops(model, example)[0] < (1 - MATCH_TOLERANCE) * flops:
+        target = min(1.0, (1 + 0.99 * MATCH_TOLERANCE) * flops / flops0)
+        model, seconds = run_easiedge(args, base, train, calib, example, seed, target)
+    return model, seconds, target
+
+
 def measure(name: str, model: nn.Module, test: TensorLoader, input_size: tuple, runs: int) -> dict:
     cpu = copy.deepcopy(model).cpu().eval()
     prof = profile(cpu, torch.randn(1, *input_size), threads=1, runs=runs, warmup=10, memory=False)
@@ -204,8 +223,8 @@ def measure(name: str, model: nn.Module, test: TensorLoader, input_size: tuple, 
 
 
 def _history(model: nn.Module) -> list[dict]:
-    keys = ("iteration", "rho", "train_accuracy", "primal_residual", "relative_primal", "kept_filters",
-            "kept_macs", "rho_held")
+    keys = ("iteration", "rho", "train_accuracy", "reference_accuracy", "primal_residual", "relative_primal",
+            "kept_filters", "kept_macs", "support_changes", "rho_held")
     return [{k: r[k] for k in keys if k in r} for r in model.edgeslim_admm_history if r["stage"] == "admm"]
 
 
@@ -225,8 +244,9 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
     histories = {}
     for name, (model, seconds) in run_baselines(args, base, train, calib, example, seed).items():
         rows.append(measure(name, model, test, input_size, args.latency_runs) | {"wall_s": seconds})
-        eas, eas_s = run_easiedge(args, base, train, calib, example, seed, rows[-1]["flops"] / flops0)
-        rows.append(measure(f"easiedge@{name}", eas, test, input_size, args.latency_runs) | {"wall_s": eas_s})
+        eas, eas_s, target = matched_easiedge(args, base, train, calib, example, seed, rows[-1]["flops"], flops0)
+        rows.append(measure(f"easiedge@{name}", eas, test, input_size, args.latency_runs)
+                    | {"wall_s": eas_s, "target_flops": target})
         rows[-1]["flops_vs_matched"] = rows[-1]["flops"] / rows[-2]["flops"]
         histories[rows[-1]["method"]] = _history(eas)
     for row in rows:
@@ -240,7 +260,7 @@ def margins(seed_rows: list[dict]) -> dict:
     by = {r["method"]: r for r in seed_rows}
     best = max(BASELINES, key=lambda name: by[name]["accuracy"])
     matched = by[f"easiedge@{best}"]
-    ok = abs(matched["flops"] / by[best]["flops"] - 1) <= MATCH_TOLERANCE
+    ok = all(abs(by[f"easiedge@{b}"]["flops_vs_matched"] - 1) <= MATCH_TOLERANCE for b in BASELINES)
     return {"best_baseline": best, "margin_points": 100 * (matched["accuracy"] - by[best]["accuracy"]),
             "flops_matched_within_2pct": ok,
             "worst_easiedge_minus_best_points": 100 * (min(by[f"easiedge@{b}"]["accuracy"] for b in BASELINES)
@@ -275,7 +295,8 @@ def print_summary(table: list[dict], goal: dict) -> None:
                          "latency_ms": r["latency_ms"]} for r in table]))
     for m in goal["per_seed"]:
         print(f"seed {m['seed']}: easiedge@{m['best_baseline']} - {m['best_baseline']} = "
-              f"{m['margin_points']:+.2f} points (FLOPs within 2%: {m['flops_matched_within_2pct']})")
+              f"{m['margin_points']:+.2f} points (every easiedge@X within 2% of X's FLOPs: "
+              f"{m['flops_matched_within_2pct']})")
     print(f"mean margin {goal['mean_margin_points']:+.2f}, worst seed {goal['min_margin_points']:+.2f}: "
           f"goal (>= +0.5 on average, >= -0.3 in every seed) {'met' if goal['met'] else 'NOT met'}")
 

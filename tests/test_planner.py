@@ -16,7 +16,7 @@ import edgeslim
 from edgeslim.graph import build_dependency_graph
 from edgeslim.profile import count_flops
 from edgeslim.prune import Budget, Constraints, plan_removal
-from edgeslim.prune.planner import fill_budget, importance_per_cost
+from edgeslim.prune.planner import apply_constraints, fill_budget, importance_per_cost
 
 
 def _net() -> nn.Sequential:
@@ -130,3 +130,35 @@ def test_fpgm_cuts_the_filters_nearest_the_geometric_median():
     removed = plan_removal(graph, edgeslim.prune.get_importance("fpgm")(graph, model),
                            Budget(channels=3))
     assert removed[_classes(graph, "1")].tolist() == [True, True, True, False, False]
+
+
+def test_exchange_never_loses_importance_and_fills_lumpy_budgets(monkeypatch):
+    """A conv filter here costs as much as 78 neurons of the wide linear layer after it: the
+    greedy plan can stop a filter short of the budget. The exchange step keeps every plan
+    within budget, never keeps less importance, and on some budgets swaps a filter back in
+    for neurons (more importance kept, budget better used)."""
+    import edgeslim.prune.planner as planner
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 64), nn.ReLU(),
+                          nn.Linear(64, 3)).eval()
+    graph = build_dependency_graph(model, torch.randn(1, 3, 16, 16), protect_first=True)
+    scores = np.full(len(graph.class_locked), np.nan)
+    scores[_classes(graph, "2")] = np.linspace(2.0, 3.0, 8)
+    scores[_classes(graph, "6")] = np.linspace(0.05, 0.1, 64)
+    total = graph.cost()[0]
+    kept = lambda m: np.nansum(np.where(m, 0.0, scores))  # noqa: E731
+    gained = 0
+    for frac in np.linspace(0.35, 0.95, 25):
+        budget = Budget(macs=frac * total)
+        with_exchange = plan_removal(graph, scores, budget)
+        monkeypatch.setattr(planner, "EXCHANGE_TRIES", 0)
+        greedy = plan_removal(graph, scores, budget)
+        monkeypatch.undo()
+        assert graph.cost(with_exchange)[0] <= frac * total
+        assert kept(with_exchange) >= kept(greedy)
+        if kept(with_exchange) > kept(greedy):
+            gained += 1
+            assert graph.cost(with_exchange)[0] > graph.cost(greedy)[0]
+    assert gained >= 3

@@ -24,7 +24,7 @@ budget instead of undershooting it by up to one expensive filter. With a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 
@@ -192,6 +192,63 @@ def meets_budget(graph: DependencyGraph, removed: np.ndarray, budget: Budget, al
     return _spent(graph, removed, unit) <= (budget.macs if unit == "macs" else budget.params)
 
 
+def _shortest_prefix(graph: DependencyGraph, order: Sequence[int], base: np.ndarray, scores: np.ndarray,
+                     budget: Budget, constraints: Constraints, already_removed: int = 0) -> np.ndarray | None:
+    """``base`` plus the shortest prefix of ``order`` that meets the budget after the
+    constraints (bisection), or None when even all of ``order`` does not."""
+    def removal(k: int) -> np.ndarray:
+        mask = base.copy()
+        mask[list(order[:k])] = True
+        return apply_constraints(graph, mask, scores, constraints)
+
+    if not meets_budget(graph, removal(len(order)), budget, already_removed):
+        return None
+    lo, hi = -1, len(order)
+    while hi - lo > 1:  # smallest k that meets the budget
+        mid = (lo + hi) // 2
+        if meets_budget(graph, removal(mid), budget, already_removed):
+            hi = mid
+        else:
+            lo = mid
+    return removal(hi)
+
+
+# How many of the cut channels too expensive to fill back in ``exchange`` tries to swap in.
+EXCHANGE_TRIES = 8
+
+
+def exchange(graph: DependencyGraph, removed: np.ndarray, scores: np.ndarray, budget: Budget,
+             constraints: Constraints) -> np.ndarray:
+    """Single-item exchanges, the usual improvement of the greedy knapsack: put back one cut
+    channel that no longer fits (most important first), cut the least important per cost
+    among the cheaper kept ones until the budget is met again, fill, and keep the swap if the
+    plan then keeps more importance. Without it a plan can undershoot the budget by one large
+    filter (a conv with a few filters left) where narrower fully connected layers would do."""
+    unit = budget_unit(budget)
+    worth = np.nan_to_num(np.where(np.isnan(scores), 0.0, scores), posinf=0.0)
+    limit = budget.macs if unit == "macs" else budget.params
+    slack = limit - _spent(graph, removed, unit)
+    add_back = graph.marginal_cost(removed)[0 if unit == "macs" else 1]
+    prunable = np.zeros(len(removed), dtype=bool)
+    prunable[global_order(graph, scores)] = True
+    lumps = np.flatnonzero(removed & prunable & (add_back > slack))
+    for c in lumps[np.argsort(-worth[lumps], kind="stable")][:EXCHANGE_TRIES]:
+        trial = removed.copy()
+        trial[c] = False
+        key = importance_per_cost(graph, scores, unit, trial)
+        cost = graph.marginal_cost(trial)[0 if unit == "macs" else 1]
+        kept = np.flatnonzero(~trial & prunable & (cost < add_back[c]))  # paid for with cheaper ones
+        kept = kept[kept != c]
+        swapped = _shortest_prefix(graph, kept[np.argsort(key[kept], kind="stable")], trial, scores, budget,
+                                   constraints)
+        if swapped is None or swapped[c]:
+            continue
+        swapped = fill_budget(graph, swapped, scores, budget, constraints)
+        if worth[~swapped].sum() > worth[~removed].sum():
+            removed = swapped
+    return removed
+
+
 def plan_removal(graph: DependencyGraph, scores: np.ndarray, budget: Budget,
                  planner: str = "global", constraints: Constraints = Constraints(),
                  already_removed: int = 0, cost_aware: bool | None = None) -> np.ndarray:
@@ -200,33 +257,21 @@ def plan_removal(graph: DependencyGraph, scores: np.ndarray, budget: Budget,
     ``already_removed`` counts channels removed by earlier iterative steps, so a
     ``channels`` budget stays relative to the original model. ``cost_aware`` (default:
     True for ``macs``/``params`` budgets) ranks by importance per unit of that cost and, for
-    the ``global`` planner, fills the budget left over; False ranks by importance alone.
+    the ``global`` planner, fills the budget left over (``fill_budget``, ``exchange``);
+    False ranks by importance alone.
     """
     unit = budget_unit(budget)
     aware = unit != "channels" and cost_aware is not False
     order = cost_aware_order(graph, scores, unit, planner) if aware else ORDERINGS.get(planner)(graph, scores)
-
-    def removal(k: int) -> np.ndarray:
-        mask = np.zeros(len(graph.class_locked), dtype=bool)
-        mask[order[:k]] = True
-        return apply_constraints(graph, mask, scores, constraints)
-
-    def met(mask: np.ndarray) -> bool:
-        return meets_budget(graph, mask, budget, already_removed)
-
-    if met(removal(0)):
-        return removal(0)
-    if not met(removal(len(order))):
-        raise _unreachable(graph, removal(len(order)), constraints, already_removed)
-    lo, hi = 0, len(order)
-    while hi - lo > 1:  # smallest k that meets the budget
-        mid = (lo + hi) // 2
-        if met(removal(mid)):
-            hi = mid
-        else:
-            lo = mid
-    removed = removal(hi)
-    return fill_budget(graph, removed, scores, budget, constraints) if aware and planner == "global" else removed
+    none = np.zeros(len(graph.class_locked), dtype=bool)
+    removed = _shortest_prefix(graph, order, none, scores, budget, constraints, already_removed)
+    if removed is None:
+        most = apply_constraints(graph, none | np.isin(np.arange(len(none)), order), scores, constraints)
+        raise _unreachable(graph, most, constraints, already_removed)
+    if not (aware and planner == "global"):
+        return removed
+    removed = fill_budget(graph, removed, scores, budget, constraints)
+    return exchange(graph, removed, scores, budget, constraints)
 
 
 def _unreachable(graph: DependencyGraph, most: np.ndarray, constraints: Constraints,
