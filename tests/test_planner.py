@@ -16,7 +16,7 @@ import edgeslim
 from edgeslim.graph import build_dependency_graph
 from edgeslim.profile import count_flops
 from edgeslim.prune import Budget, Constraints, plan_removal
-from edgeslim.prune.planner import apply_constraints, fill_budget, importance_per_cost
+from edgeslim.prune.planner import fill_budget, importance_per_cost
 
 
 def _net() -> nn.Sequential:

@@ -26,25 +26,27 @@ The importance is computed once per iteration *on the network with weights
 W + U* (loaded temporarily): the projection acts on W + U, so its ranking must
 too; ranking W would make Z's support lag one dual step behind.
 
-Choices that keep the W-step from collapsing (measured in
-``benchmarks/easiedge.py``; numbers in the README):
+Choices that keep the W-step from collapsing (measured with
+``benchmarks/easiedge.py`` and ``benchmarks/easiedge_admm_ablation.py``; numbers
+in the README):
 
 * Warm start: Z0 = Pi(W0), U0 = 0 on the trained model.
 * ``rho="auto"``: ``lr * rho * steps / (1 - momentum) = 1``, i.e. the penalty alone
   closes the cut filters' distance to Z by a factor e over one W-step, whatever the
   learning rate and W-step length. The earlier fixed rho 0.3 growing 1.5x per
-  iteration reached 17x that pull by the last iteration: the cut filters vanished
-  within a few dozen steps, before the rest of the network could take over their
-  work (the training accuracy fell to 55-67% on Fashion-MNIST-like data).
+  iteration reached 17x that pull by the last iteration whatever the network did
+  (the W-step accuracy was reported to fall to 55-67% on a second 28x28 dataset).
 * ``accuracy_guard``: rho grows (``rho_schedule``) only after W-steps whose training
   accuracy stayed within the guard of the unpruned model's accuracy on the same
   batches; otherwise it is held.
 * ``progressive``: the first Z-steps may approach the target geometrically instead
-  of jumping to it (off by default: on LeNet-5 it did not help; see the README).
+  of jumping to it (off by default: on LeNet-5 it did not help).
+* A Z-step keeps the previous support unless the planner's (greedy) solution cuts
+  less importance: the greedy knapsack can jump between supports of about equal
+  worth, and every jump cuts filters the network is using.
 * The last support is chosen on W alone (as ADMM weight pruning hard-prunes Pi(W)):
   a last Z-step on W + U can swap in a filter that W has not grown yet, and the
-  physical pruning then cut a filter the network was using (one seed in eight
-  lost 2 points that way).
+  physical pruning then cuts a filter the network was using.
 
 A filter's variables are every parameter slice that follows its output channel:
 the conv/linear filter and bias, the BN scale and shift, a depthwise filter.
