@@ -80,7 +80,9 @@ def test_primal_residual_shrinks(pruned):
     assert [r["iteration"] for r in history] == [1, 2, 3, 4]
     primal = [r["primal_residual"] for r in history]
     assert primal[-1] < 0.5 * primal[0]
-    assert all(r["rho"] == pytest.approx(1.0 * 1.5 ** i) for i, r in enumerate(history))
+    assert history[0]["rho"] == 1.0
+    for now, nxt in zip(history, history[1:]):  # grows 1.5x unless the accuracy guard held it
+        assert nxt["rho"] == pytest.approx(now["rho"] * (1.0 if now["rho_held"] else 1.5))
     assert all(np.isfinite(r["dual_residual"]) and r["dual_residual"] >= 0 for r in history)
     assert {"train_loss", "train_accuracy", "val_accuracy", "val_accuracy_hard"} <= set(history[0])
 
@@ -106,15 +108,53 @@ def test_final_model_has_the_planned_channels_and_exports(pruned, tmp_path):
     assert out.edgeslim_plans and "groups" in out.edgeslim_plans[-1]
 
 
-def test_flops_target(tmp_path):
+@pytest.mark.parametrize("target", [dict(target_flops=0.4), dict(target_params=0.5)])
+def test_cost_targets_are_met_in_profiler_units(target: dict):
+    """``target_flops``/``target_params`` are fractions of what ``edgeslim.profile`` counts."""
+    from edgeslim.profile import count_flops, count_params
+
     model, data = _net(), _data(64)
     x = data[0][0][:1]
-    out = admm_prune(model, x, data, target_flops=0.4, finetune=None, admm_iterations=1,
-                     admm_epochs=1, device="cpu", calib_batches=1)
-    macs0, _ = build_dependency_graph(model, x).cost()
-    macs1, _ = build_dependency_graph(out, x).cost()
-    assert macs1 <= 0.4 * macs0
+    out = admm_prune(model, x, data, finetune=None, admm_iterations=1, admm_epochs=1, device="cpu",
+                     calib_batches=1, **target)
+    if "target_flops" in target:
+        assert count_flops(out, x)[0] <= 0.4 * count_flops(model, x)[0]
+    else:
+        assert count_params(out) <= 0.5 * count_params(model)
     assert out(x).shape == (1, 4)
+
+
+def test_progressive_projection_reaches_the_target_and_stays():
+    model, data = _net(), _data(64)
+    n0 = len(build_dependency_graph(model, data[0][0][:1], protect_first=True).prunable_classes())
+    out = admm_prune(model, data[0][0][:1], data, target_filters=TARGET, progressive=3, finetune=None,
+                     **(FAST | dict(admm_iterations=4)))
+    kept = [r["kept_filters"] for r in out.edgeslim_admm_history if r["stage"] == "admm"]
+    final = n0 - round(TARGET * n0)
+    assert kept[0] > kept[1] == final and kept[1:] == [final] * 3  # Z0 went 1/3, Z1 2/3, Z2.. all
+    assert kept[0] == n0 - round(TARGET * 2 / 3 * n0)
+
+
+def test_auto_rho_is_one_e_fold_per_w_step():
+    """rho="auto": lr * rho * steps / (1 - momentum) = 1 for the W-step's SGD."""
+    model, data = _net(), _data(64)  # 2 batches
+    out = admm_prune(model, data[0][0][:1], data, target_filters=TARGET, finetune=None, admm_iterations=2,
+                     admm_epochs=2, device="cpu", calib_batches=1, lr=0.02, momentum=0.8, accuracy_guard=None)
+    rhos = [r["rho"] for r in out.edgeslim_admm_history if r["stage"] == "admm"]
+    assert rhos == pytest.approx([(1 - 0.8) / (0.02 * 2), 1.5 * (1 - 0.8) / (0.02 * 2)])
+
+
+def test_accuracy_guard_holds_rho():
+    """rho grows by the factor after every W-step that kept the training accuracy within the guard
+    of the accuracy before ADMM, and stays where it did not."""
+    model, data = _net(), _data(64)
+    out = admm_prune(model, data[0][0][:1], data, target_filters=0.75, accuracy_guard=0.0, finetune=None,
+                     **(FAST | dict(admm_iterations=4)))
+    history = [r for r in out.edgeslim_admm_history if r["stage"] == "admm"]
+    for now, nxt in zip(history, history[1:]):
+        held = now["train_accuracy"] < now["reference_accuracy"]
+        assert now["rho_held"] == held
+        assert nxt["rho"] == pytest.approx(now["rho"] * (1.0 if held else 1.5))
 
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):
@@ -152,8 +192,54 @@ def test_kd_finetune_runs():
 
 
 @pytest.mark.parametrize("bad", [dict(target_filters=1.0), dict(target_flops=0.0), dict(rho=0.0),
-                                 dict(rho_schedule=[1.0]), dict(lrr=0.1)])
+                                 dict(rho_schedule=[1.0]), dict(lrr=0.1), dict(target_params=1.5),
+                                 dict(target_flops=0.5, target_params=0.5), dict(progressive=4),
+                                 dict(accuracy_guard=2.0)])
 def test_bad_settings_are_config_errors(bad):
     model, data = _net(), _data(32)
     with pytest.raises(ConfigError):
         admm_prune(model, data[0][0][:1], data, admm_iterations=2, **bad)
+
+
+def test_the_last_support_is_chosen_on_w_not_w_plus_u():
+    """A dual that would pull a cut filter back in (huge U) does not change the physical cut:
+    the network is pruned where W itself has converged (Pi(W))."""
+    import edgeslim.prune.admm as admm
+
+    model, data = _net(), _data(64)
+    cfg = admm.ADMMConfig(target_filters=TARGET, criterion="l1", rho=1.0, admm_iterations=2, admm_epochs=2,
+                          finetune=None, calib_batches=1)
+    run = admm._prepare(cfg, copy.deepcopy(model), data[0][0][:1], data, None, None,
+                        admm._train_options({}, lr=0.02, schedule="constant", progress=False), None)
+    admm._admm_phase(run, resume=False)
+    cut = run.state.removed.clone()
+    with torch.no_grad():  # W has converged to Z: the cut filters are zero
+        for slab, z in zip(run.state.slabs, run.state.project([s.param for s in run.state.slabs], cut)):
+            slab.param.copy_(z)
+    c = int(np.flatnonzero(cut.numpy())[0])
+    for slab, u in zip(run.state.slabs, run.state.U):  # what W + U would now rank first
+        u += 100.0 * slab.rows((slab.classes == c).to(u.dtype))
+    with run.state.weights([s.param.detach() + u for s, u in zip(run.state.slabs, run.state.U)]):
+        on_w_plus_u = plan_removal(run.graph, get_importance("l1")(run.graph, run.net),
+                                   Budget(channels=int(cut.sum())))
+    assert not on_w_plus_u[c]  # the dual alone would bring it back
+    admm._hard_prune(run, (1, 4))
+    assert bool(run.state.removed[c]) and torch.equal(run.state.removed, cut)
+    assert run.history[-1]["changed_from_last_z"] == 0
+
+
+def test_projection_keeps_the_previous_support_unless_the_new_one_is_better():
+    from edgeslim.prune.admm import _better_support
+
+    model = _net()
+    graph = build_dependency_graph(model, _data(32)[0][0][:1], protect_first=True)
+    prunable = np.asarray(graph.prunable_classes())
+    scores = np.full(len(graph.class_locked), np.nan)
+    scores[prunable] = np.arange(len(prunable), dtype=float)
+    a, b = np.zeros_like(scores, dtype=bool), np.zeros_like(scores, dtype=bool)
+    a[prunable[:5]] = True  # cuts the least important five
+    b[prunable[5:10]] = True
+    budget = Budget(channels=5)
+    assert _better_support(graph, scores, budget, candidate=b, previous=a) is a
+    assert _better_support(graph, scores, budget, candidate=a, previous=b) is a
+    assert _better_support(graph, scores, Budget(channels=6), candidate=b, previous=a) is b  # a too small now

@@ -125,6 +125,32 @@ class DependencyGraph:
             params += p
         return macs, params
 
+    def marginal_cost(self, removed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per class, the (MACs, params) that removing it would save on top of ``removed``.
+
+        Each layer's saving per channel is its cost difference for one input or output
+        channel fewer (exact for conv/linear/norm layers, whose costs are linear in each of
+        the two counts); a class sums it over every position it occupies (a flattened
+        channel's H*W input features, the several layers of a residual stream).
+        """
+        n = len(self.class_locked)
+        removed = np.zeros(n, dtype=bool) if removed is None else removed
+        kept = (~removed).astype(np.int64)
+        m = len(self._sliced)
+        counts = [np.bincount(getattr(self, f"_seg{s}"), weights=kept[getattr(self, f"_cat{s}")],
+                              minlength=m).astype(np.int64).tolist() for s in (0, 1)]
+        per_channel = np.zeros((2, m, 2))  # [input/output side, layer, (MACs, params)]
+        for j, ((_, rec), i, o) in enumerate(zip(self._sliced, *counts)):
+            base = np.asarray(rec.slicer.cost(rec.module, i, o, rec.out_shape), dtype=np.float64)
+            per_channel[0, j] = base - rec.slicer.cost(rec.module, max(i - 1, 0), o, rec.out_shape)
+            per_channel[1, j] = base - rec.slicer.cost(rec.module, i, max(o - 1, 0), rec.out_shape)
+        out = np.zeros((2, n))
+        for side in (0, 1):
+            seg, cat = getattr(self, f"_seg{side}"), getattr(self, f"_cat{side}")
+            for k in (0, 1):
+                out[k] += np.bincount(cat, weights=per_channel[side, seg, k], minlength=n)
+        return out[0], out[1]
+
     def class_scores(self, per_module: dict[str, torch.Tensor], reduce: str = "mean") -> np.ndarray:
         """Aggregate per-module, per-output-channel scores into one score per class.
 

@@ -16,13 +16,37 @@ to S_k and U the scaled dual variable, each iteration does
 2. Z-step (global pruning subproblem): Z = Pi(W + U), which keeps the k most
    important classes of W + U and zeroes the rest. With the group norm as the
    importance this is the exact Euclidean projection onto S_k; EasiEdge ranks by
-   information gain instead (any registered criterion works here);
-3. dual update U = U + W - Z; then rho grows (rho_schedule) and U is rescaled by
+   information gain instead (any registered criterion works here). With a FLOPs
+   or parameter target, S is "at most that cost" and Pi keeps the classes that
+   carry the most importance per unit of it (``edgeslim.prune.planner``);
+3. dual update U = U + W - Z; then rho is updated and U is rescaled by
    rho_old / rho_new so that the unscaled dual rho*U is unchanged (Boyd 3.4.1).
 
 The importance is computed once per iteration *on the network with weights
 W + U* (loaded temporarily): the projection acts on W + U, so its ranking must
 too; ranking W would make Z's support lag one dual step behind.
+
+Choices that keep the W-step from collapsing (measured with
+``benchmarks/easiedge.py`` and ``benchmarks/easiedge_admm_ablation.py``; numbers
+in the README):
+
+* Warm start: Z0 = Pi(W0), U0 = 0 on the trained model.
+* ``rho="auto"``: ``lr * rho * steps / (1 - momentum) = 1``, i.e. the penalty alone
+  closes the cut filters' distance to Z by a factor e over one W-step, whatever the
+  learning rate and W-step length. The earlier fixed rho 0.3 growing 1.5x per
+  iteration reached 17x that pull by the last iteration whatever the network did
+  (the W-step accuracy was reported to fall to 55-67% on a second 28x28 dataset).
+* ``accuracy_guard``: rho grows (``rho_schedule``) only after W-steps whose training
+  accuracy stayed within the guard of the unpruned model's accuracy on the same
+  batches; otherwise it is held.
+* ``progressive``: the first Z-steps may approach the target geometrically instead
+  of jumping to it (off by default: on LeNet-5 it did not help).
+* A Z-step keeps the previous support unless the planner's (greedy) solution cuts
+  less importance: the greedy knapsack can jump between supports of about equal
+  worth, and every jump cuts filters the network is using.
+* The last support is chosen on W alone (as ADMM weight pruning hard-prunes Pi(W)):
+  a last Z-step on W + U can swap in a filter that W has not grown yet, and the
+  physical pruning then cuts a filter the network was using.
 
 A filter's variables are every parameter slice that follows its output channel:
 the conv/linear filter and bias, the BN scale and shift, a depthwise filter.
@@ -42,7 +66,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -52,9 +76,9 @@ from ..errors import CheckpointError, ConfigError
 from ..graph import DependencyGraph, build_dependency_graph
 from ..io import atomic_torch_save, safe_torch_load
 from . import information_gain  # noqa: F401  (registers the information-gain criteria)
-from .api import _check_forward, _example, _output_shape, _resolve_finetune
+from .api import _check_forward, _example, _output_shape, _resolve_finetune, _unmodelled
 from .importance import ImportanceContext, get_importance
-from .planner import Budget, Constraints, plan_removal
+from .planner import Budget, Constraints, meets_budget, plan_removal
 from .surgery import prune_channels_
 
 log = logging.getLogger(__name__)
@@ -66,11 +90,15 @@ STATE_FORMAT = "edgeslim.prune.admm/1"
 class ADMMConfig:
     """The ADMM pruning settings (see :func:`admm_prune` for each field)."""
 
-    target_filters: float = 0.8
+    target_filters: float | None = None
     target_flops: float | None = None
+    target_params: float | None = None
+    cost_aware: bool | None = None
     criterion: Any = "information_gain_taylor"
-    rho: float = 1e-2
+    rho: float | Literal["auto"] = "auto"
     rho_schedule: float | Sequence[float] = 1.5
+    accuracy_guard: float | None = 0.02
+    progressive: int = 1
     admm_iterations: int = 10
     admm_epochs: float = 5.0
     finetune_epochs: int = 5
@@ -82,32 +110,72 @@ class ADMMConfig:
     protect_first: bool = True
 
     def __post_init__(self) -> None:
-        if self.target_flops is None and not 0.0 <= self.target_filters < 1.0:
-            raise ConfigError(f"admm_prune: target_filters={self.target_filters} must lie in [0, 1) "
-                              "(the fraction of prunable filters removed)")
-        if self.target_flops is not None and not 0.0 < self.target_flops <= 1.0:
-            raise ConfigError(f"admm_prune: target_flops={self.target_flops} must lie in (0, 1] "
-                              "(the fraction of FLOPs kept)")
-        if self.rho <= 0 or self.admm_iterations < 1 or self.admm_epochs <= 0 or self.finetune_epochs < 0:
-            raise ConfigError("admm_prune: rho and admm_epochs must be > 0, admm_iterations >= 1, "
-                              f"finetune_epochs >= 0 (got rho={self.rho}, admm_epochs={self.admm_epochs}, "
+        self._check_targets()
+        if self.rho != "auto" and not (isinstance(self.rho, (int, float)) and self.rho > 0):
+            raise ConfigError(f"admm_prune: rho={self.rho!r} must be a number > 0 or 'auto'")
+        if self.admm_iterations < 1 or self.admm_epochs <= 0 or self.finetune_epochs < 0:
+            raise ConfigError("admm_prune: admm_epochs must be > 0, admm_iterations >= 1, "
+                              f"finetune_epochs >= 0 (got admm_epochs={self.admm_epochs}, "
                               f"admm_iterations={self.admm_iterations}, finetune_epochs={self.finetune_epochs})")
         if not isinstance(self.rho_schedule, (int, float)) and len(self.rho_schedule) < self.admm_iterations:
             raise ConfigError(f"admm_prune: rho_schedule lists {len(self.rho_schedule)} values but "
                               f"admm_iterations={self.admm_iterations}; give one rho per iteration or a "
                               "growth factor (e.g. 1.5)")
+        if not 1 <= self.progressive <= self.admm_iterations + 1:
+            raise ConfigError(f"admm_prune: progressive={self.progressive} must lie in [1, admm_iterations + 1 = "
+                              f"{self.admm_iterations + 1}] (projections that reach the target; 1 = from the start)")
+        if self.accuracy_guard is not None and not 0 <= self.accuracy_guard <= 1:
+            raise ConfigError(f"admm_prune: accuracy_guard={self.accuracy_guard} is a drop in accuracy "
+                              "(0-1, e.g. 0.02 for two points) or None")
 
-    def rho_at(self, iteration: int) -> float:
-        """rho used by the W-step of ``iteration`` (0-based)."""
-        if isinstance(self.rho_schedule, (int, float)):
-            return self.rho * float(self.rho_schedule) ** iteration
-        return float(self.rho_schedule[iteration])
+    def _check_targets(self) -> None:
+        given = {k: v for k, v in (("target_filters", self.target_filters), ("target_flops", self.target_flops),
+                                   ("target_params", self.target_params)) if v is not None}
+        if len(given) > 1:
+            raise ConfigError(f"admm_prune: give one target, target_filters= (fraction of filters removed), "
+                              f"target_flops= or target_params= (fraction kept); got {given}")
+        if not given:
+            self.target_filters = 0.8  # the EasiEdge paper's setting
+        elif self.target_filters is not None and not 0.0 <= self.target_filters < 1.0:
+            raise ConfigError(f"admm_prune: target_filters={self.target_filters} must lie in [0, 1) "
+                              "(the fraction of prunable filters removed)")
+        for name in ("target_flops", "target_params"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value <= 1.0:
+                raise ConfigError(f"admm_prune: {name}={value} must lie in (0, 1] (the fraction kept)")
+
+    def next_rho(self, iteration: int, rho: float, accuracy_ok: bool = True) -> float:
+        """rho for the W-step after ``iteration`` (0-based): the listed value, or ``rho`` times the
+        growth factor -- held where ``accuracy_guard`` saw the W-step's accuracy fall too far."""
+        if not isinstance(self.rho_schedule, (int, float)):
+            return float(self.rho_schedule[iteration + 1])
+        return rho * float(self.rho_schedule) if accuracy_ok else rho
+
+    def first_rho(self) -> float:
+        return float(self.rho) if isinstance(self.rho_schedule, (int, float)) else float(self.rho_schedule[0])
+
+    def resolve_rho(self, steps: int, options: dict) -> None:
+        """``rho="auto"``: the rho at which the penalty alone contracts the cut filters' distance
+        to Z by e^-1 over one W-step of ``steps`` SGD steps, ``lr * rho * steps / (1 - momentum) = 1``
+        (for the slow mode of heavy-ball SGD on rho/2 ||W - Z||^2). Scale-free: the same pull per
+        iteration whatever the learning rate and the W-step length."""
+        if self.rho == "auto":
+            from ..train import TrainConfig
+
+            train = TrainConfig(**options)
+            momentum = train.momentum if train.optimizer == "sgd" else 0.9  # AdamW: its beta1, a heuristic
+            self.rho = (1.0 - momentum) / (train.lr * steps)
+
+    def progress(self, projection: int) -> float:
+        """How far the ``projection``-th Z-step (0 = the initial one) goes towards the target."""
+        return min(1.0, (projection + 1) / self.progressive)
 
     def target(self) -> dict:
         """What a saved state must agree with to be resumed."""
         crit = self.criterion if isinstance(self.criterion, str) else type(self.criterion).__name__
-        return {"target_filters": None if self.target_flops is not None else self.target_filters,
-                "target_flops": self.target_flops, "criterion": crit}
+        return {"target_filters": self.target_filters, "target_flops": self.target_flops,
+                "target_params": self.target_params, "cost_aware": self.cost_aware,
+                "progressive": self.progressive, "criterion": crit}
 
 
 # ----------------------------------------------------------------------------------------
@@ -299,10 +367,16 @@ def _train_options(options: dict, **defaults: Any) -> dict:
     return defaults | options
 
 
-def _budget(cfg: ADMMConfig, graph: DependencyGraph) -> Budget:
+def _budget(cfg: ADMMConfig, graph: DependencyGraph, fixed: tuple[float, float], frac: float = 1.0) -> Budget:
+    """The projection's target, ``frac`` of the way (geometrically, as ``prune``'s steps) from
+    the unpruned model to the final target. ``fixed``: the (MACs, params) that the graph's cost
+    model does not see; they count in the total the fractions refer to (``edgeslim.profile``'s)."""
+    macs0, params0 = graph.cost()
     if cfg.target_flops is not None:
-        return Budget(macs=graph.cost()[0] * cfg.target_flops)
-    return Budget(channels=round(cfg.target_filters * len(graph.prunable_classes())))
+        return Budget(macs=(macs0 + fixed[0]) * cfg.target_flops ** frac - fixed[0])
+    if cfg.target_params is not None:
+        return Budget(params=(params0 + fixed[1]) * cfg.target_params ** frac - fixed[1])
+    return Budget(channels=round(cfg.target_filters * frac * len(graph.prunable_classes())))
 
 
 @dataclass
@@ -313,7 +387,7 @@ class _Run:
     net: nn.Module
     graph: DependencyGraph
     state: ADMMState
-    budget: Budget
+    fixed: tuple[float, float]
     ctx: ImportanceContext
     train: Any
     val: Any
@@ -321,17 +395,40 @@ class _Run:
     out_dir: Path | None
     history: list[dict]
     inputs: tuple = ()
+    reference_accuracy: float | None = None  # training accuracy before ADMM (accuracy_guard)
 
-    def z_step(self) -> np.ndarray:
-        """Score W + U, choose the classes to remove, return the removal mask."""
-        values = [s.param.detach() + u for s, u in zip(self.state.slabs, self.state.U)]
+    def z_step(self, projection: int, dual: bool = True) -> np.ndarray:
+        """Score W + U (``dual=False``: W alone), choose the classes to remove (cost-aware for
+        FLOPs/parameter targets: the projection keeps the most importance the budget buys),
+        set Z to the projection and return the removal mask."""
+        values = [s.param.detach() + (u if dual else 0) for s, u in zip(self.state.slabs, self.state.U)]
         with self.state.weights(values):
             scores = get_importance(self.cfg.criterion)(self.graph, self.net, self.ctx)
         cons = Constraints(self.cfg.min_channels, self.cfg.round_to)
-        removed = plan_removal(self.graph, scores, self.budget, "global", cons)
+        budget = _budget(self.cfg, self.graph, self.fixed, self.cfg.progress(projection))
+        removed = plan_removal(self.graph, scores, budget, "global", cons, cost_aware=self.cfg.cost_aware)
+        if projection > 0:
+            removed = _better_support(self.graph, scores, budget, removed, self.state.removed.numpy())
         self.state.Z = self.state.project(values, removed)
         self.state.removed = torch.as_tensor(removed, dtype=torch.bool)
         return removed
+
+
+def _better_support(graph: DependencyGraph, scores: np.ndarray, budget: Budget, candidate: np.ndarray,
+                    previous: np.ndarray) -> np.ndarray:
+    """The Z-step's projection returns the better of the planner's (greedy) solution and the
+    previous support, by the importance each cuts, when the previous one still meets the budget.
+
+    The greedy knapsack is not exact: with filters that are large against the budget it can
+    jump between very different supports of about equal worth (two conv filters and wide
+    linear layers, or three and narrow ones), and every jump costs the network the filters
+    it was using. Keeping the previous support when it is no worse makes that impossible and
+    never lowers the projection's objective.
+    """
+    if not meets_budget(graph, previous, budget):
+        return candidate
+    worth = np.nan_to_num(scores, nan=0.0, posinf=0.0)
+    return previous if worth[previous].sum() <= worth[candidate].sum() else candidate
 
 
 def _w_step(run: _Run, iteration: int, steps: int) -> dict:
@@ -346,12 +443,12 @@ def _w_step(run: _Run, iteration: int, steps: int) -> dict:
 
 
 def _iteration(run: _Run, k: int, steps: int) -> dict:
-    """One W-step, Z-step and dual update; returns the iteration's record."""
+    """One W-step, Z-step and dual update, then the next rho; returns the iteration's record."""
     state = run.state
-    state.rho = run.cfg.rho_at(k)
     record = {"stage": "admm", "iteration": k + 1, "rho": state.rho} | _w_step(run, k, steps)
-    z_prev = state.Z
-    run.z_step()
+    z_prev, removed_prev = state.Z, state.removed.clone()
+    run.z_step(k + 1)
+    record["support_changes"] = int((state.removed != removed_prev).sum())
     with torch.no_grad():
         W = [s.param.detach() for s in state.slabs]
         for i, (w, z) in enumerate(zip(W, state.Z)):
@@ -361,11 +458,24 @@ def _iteration(run: _Run, k: int, steps: int) -> dict:
         record["dual_residual"] = state.rho * state.norm(z - zp for z, zp in zip(state.Z, z_prev))
         record["relative_primal"] = record["primal_residual"] / max(state.norm(W), 1e-12)
         if k + 1 < run.cfg.admm_iterations:  # keep the unscaled dual rho*U fixed
-            ratio = state.rho / run.cfg.rho_at(k + 1)
-            state.U = [u * ratio for u in state.U]
+            ok = _accuracy_ok(run, record)
+            if run.reference_accuracy is not None:
+                record |= {"reference_accuracy": run.reference_accuracy, "rho_held": not ok}
+            rho = run.cfg.next_rho(k, state.rho, ok)
+            state.U = [u * (state.rho / rho) for u in state.U]
+            state.rho = rho
     record["kept_filters"] = int(len(run.graph.prunable_classes()) - int(state.removed.sum()))
+    record["kept_macs"], record["kept_params"] = run.graph.cost(state.removed.numpy())
     record |= _validate(run)
     return record
+
+
+def _accuracy_ok(run: _Run, record: dict) -> bool:
+    """``accuracy_guard``: rho may grow only while the W-step's training accuracy stays within
+    the guard of the accuracy before ADMM (a faster pull would cut filters before the rest of
+    the network has taken over their work)."""
+    guard, ref = run.cfg.accuracy_guard, run.reference_accuracy
+    return guard is None or ref is None or record["train_accuracy"] >= ref - guard
 
 
 def _validate(run: _Run) -> dict:
@@ -385,7 +495,8 @@ def _save(run: _Run, iteration: int) -> None:
         return
     atomic_torch_save({"format": STATE_FORMAT, "iteration": iteration, "target": run.cfg.target(),
                        "model": {k: v.cpu() for k, v in run.net.state_dict().items()},
-                       "history": run.history, **run.state.state_dict()}, run.out_dir / STATE_NAME)
+                       "history": run.history, "reference_accuracy": run.reference_accuracy,
+                       **run.state.state_dict()}, run.out_dir / STATE_NAME)
 
 
 def _restore(run: _Run) -> int:
@@ -408,6 +519,7 @@ def _restore(run: _Run) -> int:
                               "written for a different model. Delete it or set resume=False") from None
     run.state.load_state_dict(saved, path)
     run.history[:] = list(saved["history"])
+    run.reference_accuracy = saved.get("reference_accuracy")
     log.info("resumed ADMM from %s after iteration %d", path, saved["iteration"])
     return int(saved["iteration"])
 
@@ -420,14 +532,20 @@ def _device(options: dict) -> torch.device:
     return resolve_device(TrainConfig(**options).device, env_info())
 
 
+def _w_steps(cfg: ADMMConfig, train: Any) -> int:
+    """SGD steps per W-step: the ADMM epochs shared by the iterations."""
+    return max(1, round(cfg.admm_epochs * len(train) / cfg.admm_iterations))
+
+
 def _admm_phase(run: _Run, resume: bool) -> None:
     """Initialise (or restore) Z and U, then run the remaining iterations."""
     done = _restore(run) if resume else -1
     if done < 0:
-        run.z_step()  # Z0 = Pi(W0), U0 = 0
+        run.reference_accuracy = _reference_accuracy(run) if run.cfg.accuracy_guard is not None else None
+        run.state.rho = run.cfg.first_rho()
+        run.z_step(0)  # Z0 = Pi(W0), U0 = 0: ADMM starts from the trained model
         done = 0
-    per_epoch = len(run.train)
-    steps = max(1, round(run.cfg.admm_epochs * per_epoch / run.cfg.admm_iterations))
+    steps = _w_steps(run.cfg, run.train)
     for k in range(done, run.cfg.admm_iterations):
         record = _iteration(run, k, steps)
         run.history.append(record)
@@ -440,10 +558,12 @@ def _admm_phase(run: _Run, resume: bool) -> None:
         _save(run, k + 1)
 
 
-def admm_prune(model: nn.Module, example_inputs: Any, train_data: Any, *, target_filters: float = 0.8,
-               criterion: Any = "information_gain_taylor", rho: float = 1e-2,
+def admm_prune(model: nn.Module, example_inputs: Any, train_data: Any, *, target_filters: float | None = None,
+               criterion: Any = "information_gain_taylor", rho: float | Literal["auto"] = "auto",
                admm_epochs: float = 5.0, finetune_epochs: int = 5, finetune: Any = "plain",
-               target_flops: float | None = None, rho_schedule: float | Sequence[float] = 1.5,
+               target_flops: float | None = None, target_params: float | None = None,
+               cost_aware: bool | None = None, rho_schedule: float | Sequence[float] = 1.5,
+               accuracy_guard: float | None = 0.02, progressive: int = 1,
                admm_iterations: int = 10, val_data: Any = None, calib_data: Any = None,
                out_dir: str | Path | None = None, resume: bool = False,
                finetune_options: dict | None = None, **options: Any) -> nn.Module:
@@ -453,25 +573,41 @@ def admm_prune(model: nn.Module, example_inputs: Any, train_data: Any, *, target
         model: a trained, torch.fx-traceable network (left untouched).
         example_inputs: a tensor (or tuple) for one forward pass.
         train_data: ``(x, y)`` batches (anything ``edgeslim.data.as_loader`` takes, with ``len``).
-        target_filters: fraction of the prunable filters (channel classes) removed globally.
+        target_filters: fraction of the prunable filters (channel classes) removed globally
+            (default 0.8 when no target is given: the paper's filter-count protocol).
         criterion: importance used by the Z-step projection (a registered name, e.g.
             ``information_gain_taylor`` (default), ``information_gain``, ``l1``, ``taylor``,
             or an ``Importance`` instance).
-        rho: initial penalty weight. Rule of thumb for SGD: ``lr * rho * steps / (1 - momentum)``
-            of order 1, with ``steps`` the optimiser steps of one iteration, so that W can
-            follow Z within an iteration (too small: the primal residual and the penalty grow;
-            too large: the filters outside Z are cut almost at once, like one-shot pruning).
+        rho: initial penalty weight, or ``"auto"`` (default): ``(1 - momentum) / (lr * steps)``
+            with ``steps`` the optimiser steps of one iteration, so that one W-step closes the
+            cut filters' distance to Z by a factor e (too small: the primal residual and the
+            penalty grow; too large: the filters outside Z are cut almost at once, like
+            one-shot pruning).
         admm_epochs: total epochs of W-steps, shared by the ``admm_iterations`` iterations
             (an iteration may last a fraction of an epoch).
         finetune_epochs: epochs of fine-tuning after the physical pruning (0 = none).
         finetune: ``"plain"`` (cross-entropy), ``"kd"`` (distillation from ``model``), a
             callable ``finetune(model, step)``, or ``None``.
-        target_flops: instead of ``target_filters``, the fraction of FLOPs (MACs) to keep.
-        rho_schedule: a growth factor per iteration (rho_k = rho * factor**k) or one rho per
-            iteration.
+        target_flops: instead of ``target_filters``, the fraction of FLOPs to keep, counted
+            as ``edgeslim.profile`` counts them (layers the graph cannot cut included).
+        target_params: instead, the fraction of parameters to keep.
+        cost_aware: with ``target_flops``/``target_params`` (default True there), the
+            projection ranks filters by importance per FLOP/parameter they cost; False: by
+            importance alone.
+        rho_schedule: a growth factor per iteration (rho_{k+1} = rho_k * factor) or one rho
+            per iteration.
+        accuracy_guard: hold rho (no growth) after a W-step whose training accuracy fell
+            more than this (0-1) below the unpruned model's on the same batches; ``None``:
+            always grow.
+        progressive: the Z-steps reach the target over this many projections (the j-th, from
+            0, keeps ``target ** ((j + 1) / progressive)`` of the cost, or that share of the
+            filter cut); 1 = the target from the start.
         admm_iterations: number of Z/U updates.
         val_data: if given, every iteration records ``val_accuracy`` (of W) and
             ``val_accuracy_hard`` (of W with the filters outside Z removed).
+            Every iteration records anyway its W-step's ``train_accuracy``, ``rho``, the
+            residuals, the kept filters/MACs/params and ``support_changes`` (classes whose
+            cut/kept status the Z-step changed).
         calib_data: batches for the importance (default: ``train_data``).
         out_dir: if given, ``out_dir/admm_state.pt`` (W, U, Z, rho, iteration, history) is
             written atomically after every iteration, and fine-tuning checkpoints go to
@@ -490,8 +626,9 @@ def admm_prune(model: nn.Module, example_inputs: Any, train_data: Any, *, target
         the final stages, and ``edgeslim_plans`` the pruning plan.
     """
     own = {k: options.pop(k) for k in [f.name for f in dataclasses.fields(ADMMConfig)] if k in options}
-    cfg = ADMMConfig(target_filters=target_filters, target_flops=target_flops, criterion=criterion,
-                     rho=rho, rho_schedule=rho_schedule, admm_iterations=admm_iterations,
+    cfg = ADMMConfig(target_filters=target_filters, target_flops=target_flops, target_params=target_params,
+                     cost_aware=cost_aware, criterion=criterion, rho=rho, rho_schedule=rho_schedule,
+                     accuracy_guard=accuracy_guard, progressive=progressive, admm_iterations=admm_iterations,
                      admm_epochs=admm_epochs, finetune_epochs=finetune_epochs, finetune=finetune, **own)
     admm_opts = _train_options(options, lr=0.01, schedule="constant", progress=False)
     tune_opts = _train_options(options, lr=0.01, progress=False) | (finetune_options or {})
@@ -508,13 +645,22 @@ def admm_prune(model: nn.Module, example_inputs: Any, train_data: Any, *, target
 
 
 def _hard_prune(run: _Run, out_shape: Any) -> None:
-    """Remove the filters outside Z physically (the surgery keeps W's other weights)."""
+    """Remove the filters outside Pi(W) physically (the surgery keeps W's other weights).
+
+    The last support is chosen on W, not on W + U as in the iterations (ADMM weight pruning,
+    Zhang et al. 2018, also hard-prunes Pi(W)): W + U adds the dual's pull, which may swap a
+    filter in that W has not grown yet; W itself has converged to the support it works with.
+    """
     net = run.net
-    plan = prune_channels_(net, run.graph, run.state.removed.numpy())
+    last = run.state.removed.clone()
+    removed = run.z_step(run.cfg.admm_iterations + 1, dual=False)
+    plan = prune_channels_(net, run.graph, removed)
     net.edgeslim_plans = list(getattr(net, "edgeslim_plans", [])) + [plan]
     _check_forward(net, run.inputs, out_shape)
-    kept = len(run.graph.prunable_classes()) - int(run.state.removed.sum())
-    run.history.append({"stage": "hard_pruned", "kept_filters": kept} | _validate_net(net, run.val))
+    kept = len(run.graph.prunable_classes()) - int(removed.sum())
+    changed = int((torch.as_tensor(removed) != last).sum())
+    run.history.append({"stage": "hard_pruned", "kept_filters": kept, "changed_from_last_z": changed}
+                       | _validate_net(net, run.val))
 
 
 def _validate_net(net: nn.Module, val_data: Any) -> dict:
@@ -536,9 +682,19 @@ def _prepare(cfg: ADMMConfig, net: nn.Module, example_inputs: Any, train_data: A
                           "a DataLoader, a list of (x, y) batches or an (X, Y) tensor pair)")
     ctx = ImportanceContext(calib_data=calib_data if calib_data is not None else train_data,
                             max_batches=cfg.calib_batches)
-    run = _Run(cfg, net, graph, ADMMState(collect_slabs(graph), cfg.rho), _budget(cfg, graph), ctx,
-               train, val_data, options, None if out_dir is None else Path(out_dir), [], inputs)
-    return run
+    fixed = _unmodelled(net, inputs, cfg, graph)
+    cfg.resolve_rho(_w_steps(cfg, train), options)
+    return _Run(cfg, net, graph, ADMMState(collect_slabs(graph), cfg.first_rho()), fixed, ctx,
+                train, val_data, options, None if out_dir is None else Path(out_dir), [], inputs)
+
+
+def _reference_accuracy(run: _Run) -> float:
+    """The guard's reference: the unpruned model's accuracy on the batches of the first W-step,
+    augmented as the W-step sees them (so that augmentation does not count as a drop)."""
+    from ..train import evaluate
+
+    seed = run.options.get("seed", 0)
+    return evaluate(run.net, BatchWindow(run.train, 0, _w_steps(run.cfg, run.train), seed))["accuracy"]
 
 
 def _finetune(cfg: ADMMConfig, net: nn.Module, teacher: nn.Module, train_data: Any, options: dict,

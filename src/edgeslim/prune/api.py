@@ -70,6 +70,7 @@ class PruneConfig:
     calib_batches: int = 8
     depth: bool = True
     latency_runs: int = 30
+    cost_aware: bool | None = None  # rank by importance per FLOP/parameter (None: for those targets)
 
     def _targets(self) -> dict:
         return {k: getattr(self, k) for k in _TARGET_NAMES if getattr(self, k) is not None}
@@ -154,7 +155,8 @@ def _example(model: nn.Module, example_inputs: Any) -> tuple:
     return tuple(t.to(device) if isinstance(t, torch.Tensor) and not t.is_meta else t for t in inputs)
 
 
-_OPTIONS = ("min_channels", "protect_first", "on_unsupported", "calib_batches", "depth", "latency_runs")  # PruneConfig's
+_OPTIONS = ("min_channels", "protect_first", "on_unsupported", "calib_batches", "depth", "latency_runs",
+            "cost_aware")  # PruneConfig's
 
 
 def _check_options(options: dict) -> None:
@@ -201,7 +203,8 @@ def prune_step_(model: nn.Module, inputs: tuple, cfg: PruneConfig, budget: Budge
     scores = importance(graph, model, ctx)
     _check_scores(graph, scores, importance)
     removed = plan_removal(graph, scores, budget, cfg.planner,
-                           Constraints(cfg.min_channels, cfg.round_to), already_removed)
+                           Constraints(cfg.min_channels, cfg.round_to), already_removed,
+                           cost_aware=cfg.cost_aware)
     return prune_channels_(model, graph, removed) | {"removed": int(removed.sum())}
 
 
@@ -322,7 +325,10 @@ def prune(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plann
         **options: ``train_data``, ``finetune_epochs``, ``finetune_options`` (TrainConfig
             fields), ``min_channels``, ``protect_first`` (default True: the first conv
             keeps its channels), ``on_unsupported`` (``"error"``/``"lock"``),
-            ``calib_batches``; any other keyword raises ``PruneArgumentError``.
+            ``calib_batches``, ``cost_aware`` (default: True for ``target_flops`` and
+            ``target_params``: rank channels by importance per FLOP/parameter they cost;
+            False: by importance alone; see ``edgeslim.prune.planner``); any other keyword
+            raises ``PruneArgumentError``.
 
     Returns:
         The pruned model; ``model.edgeslim_plans`` lists each step's plan.

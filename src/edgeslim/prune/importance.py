@@ -251,6 +251,21 @@ def _taylor_term(a: torch.Tensor | None) -> torch.Tensor | int:
     return contrib.abs().mean(0).detach()
 
 
+@IMPORTANCES.register("fpgm")
+class FPGMImportance(Importance):
+    """Filter pruning via geometric median (He, Liu, Wang, Hu, Yang, CVPR 2019): a filter's
+    summed Euclidean distance to the other filters of its layer. Filters near the layer's
+    geometric median are the most replaceable by the others and go first."""
+
+    def scores(self, graph, model, ctx):
+        out = {}
+        for rec in graph.producers():
+            w = _filter_weight(rec.module)
+            if w is not None and rec.out_label is not None and w.shape[0] == len(rec.out_label):
+                out[rec.path] = torch.cdist(w[None].float(), w[None].float())[0].sum(1)
+        return out
+
+
 def get_importance(criterion: "str | Importance") -> Importance:
     """A registered criterion by name, or an ``Importance`` instance as is."""
     if isinstance(criterion, Importance):
