@@ -140,10 +140,16 @@ class DependencyGraph:
         counts = [np.bincount(getattr(self, f"_seg{s}"), weights=kept[getattr(self, f"_cat{s}")],
                               minlength=m).astype(np.int64).tolist() for s in (0, 1)]
         per_channel = np.zeros((2, m, 2))  # [input/output side, layer, (MACs, params)]
-        for j, ((_, rec), i, o) in enumerate(zip(self._sliced, *counts)):
-            base = np.asarray(rec.slicer.cost(rec.module, i, o, rec.out_shape), dtype=np.float64)
-            per_channel[0, j] = base - rec.slicer.cost(rec.module, max(i - 1, 0), o, rec.out_shape)
-            per_channel[1, j] = base - rec.slicer.cost(rec.module, i, max(o - 1, 0), rec.out_shape)
+        cache = self.__dict__.setdefault("_marginal_cache", {})  # (layer, n_in, n_out) -> savings
+        for j, i, o in zip(range(m), *counts):
+            saved = cache.get((j, i, o))
+            if saved is None:  # the planner asks again and again; most layers' counts do not move
+                rec = self._sliced[j][1]
+                base = np.asarray(rec.slicer.cost(rec.module, i, o, rec.out_shape), dtype=np.float64)
+                saved = cache[(j, i, o)] = (
+                    base - rec.slicer.cost(rec.module, max(i - 1, 0), o, rec.out_shape),
+                    base - rec.slicer.cost(rec.module, i, max(o - 1, 0), rec.out_shape))
+            per_channel[0, j], per_channel[1, j] = saved
         out = np.zeros((2, n))
         for side in (0, 1):
             seg, cat = getattr(self, f"_seg{side}"), getattr(self, f"_cat{side}")
