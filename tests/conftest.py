@@ -73,3 +73,11 @@ def tmp_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EDGESLIM_CACHE", str(path))
         yield path
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny class-per-folder image set (``tinydata.make_image_folder``), one per test module."""
+    from tinydata import make_image_folder
+
+    return make_image_folder(tmp_path_factory.mktemp("tiny-data"))

@@ -5,16 +5,11 @@ import json
 from pathlib import Path
 
 import pytest
-from tinydata import make_image_folder, tiny_recipe
+from tinydata import tiny_recipe
 
 from edgeslim.cli import main
 from edgeslim.pipeline import parse_recipe, run_recipe
 from edgeslim.pipeline.stages import STAGES
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_image_folder(tmp_path_factory.mktemp("tiny-data"))
 
 
 @pytest.fixture(scope="module")

@@ -204,14 +204,9 @@ def test_plain_names_and_usual_values_still_parse() -> None:
 
 
 # ------------------------------------------------------------------ run directory: lock, state, errors
-from tinydata import make_image_folder, tiny_recipe  # noqa: E402  (tests/ is on sys.path)
+from tinydata import tiny_recipe  # noqa: E402  (tests/ is on sys.path)
 
 from edgeslim.errors import RunDirError  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_image_folder(tmp_path_factory.mktemp("tiny-data"))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from tinydata import make_image_folder, tiny_recipe
+from tinydata import tiny_recipe
 
 from edgeslim.errors import ConfigError, EdgeslimDeprecationWarning
 from edgeslim.pipeline import parse_recipe, run_recipe
@@ -45,11 +45,6 @@ def test_rebirth_steps_is_now_steps() -> None:
     with pytest.warns(EdgeslimDeprecationWarning):
         recipe = parse_recipe(tiny_recipe(Path("d"), [{"merge": {"mode": "streamline", "rebirth_steps": 7}}]))
     assert recipe.stages[0].config == MergeStage(mode="streamline", steps=7)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_image_folder(tmp_path_factory.mktemp("tiny-data"))
 
 
 STAGES_1 = [{"train": {"epochs": 1}}, {"prune": {"remove_channels": 0.3, "finetune": "none"}}]
