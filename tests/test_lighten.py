@@ -139,9 +139,14 @@ def test_lighten_width_mult_rebuilds_zoo_model() -> None:
     assert student.get_submodule("layer3.2.conv2").pw.out_channels == 8
     assert student(x).shape == (2, 10)  # residual sums still consistent
     assert student.edgeslim_lighten_options["width_mult"] == 1.0
-    lenet, lx = _zoo("lenet5")
+    wide = lighten(create_model("lenet5").eval(), torch.randn(2, 1, 28, 28), width_mult=4 / 3)
+    assert wide.edgeslim_arch["kwargs"]["width_mult"] == pytest.approx(4 / 3)
+    assert wide.get_submodule("features.0").out_channels == 8
+    assert wide.get_submodule("features.3").pw.out_channels == 21
+    assert wide.head.in_features == 21 and wide(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    dense = create_model("densenet_cifar", block_config=(1, 1, 1)).eval()
     with pytest.raises(ConfigError, match="width_mult"):
-        lighten(lenet, lx, width_mult=0.5)
+        lighten(dense, torch.randn(1, 3, 16, 16), width_mult=0.5)
 
 
 def test_lighten_skips_conv_that_would_not_shrink() -> None:

@@ -112,7 +112,7 @@ def test_unknown_model_lists_valid_names() -> None:
 
 def test_unknown_argument_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="width_mult"):
-        create_model("lenet5", width_mult=2.0)
+        create_model("densenet_cifar", width_mult=2.0)
 
 
 def _convs(model: nn.Module) -> list[nn.Conv2d]:
@@ -131,6 +131,15 @@ def test_lenet5_input_sizes(input_size: int) -> None:
     assert model(torch.randn(2, 1, input_size, input_size)).shape == (2, 10)
     assert count_params_of(model) == (25 * 6 + 6) + (6 * 25 * 16 + 16) + (400 * 120 + 120) \
         + (120 * 84 + 84) + (84 * 10 + 10)
+
+
+def test_lenet5_width_mult_scales_every_hidden_width() -> None:
+    wide = create_model("lenet5", width_mult=2.0)
+    assert [m.out_channels for m in _convs(wide)] == [12, 32]
+    assert [m.out_features for m in wide.modules() if isinstance(m, nn.Linear)] == [240, 168, 10]
+    assert wide.classifier[0].in_features == 32 * 5 * 5
+    assert wide(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert [m.out_channels for m in _convs(create_model("lenet5", width_mult=1 / 3))] == [2, 5]
 
 
 @pytest.mark.parametrize("depth", [20, 32, 56, 110])

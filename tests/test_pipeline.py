@@ -77,6 +77,9 @@ def test_tiny_recipe_end_to_end_and_rerun_is_noop(data_dir: Path, tmp_path: Path
     assert rows[1]["metrics"]["accuracy"] > 0.25  # 8 steps of SGD: well above chance (0.10)
     assert rows[2]["metrics"]["params"] < rows[1]["metrics"]["params"]
     assert rows[2]["metrics"]["flops"] < rows[1]["metrics"]["flops"]
+    assert all(r["metrics"]["onnx_latency_ms"] > 0 for r in rows)  # onnxruntime, 1 thread, batch 1
+    report = (out / "report.md").read_text()
+    assert "onnxruntime ms" in report and "onnxruntime ×" in report and "1 thread, batch 1" in report
     for name in ("model.safetensors", "model.onnx", "report.md", "report.html", "deploy.md",
                  "state.json", "recipe.yaml", "teacher.safetensors"):
         assert (out / name).is_file(), name
@@ -393,3 +396,24 @@ def test_names_and_input_files_are_checked_before_the_run_dir_is_made(change: di
     with pytest.raises((ConfigError, RegistryError), match=re.escape(message)):
         run_recipe(recipe, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_onnx_latency_is_none_with_a_warning_when_the_model_does_not_export(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from edgeslim.models import create_model
+    from edgeslim.pipeline import runner
+    from edgeslim.profile import runtimes
+
+    state = SimpleNamespace(recipe=SimpleNamespace(latency_runs=3), example=torch.randn(1, 1, 28, 28))
+    model = create_model("lenet5")
+    assert runner._onnx_latency(model, state) > 0
+
+    def no_export(*args, **kwargs):
+        raise RuntimeError("unsupported op")
+
+    monkeypatch.setattr(runtimes, "measure_latency", no_export)
+    with caplog.at_level("WARNING", logger="edgeslim.pipeline.runner"):
+        assert runner._onnx_latency(model, state) is None
+    assert "onnxruntime latency not measured" in caplog.text and "unsupported op" in caplog.text

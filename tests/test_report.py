@@ -78,6 +78,7 @@ def test_markdown_table_one_row_per_stage_with_ratios(report) -> None:
     assert cell["latency ×"][1] == "2.00x"
     assert cell["Δ acc (pts)"] == ["+0.00", "-0.50", "-0.25", "-0.25"]
     assert cell["int8 ms"] == ["-", "-", "-", "0.100"]
+    assert cell["onnxruntime ms"] == ["0.050", "-", "-", "-"] and cell["onnxruntime ×"] == ["1.00x", "-", "-", "-"]
 
 
 def test_html_is_self_contained(report) -> None:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from edgeslim.models.factory import register_model
-from edgeslim.models.utils import init_weights
+from edgeslim.models.utils import init_weights, scale_channels
 
 
 class LeNet5(nn.Module):
@@ -21,29 +21,33 @@ class LeNet5(nn.Module):
         num_classes: classifier outputs.
         in_channels: input channels (1 for MNIST).
         input_size: input height = width; 28 pads the first conv by 2.
+        width_mult: multiplies every hidden width (6, 16, 120, 84; rounded, at least 1), so
+            ``lighten(..., width_mult=w)`` can build a wider or narrower LeNet-5 student.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28,
+                 width_mult: float = 1.0) -> None:
         super().__init__()
+        c1, c2, f1, f2 = (scale_channels(c, width_mult) for c in (6, 16, 120, 84))
         pad = 2 if input_size == 28 else 0
         side = ((input_size + 2 * pad - 4) // 2 - 4) // 2
         if side < 1:
             raise ValueError(f"LeNet5 needs input_size >= 16, got {input_size}")
         self.default_input_size = (in_channels, input_size, input_size)
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 6, 5, padding=pad),
+            nn.Conv2d(in_channels, c1, 5, padding=pad),
             nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5),
+            nn.Conv2d(c1, c2, 5),
             nn.ReLU(),
             nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
-            nn.Linear(16 * side * side, 120),
+            nn.Linear(c2 * side * side, f1),
             nn.ReLU(),
-            nn.Linear(120, 84),
+            nn.Linear(f1, f2),
             nn.ReLU(),
-            nn.Linear(84, num_classes),
+            nn.Linear(f2, num_classes),
         )
         init_weights(self)
 
@@ -52,6 +56,8 @@ class LeNet5(nn.Module):
 
 
 @register_model("lenet5")
-def lenet5(num_classes: int = 10, in_channels: int = 1, input_size: int = 28) -> LeNet5:
-    """LeNet-5 for 28x28 (MNIST, default) or 32x32 inputs."""
-    return LeNet5(num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+def lenet5(num_classes: int = 10, in_channels: int = 1, input_size: int = 28,
+           width_mult: float = 1.0) -> LeNet5:
+    """LeNet-5 for 28x28 (MNIST, default) or 32x32 inputs; ``width_mult`` scales its widths."""
+    return LeNet5(num_classes=num_classes, in_channels=in_channels, input_size=input_size,
+                  width_mult=width_mult)

@@ -123,7 +123,8 @@ class LightenStage(StageConfig):
 
     kind: ClassVar[str] = "lighten"
     compresses: ClassVar[bool] = True
-    width_mult: float = opt(1.0, "student channel multiplier", check=FRACTION_KEPT)
+    width_mult: float = opt(1.0, "student channel multiplier (< 1 narrower, > 1 wider; zoo models whose "
+                            "factory takes width_mult)", check=POSITIVE)
     keep_first_conv: bool = opt(True, "leave the first convolution a standard conv")
     head: Literal["gap_linear", "conv", "keep"] = opt("gap_linear", "classifier head of the student")
     exclude: list[str] = opt(help="module paths left as they are", factory=list)

@@ -63,8 +63,17 @@ def _initial_model(recipe: Recipe) -> torch.nn.Module:
     return create_model(recipe.model.name, num_classes=recipe.model.num_classes, **recipe.model.kwargs)
 
 
+#: onnxruntime passes of a small model take microseconds: time at least this many
+ORT_MIN_RUNS = 200
+
+
 def measure(state: RunState) -> dict:
-    """Accuracy, size and speed of the current model (CPU latency: 1 thread, batch 1)."""
+    """Accuracy, size and speed of the current model.
+
+    Latency, CPU, 1 thread, batch 1 (the example input), medians: ``latency_ms`` in eager
+    PyTorch and ``onnx_latency_ms`` in onnxruntime (CPU execution provider, full graph
+    optimisation; None, with a warning, when the model does not export to ONNX).
+    """
     from ..profile import profile
     from ..train import evaluate
 
@@ -74,11 +83,24 @@ def measure(state: RunState) -> dict:
                    runs=state.recipe.latency_runs, warmup=5)
     row = {"accuracy": acc} | {k: prof[k] for k in ("params", "nonzero_params", "flops", "macs",
                                                      "bytes", "latency_ms", "latency_p90_ms")}
+    row["onnx_latency_ms"] = _onnx_latency(model, state)
     row["stored_bytes"] = _stored_bytes(model, row)
     if state.quantized is not None:
         row["int8_accuracy"] = state.quantized.evaluate(state.test)
         row["int8_latency_ms"] = state.quantized.latency(threads=1)
     return row
+
+
+def _onnx_latency(model: torch.nn.Module, state: RunState) -> float | None:
+    from ..profile.runtimes import measure_latency
+
+    runs = max(ORT_MIN_RUNS, state.recipe.latency_runs)
+    try:
+        return measure_latency(model.cpu().eval(), state.example.cpu(), runtime="onnxruntime", threads=1,
+                               runs=runs, warmup=20)
+    except Exception as exc:  # a metric, not a stage: the export stage reports export failures
+        log.warning("onnxruntime latency not measured (%s: %s)", type(exc).__name__, exc)
+        return None
 
 
 def _stored_bytes(model: torch.nn.Module, row: dict) -> int:

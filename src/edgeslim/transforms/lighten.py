@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import inspect
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -199,8 +200,14 @@ def _base_copy(model: nn.Module, width_mult: float) -> nn.Module:
     """
     if width_mult == 1.0:
         return copy.deepcopy(model)
+    from edgeslim.models import create_model
+    from edgeslim.models.factory import MODELS
+
     arch = getattr(model, "edgeslim_arch", None)
     kwargs = dict(arch.get("kwargs", {})) if isinstance(arch, dict) else {}
+    if "width_mult" not in kwargs and isinstance(arch, dict) and arch.get("name") in MODELS \
+            and "width_mult" in inspect.signature(MODELS.get(arch["name"])).parameters:
+        kwargs["width_mult"] = 1.0  # a model saved before its factory took width_mult
     if "width_mult" not in kwargs:
         name = arch.get("name") if isinstance(arch, dict) else type(model).__name__
         raise ConfigError(
@@ -208,8 +215,6 @@ def _base_copy(model: nn.Module, width_mult: float) -> nn.Module:
             f"factory takes width_mult; {name!r} does not. Use width_mult=1.0 and shrink the "
             "student afterwards with edgeslim.prune, or build the teacher with create_model."
         )
-    from edgeslim.models import create_model
-
     kwargs["width_mult"] = float(kwargs["width_mult"]) * width_mult
     student = create_model(arch["name"], **kwargs)
     ref = next(model.parameters(), None)
