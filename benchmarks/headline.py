@@ -201,13 +201,9 @@ def main() -> None:
 
 
 def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from edgeslim.profile.runtimes import cpu_model
+
+    return cpu_model()
 
 
 if __name__ == "__main__":
