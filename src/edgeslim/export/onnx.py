@@ -125,6 +125,13 @@ def max_abs_diff(reference: Sequence[torch.Tensor], outputs: Sequence[np.ndarray
     return worst
 
 
+def parity_bound(reference: Sequence[torch.Tensor], tol: float, rtol: float) -> tuple[float, float]:
+    """(largest accepted |runtime - torch| difference, max |output|): numpy.allclose-style,
+    large logits get a proportional allowance."""
+    scale = max((float(r.detach().abs().max()) for r in reference if r.numel()), default=0.0)
+    return tol + rtol * scale, scale
+
+
 def _verify(tmp: Path, target: Path, inputs: tuple[torch.Tensor, ...],
             reference: list[torch.Tensor], tol: float, rtol: float) -> float:
     import onnx
@@ -134,8 +141,7 @@ def _verify(tmp: Path, target: Path, inputs: tuple[torch.Tensor, ...],
     except Exception as exc:
         raise ExportError(f"exported ONNX model for {target} fails onnx.checker: {exc}") from exc
     diff = max_abs_diff(reference, onnxruntime_outputs(tmp, inputs))
-    scale = max((float(r.detach().abs().max()) for r in reference if r.numel()), default=0.0)
-    bound = tol + rtol * scale  # numpy.allclose-style: large logits get a proportional allowance
+    bound, scale = parity_bound(reference, tol, rtol)
     if not diff <= bound:
         raise ExportError(
             f"onnxruntime disagrees with PyTorch for {target}: max abs diff {diff:.3g} > "

@@ -22,7 +22,7 @@ from torch import nn
 from .._core import as_input_tuple, eval_mode, flatten_outputs
 from ..errors import ExportError
 from ..io import atomic_path
-from .onnx import export_onnx, max_abs_diff
+from .onnx import export_onnx, max_abs_diff, parity_bound
 
 
 def _openvino():  # -> the openvino module
@@ -71,8 +71,8 @@ def _parity(ov, xml: Path, inputs: tuple, reference: list[torch.Tensor], tol: fl
     result = compiled([t.detach().cpu().numpy() for t in inputs])
     outputs = [np.asarray(result[compiled.output(i)]) for i in range(len(compiled.outputs))]
     diff = max_abs_diff(reference, outputs)
-    scale = max((float(r.detach().abs().max()) for r in reference if r.numel()), default=0.0)
-    if not diff <= tol + rtol * scale:
+    bound, scale = parity_bound(reference, tol, rtol)
+    if not diff <= bound:
         raise ExportError(f"OpenVINO disagrees with PyTorch for {target}: max abs diff {diff:.3g} > "
                           f"tol {tol:g} + rtol {rtol:g} x max |output| {scale:.3g}. The IR was not written.")
     return diff
