@@ -224,7 +224,7 @@ def measure(name: str, model: nn.Module, test: TensorLoader, input_size: tuple, 
 def _history(model: nn.Module) -> list[dict]:
     keys = ("iteration", "rho", "train_accuracy", "reference_accuracy", "primal_residual", "relative_primal",
             "kept_filters", "kept_macs", "support_changes", "rho_held")
-    return [{k: r[k] for k in keys if k in r} for r in model.edgeslim_admm_history if r["stage"] == "admm"]
+    return [{k: r[k] for k in keys if k in r} for r in edgeslim.info(model).admm_history if r["stage"] == "admm"]
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict:

@@ -71,7 +71,7 @@ def run_variant(variant: dict, base, example, train, test, calib, flops_fraction
               calib_data=calib, calib_batches=4, device="cpu", lr=0.01, seed=seed) | v
     t0 = time.perf_counter()
     model = admm_prune(base, example, train, target_flops=flops_fraction, **kw)
-    hist = [r for r in model.edgeslim_admm_history if r["stage"] == "admm"]
+    hist = [r for r in edgeslim.info(model).admm_history if r["stage"] == "admm"]
     return {"method": name, "variant": variant, "seconds": round(time.perf_counter() - t0, 1),
             "acc": evaluate(model, test)["accuracy"], "flops": count_flops(model, example)[0],
             "w_acc": [round(r["train_accuracy"], 3) for r in hist], "rho": [round(r["rho"], 3) for r in hist],

@@ -196,7 +196,7 @@ def _distil(spec: str) -> Callable[[Context, nn.Module], list[dict]]:
         assert ctx.teacher is not None
         distill(student, ctx.teacher, ctx.train, losses=spec, epochs=ctx.args.epochs, T=ctx.args.T,
                 **ctx.train_options())
-        return student.edgeslim_distill_history
+        return edgeslim.info(student).distill_history
 
     run.__doc__ = f"Distil with ``{spec}`` from lighten's warm start."
     return run

@@ -40,7 +40,7 @@ def one(name: str, runtime: str, batch: int, speedup: float, threads: int, round
     x = torch.randn(batch, *model.default_input_size)
     ours = edgeslim.prune(model, x, target_speedup=speedup, runtime=runtime, threads=threads,
                           latency_runs=runs)
-    info = ours.edgeslim_latency
+    info = edgeslim.info(ours).latency.to_dict()
     flops0, params0 = count_flops(model, x)[0], count_params(model)
     kept = count_flops(ours, x)[0] / flops0
     by_flops = edgeslim.prune(model, x, target_flops=kept)

@@ -128,7 +128,7 @@ def _merge(model: nn.Module, args: argparse.Namespace, calib: list[Any]) -> tupl
     example = torch.zeros(1, *input_size(model))
     merged = streamline_merge(model.eval(), example, calib, steps=args.rebirth_steps, lr=args.rebirth_lr,
                               seed=args.seed)
-    return merged, merged.edgeslim_merge_report.to_dict()
+    return merged, edgeslim.info(merged).merge.to_dict()
 
 
 def merged_model(baseline: nn.Module, args: argparse.Namespace, train: Any, test: Any,

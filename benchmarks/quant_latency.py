@@ -104,7 +104,7 @@ def bench(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
     result: dict[str, Any] = {
         "model": name, "dataset": SETUPS[name][0], "origin": origin,
-        "width_mult": getattr(model, "edgeslim_arch", {}).get("kwargs", {}).get("width_mult"),
+        "width_mult": (edgeslim.info(model).arch.kwargs if edgeslim.info(model).arch else {}).get("width_mult"),
         "params": count_params(model),
         "latency_ms": _latencies(timers, args.repeats),
         "size_bytes": {"onnx_fp32": fp32.stat().st_size} | {

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from edgeslim.modelinfo import info
 from edgeslim.errors import ConfigError
 from edgeslim.graph import build_dependency_graph
 from edgeslim.prune import Budget, get_importance, plan_removal, prune_channels_
@@ -76,7 +77,7 @@ def test_projection_keeps_exactly_k_filters_and_equals_hard_pruning():
 
 
 def test_primal_residual_shrinks(pruned):
-    history = [r for r in pruned[1].edgeslim_admm_history if r["stage"] == "admm"]
+    history = [r for r in info(pruned[1]).admm_history if r["stage"] == "admm"]
     assert [r["iteration"] for r in history] == [1, 2, 3, 4]
     primal = [r["primal_residual"] for r in history]
     assert primal[-1] < 0.5 * primal[0]
@@ -97,7 +98,7 @@ def test_final_model_has_the_planned_channels_and_exports(pruned, tmp_path):
     g1 = build_dependency_graph(out, x[:1], protect_first=True)
     kept = len(g1.prunable_classes())
     assert kept == n0 - round(TARGET * n0)
-    hard = out.edgeslim_admm_history[-2]
+    hard = info(out).admm_history[-2]
     assert hard["stage"] == "hard_pruned" and hard["kept_filters"] == kept
     assert out[0].out_channels == model[0].out_channels  # protect_first
     assert out[3].out_channels + out[8].out_features == kept
@@ -105,7 +106,7 @@ def test_final_model_has_the_planned_channels_and_exports(pruned, tmp_path):
     assert out(x).shape == model(x).shape
     diff = export_onnx(out, x[:2], tmp_path / "admm.onnx")
     assert diff <= 1e-4
-    assert out.edgeslim_plans and "groups" in out.edgeslim_plans[-1]
+    assert info(out).plans and "groups" in info(out).plans[-1]
 
 
 @pytest.mark.parametrize("target", [dict(target_flops=0.4), dict(target_params=0.5)])
@@ -129,7 +130,7 @@ def test_progressive_projection_reaches_the_target_and_stays():
     n0 = len(build_dependency_graph(model, data[0][0][:1], protect_first=True).prunable_classes())
     out = admm_prune(model, data[0][0][:1], data, target_filters=TARGET, progressive=3, finetune=None,
                      **(FAST | dict(admm_iterations=4)))
-    kept = [r["kept_filters"] for r in out.edgeslim_admm_history if r["stage"] == "admm"]
+    kept = [r["kept_filters"] for r in info(out).admm_history if r["stage"] == "admm"]
     final = n0 - round(TARGET * n0)
     assert kept[0] > kept[1] == final and kept[1:] == [final] * 3  # Z0 went 1/3, Z1 2/3, Z2.. all
     assert kept[0] == n0 - round(TARGET * 2 / 3 * n0)
@@ -140,7 +141,7 @@ def test_auto_rho_is_one_e_fold_per_w_step():
     model, data = _net(), _data(64)  # 2 batches
     out = admm_prune(model, data[0][0][:1], data, target_filters=TARGET, finetune=None, admm_iterations=2,
                      admm_epochs=2, device="cpu", calib_batches=1, lr=0.02, momentum=0.8, accuracy_guard=None)
-    rhos = [r["rho"] for r in out.edgeslim_admm_history if r["stage"] == "admm"]
+    rhos = [r["rho"] for r in info(out).admm_history if r["stage"] == "admm"]
     assert rhos == pytest.approx([(1 - 0.8) / (0.02 * 2), 1.5 * (1 - 0.8) / (0.02 * 2)])
 
 
@@ -150,7 +151,7 @@ def test_accuracy_guard_holds_rho():
     model, data = _net(), _data(64)
     out = admm_prune(model, data[0][0][:1], data, target_filters=0.75, accuracy_guard=0.0, finetune=None,
                      **(FAST | dict(admm_iterations=4)))
-    history = [r for r in out.edgeslim_admm_history if r["stage"] == "admm"]
+    history = [r for r in info(out).admm_history if r["stage"] == "admm"]
     for now, nxt in zip(history, history[1:]):
         held = now["train_accuracy"] < now["reference_accuracy"]
         assert now["rho_held"] == held
@@ -176,7 +177,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
         admm_prune(model, data[0][0][:2], data, out_dir=tmp_path, **opts)
     monkeypatch.setattr(admm, "_iteration", real)
     resumed = admm_prune(model, data[0][0][:2], data, out_dir=tmp_path, resume=True, **opts)
-    assert [r["iteration"] for r in resumed.edgeslim_admm_history if r["stage"] == "admm"] == [1, 2, 3]
+    assert [r["iteration"] for r in info(resumed).admm_history if r["stage"] == "admm"] == [1, 2, 3]
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert (tmp_path / "admm_state.pt").exists() and (tmp_path / "finetune" / "last.pt").exists()
@@ -187,7 +188,7 @@ def test_kd_finetune_runs():
     out = admm_prune(model, data[0][0][:2], data, finetune="kd", finetune_epochs=1,
                      admm_iterations=1, admm_epochs=1, device="cpu", calib_batches=1,
                      finetune_options={"T": 2.0})
-    assert out.edgeslim_admm_history[-1]["stage"] == "finetuned"
+    assert info(out).admm_history[-1]["stage"] == "finetuned"
     assert out(data[0][0]).shape == (32, 4)
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 import edgeslim
 import nets
+from edgeslim.modelinfo import info
 from edgeslim.errors import CheckpointError
 from edgeslim.models import create_model
 from edgeslim.profile import count_params
@@ -70,8 +71,8 @@ def test_pruned_zoo_model_round_trips(name: str, kwargs: dict, tmp_path: Path, n
     path = edgeslim.save(pruned, tmp_path / "m.safetensors")
     loaded = edgeslim.load(path)
     _same(pruned, loaded, x)
-    assert loaded.edgeslim_plans == pruned.edgeslim_plans
-    assert loaded.edgeslim_arch["name"] == name
+    assert info(loaded).plans == info(pruned).plans
+    assert info(loaded).arch.name == name
     assert _manifest(path)["arch"]["zoo"] == name
 
 

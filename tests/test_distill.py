@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeslim.modelinfo import info
 from edgeslim.distill import (
     LOSSES,
     AttentionTransferLoss,
@@ -60,9 +61,9 @@ def test_parse_loss_spec_forms() -> None:
 
 
 def test_parse_loss_spec_errors() -> None:
-    with pytest.raises(UnknownLossError, match="Did you mean 'hint'") as info:
+    with pytest.raises(UnknownLossError, match="Did you mean 'hint'") as raised:
         parse_loss_spec("kd:0.9,hnt:1.0")
-    assert isinstance(info.value, ConfigError) and isinstance(info.value, KeyError)
+    assert isinstance(raised.value, ConfigError) and isinstance(raised.value, KeyError)
     for bad, match in [("kd:x", "number"), ("kd:-1", ">= 0"), ("kd,kd", "twice"), ("", "empty")]:
         with pytest.raises(ConfigError, match=match):
             parse_loss_spec(bad)
@@ -255,7 +256,7 @@ def test_distill_trains_student_and_leaves_teacher_unchanged() -> None:
     assert out is student
     assert all(torch.equal(teacher_state[k], v) for k, v in teacher.state_dict().items())
     assert any(not torch.equal(student_state[k], v) for k, v in student.state_dict().items())
-    assert len(student.edgeslim_distill_history) == 2
+    assert len(info(student).distill_history) == 2
     assert all(not m._forward_hooks for m in list(student.modules()) + list(teacher.modules()))
     with pytest.raises(ConfigError, match="'lrr'.*'lr'"):
         distill(student, teacher, data, epochs=1, lrr=0.1)

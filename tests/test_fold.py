@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from edgeslim.modelinfo import info
 from edgeslim.errors import UnsupportedModelError
 from edgeslim.transforms.fold import fold_batchnorm
 
@@ -58,7 +59,7 @@ def test_fold_is_exact_and_removes_every_bn(name: str) -> None:
     n_bn = count_bn(model)
     folded = fold_batchnorm(model, x)
     assert count_bn(folded) == 0
-    assert len(folded.edgeslim_folded) == n_bn
+    assert len(info(folded).fold.folded) == n_bn
     assert max_diff(model, folded, x) <= TOL
     assert count_bn(model) == n_bn  # the input model is untouched
 
@@ -83,9 +84,9 @@ def test_fold_residual_skips_a_layer_output_with_two_users() -> None:
     model = randomize_bn(Residual())
     x = torch.randn(2, 4, 8, 8)
     folded = fold_batchnorm(model, x)
-    assert {p.bn for p in folded.edgeslim_folded} == {"bn1", "bn2"}
+    assert {p.bn for p in info(folded).fold.folded} == {"bn1", "bn2"}
     assert isinstance(folded.bn3, nn.BatchNorm2d)  # not foldable: conv3 output is used twice
-    assert [bn for bn, _ in folded.edgeslim_fold_skipped] == ["bn3"]
+    assert [bn for bn, _ in info(folded).fold.skipped] == ["bn3"]
     assert max_diff(model, folded, x) <= TOL
 
 
@@ -102,7 +103,7 @@ def test_shared_conv_is_not_folded() -> None:
     model = randomize_bn(SharedConv())
     x = torch.randn(2, 3, 6, 6)
     folded = fold_batchnorm(model, x)
-    assert folded.edgeslim_folded == []
+    assert info(folded).fold.folded == []
     assert max_diff(model, folded, x) <= TOL
 
 
@@ -111,7 +112,7 @@ def test_bn1d_over_linear_on_3d_input_is_not_folded() -> None:
     model = randomize_bn(nn.Sequential(nn.Linear(8, 4), nn.BatchNorm1d(3)))
     x = torch.randn(5, 3, 8)
     folded = fold_batchnorm(model, x)
-    assert folded.edgeslim_folded == [] and count_bn(folded) == 1
+    assert info(folded).fold.folded == [] and count_bn(folded) == 1
     assert max_diff(model, folded, x) <= TOL
 
 
@@ -138,7 +139,7 @@ def test_untraceable_model_strict_raises_and_lenient_folds_what_is_provable() ->
         fold_batchnorm(model, x)
     with pytest.warns(UserWarning, match="strict=False"):
         folded = fold_batchnorm(model, x, strict=False)
-    assert [(p.layer, p.bn) for p in folded.edgeslim_folded] == [("block.0", "block.1")]
+    assert [(p.layer, p.bn) for p in info(folded).fold.folded] == [("block.0", "block.1")]
     assert isinstance(folded.bn, nn.BatchNorm2d)
     assert max_diff(model, folded, x) <= TOL
 

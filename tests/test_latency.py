@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import edgeslim
+from edgeslim.modelinfo import info
 from edgeslim.errors import ConfigError
 from edgeslim.graph import build_dependency_graph
 from edgeslim.pipeline.configs import PruneStage
@@ -81,24 +82,24 @@ def test_prediction_is_exact_for_an_additive_runtime_and_the_plan_is_fixed():
     rt = CostRuntime(stair_cost)
     base = edgeslim.measure_latency(model, x, runtime=rt)
     pruned = edgeslim.prune(model, x, target_speedup=1.3, runtime=rt)
-    info = pruned.edgeslim_latency
-    assert info["baseline_ms"] == pytest.approx(base)
-    assert info["predicted_ms"] == pytest.approx(info["measured_ms"])
-    assert info["measured_ms"] <= base / 1.3 + 1e-9
+    lat = info(pruned).latency
+    assert lat.baseline_ms == pytest.approx(base)
+    assert lat.predicted_ms == pytest.approx(lat.measured_ms)
+    assert lat.measured_ms <= base / 1.3 + 1e-9
     widths = {n: m.out_channels for n, m in pruned.named_modules() if isinstance(m, nn.Conv2d)}
     # 1.417 ms -> <= 1.090: halving features.3 saves 0.164 in it and 0.328 in features.6's
     # input (0.49 ms); 24 channels would save only 0.246; features.0 is protected
     assert widths == {"features.0": 16, "features.3": 16, "features.6": 32}
     assert pruned(x).shape == (1, 10)
-    assert info["runtime"] == "cost" and info["threads"] == 1 and info["batch"] == 1
+    assert lat.runtime == "cost" and lat.threads == 1 and lat.batch == 1
 
 
 def test_second_prune_measures_nothing():
     model, x = _chain()
     first = edgeslim.prune(model, x, target_speedup=1.3, runtime=CostRuntime(stair_cost))
     second = edgeslim.prune(model, x, target_speedup=1.3, runtime=CostRuntime(stair_cost))
-    assert first.edgeslim_latency["measured_entries"] > 0
-    assert second.edgeslim_latency["measured_entries"] == 0
+    assert info(first).latency.measured_entries > 0
+    assert info(second).latency.measured_entries == 0
 
 
 def test_residual_blocks_are_found_and_removed_when_overhead_dominates():
@@ -110,14 +111,14 @@ def test_residual_blocks_are_found_and_removed_when_overhead_dominates():
     assert all(0 <= s for s in scores.values())
     rt = CostRuntime(lambda m, s: 1.0 if isinstance(m, (nn.Conv2d, nn.Linear)) else 0.0)
     pruned = edgeslim.prune(model, x, target_speedup=1.2, runtime=rt)
-    info = pruned.edgeslim_latency
-    assert info["removed_blocks"], "with only per-layer overhead, channels cannot help"
-    assert info["measured_ms"] <= info["target_ms"] + 1e-9
+    lat = info(pruned).latency
+    assert lat.removed_blocks, "with only per-layer overhead, channels cannot help"
+    assert lat.measured_ms <= lat.target_ms + 1e-9
     assert pruned(x).shape == model(x).shape
     # the plan (with its identity blocks) replays on a fresh copy
     fresh = randomize_bn_(NETS["resnet_basic"]()).eval()
     fresh.load_state_dict(model.state_dict())
-    apply_plan(fresh, x, pruned.edgeslim_plans[-1])
+    apply_plan(fresh, x, info(pruned).plans[-1])
     fresh.load_state_dict(pruned.state_dict())
     torch.testing.assert_close(fresh(x), pruned(x))
 
@@ -128,8 +129,8 @@ def test_architectures_reach_the_target(name):
         pytest.skip(f"no {name} in tests/nets.py")
     model, x = randomize_bn_(NETS[name]()).eval(), example_input(1)
     pruned = edgeslim.prune(model, x, target_speedup=1.1, runtime=CostRuntime(stair_cost))
-    info = pruned.edgeslim_latency
-    assert info["measured_ms"] <= info["target_ms"] * 1.05
+    lat = info(pruned).latency
+    assert lat.measured_ms <= lat.target_ms * 1.05
     assert pruned(x).shape == model(x).shape
 
 
@@ -180,7 +181,7 @@ def test_onnxruntime_speedup_direction_on_a_toy_model():
     model, x = Wide().eval(), torch.randn(1, 3, 32, 32)
     # a modest target, so a busy machine's timing noise cannot make it unreachable
     pruned = edgeslim.prune(model, x, target_speedup=1.25, runtime="onnxruntime", latency_runs=10)
-    info = pruned.edgeslim_latency
-    assert info["runtime"] == "onnxruntime" and info["batch"] == 1
-    assert info["measured_ms"] < info["baseline_ms"]  # direction only: no timed thresholds
+    lat = info(pruned).latency
+    assert lat.runtime == "onnxruntime" and lat.batch == 1
+    assert lat.measured_ms < lat.baseline_ms  # direction only: no timed thresholds
     assert edgeslim.measure_latency(pruned, x, runs=5, warmup=1) > 0

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeslim.modelinfo import info
 from edgeslim.distill import FeatureTaps
 from edgeslim.errors import ConfigError
 from edgeslim.models import create_model
@@ -45,7 +46,7 @@ def test_lighten_zoo_invariants(key: str) -> None:
     before = copy.deepcopy(teacher.state_dict())
     # MobileNetV2's only standard conv is the stem, so convert it there too.
     student = lighten(teacher, x, keep_first_conv=key != "mobilenetv2")
-    report = student.edgeslim_lighten_report
+    report = info(student).lighten
 
     # the teacher is untouched, the student is a new object with the same output shape
     assert student is not teacher
@@ -54,7 +55,7 @@ def test_lighten_zoo_invariants(key: str) -> None:
     with torch.no_grad():
         assert student.eval()(x).shape == teacher(x).shape
 
-    converted = report["converted"]
+    converted = report.converted
     assert converted, f"{key}: nothing converted"
     paths = [c["path"] for c in converted]
     with torch.no_grad(), FeatureTaps(teacher, paths) as t_taps, FeatureTaps(student, paths) as s_taps:
@@ -76,8 +77,8 @@ def test_lighten_zoo_invariants(key: str) -> None:
         assert entry["macs_after"] < entry["macs_before"]
         assert s_taps[entry["path"]].shape == t_taps[entry["path"]].shape
 
-    assert report["params_after"] == count_params(student) < count_params(teacher) == report["params_before"]
-    assert report["flops_after"] == count_flops(student, x)[0] < count_flops(teacher, x)[0]
+    assert report.params_after == count_params(student) < count_params(teacher) == report.params_before
+    assert report.flops_after == count_flops(student, x)[0] < count_flops(teacher, x)[0]
     # no Linear stack left: at most one Linear, reading pooled channel features
     linears = [m for m in student.modules() if isinstance(m, nn.Linear)]
     assert len(linears) == 1
@@ -86,7 +87,7 @@ def test_lighten_zoo_invariants(key: str) -> None:
 def test_lighten_replaces_linear_stack_by_gap_linear() -> None:
     teacher, x = _zoo("lenet5")
     student = lighten(teacher, x)
-    head = student.edgeslim_lighten_report["head"]
+    head = info(student).lighten.head
     assert head["converted"] and head["replaced"] == ["classifier.0", "classifier.2", "classifier.4"]
     linears = [m for m in student.modules() if isinstance(m, nn.Linear)]
     assert len(linears) == 1 and linears[0].in_features == 16 and linears[0].out_features == 10
@@ -110,7 +111,7 @@ def test_lighten_keep_head_and_exclude() -> None:
     assert isinstance(student.features[3], nn.Conv2d)
     assert isinstance(student.features[0], DepthwiseSeparableConv2d)
     assert [m.out_features for m in student.classifier if isinstance(m, nn.Linear)] == [120, 84, 10]
-    reasons = {s["path"]: s["reason"] for s in student.edgeslim_lighten_report["skipped"]}
+    reasons = {s["path"]: s["reason"] for s in info(student).lighten.skipped}
     assert "excluded" in reasons["features.3"]
     with pytest.raises(ConfigError, match="features"):
         lighten(teacher, x, exclude=["feature"])
@@ -134,13 +135,13 @@ def test_lighten_keeps_existing_bn_and_matches_activation() -> None:
 def test_lighten_width_mult_rebuilds_zoo_model() -> None:
     teacher, x = _zoo("resnet20")  # widths 4/8/16
     student = lighten(teacher, x, width_mult=0.5)
-    assert student.edgeslim_arch["kwargs"]["width_mult"] == pytest.approx(0.125)
+    assert info(student).arch.kwargs["width_mult"] == pytest.approx(0.125)
     assert student.get_submodule("conv1").in_channels == 3
     assert student.get_submodule("layer3.2.conv2").pw.out_channels == 8
     assert student(x).shape == (2, 10)  # residual sums still consistent
-    assert student.edgeslim_lighten_options["width_mult"] == 1.0
+    assert info(student).lighten.options["width_mult"] == 1.0
     wide = lighten(create_model("lenet5").eval(), torch.randn(2, 1, 28, 28), width_mult=4 / 3)
-    assert wide.edgeslim_arch["kwargs"]["width_mult"] == pytest.approx(4 / 3)
+    assert info(wide).arch.kwargs["width_mult"] == pytest.approx(4 / 3)
     assert wide.get_submodule("features.0").out_channels == 8
     assert wide.get_submodule("features.3").pw.out_channels == 21
     assert wide.head.in_features == 21 and wide(torch.randn(2, 1, 28, 28)).shape == (2, 10)
@@ -152,7 +153,7 @@ def test_lighten_width_mult_rebuilds_zoo_model() -> None:
 def test_lighten_skips_conv_that_would_not_shrink() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 1, 3), nn.Conv2d(1, 4, 1))
     student = lighten(model, torch.randn(1, 3, 8, 8), head="keep")
-    reasons = {s["path"]: s["reason"] for s in student.edgeslim_lighten_report["skipped"]}
+    reasons = {s["path"]: s["reason"] for s in info(student).lighten.skipped}
     assert "would not be smaller" in reasons["2"] and "1x1" in reasons["3"]
     assert isinstance(student[2], nn.Conv2d)
 
@@ -174,18 +175,18 @@ class _Untraceable(nn.Module):
 def test_lighten_untraceable_model_converts_convs_and_reports_head() -> None:
     model = _Untraceable()
     student = lighten(model, torch.randn(2, 3, 8, 8))
-    report = student.edgeslim_lighten_report
-    assert [c["path"] for c in report["converted"]] == ["body"]
-    assert not report["head"]["converted"] and "torch.fx" in report["head"]["reason"]
-    assert "trace_error" in report
+    report = info(student).lighten
+    assert [c["path"] for c in report.converted] == ["body"]
+    assert not report.head["converted"] and "torch.fx" in report.head["reason"]
+    assert report.trace_error
     assert student(torch.randn(2, 3, 8, 8)).shape == (2, 10)
 
 
 def test_lightened_student_rebuilds_from_arch_and_options() -> None:
     teacher, x = _zoo("lenet5")
     student = lighten(teacher, x, head="conv").eval()
-    arch = student.edgeslim_arch
-    again = lighten(create_model(arch["name"], **arch["kwargs"]), x, **student.edgeslim_lighten_options)
+    arch = info(student).arch.to_dict()
+    again = lighten(create_model(arch["name"], **arch["kwargs"]), x, **info(student).lighten.options)
     again.load_state_dict(student.state_dict())
     with torch.no_grad():
         assert torch.equal(again.eval()(x), student(x))
@@ -221,13 +222,13 @@ class _MeanHead(nn.Module):
 def test_lighten_custom_heads() -> None:
     x = torch.randn(2, 3, 8, 8)
     student = lighten(_ViewHead(), x, activation="match")
-    head = student.edgeslim_lighten_report["head"]
+    head = info(student).lighten.head
     assert head["converted"] and head["replaced"] == ["fc1", "fc2"] and head["in_channels"] == 16
     assert [m.in_features for m in student.modules() if isinstance(m, nn.Linear)] == [16]
     assert student(torch.randn(3, 3, 16, 16)).shape == (3, 7)  # GAP: any input size now works
-    assert [c["path"] for c in student.edgeslim_lighten_report["converted"]] == ["conv2"]
+    assert [c["path"] for c in info(student).lighten.converted] == ["conv2"]
     assert isinstance(student.get_submodule("conv2").act, nn.ReLU)
 
     mean_student = lighten(_MeanHead(), x)
-    assert mean_student.edgeslim_lighten_report["head"]["reason"].startswith("already")
+    assert info(mean_student).lighten.head["reason"].startswith("already")
     assert isinstance(mean_student.fc, nn.Linear)

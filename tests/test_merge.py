@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeslim.modelinfo import info
 from edgeslim.errors import ConfigError
 from edgeslim.transforms.merge import (
     MergeReport,
@@ -51,7 +52,7 @@ def test_remove_identities_keeps_outputs_and_state_dict_keys() -> None:
     assert set(lean.state_dict()) == set(model.state_dict())  # "0.*" and "4.*" keep their names
     x = torch.randn(5, 8)
     assert max_diff(model, lean, x) == 0.0
-    assert lean.edgeslim_removed_identities == ["1", "3"]
+    assert info(lean).removed_identities == ["1", "3"]
 
 
 # --------------------------------------------------------------------------- linear chains
@@ -77,7 +78,7 @@ def test_merge_linear_chains_is_exact() -> None:
     model = Chains().eval()
     x = torch.randn(3, 4, 8, 8)
     merged = merge_linear_chains(model, x)
-    pairs = {rec.inputs for rec in merged.edgeslim_linear_merges}
+    pairs = {rec.inputs for rec in info(merged).linear_merges}
     assert ("conv3", "point") in pairs and ("point2", "conv_pad") in pairs
     assert ("fc1", "fc2") in pairs or ("fc2", "fc3") in pairs
     assert sum(isinstance(m, nn.Linear) for m in merged.modules()) == 1  # fc1..fc3 -> one Linear
@@ -90,10 +91,10 @@ def test_padded_conv_after_biased_1x1_is_not_merged() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, padding=1)).eval()
     x = torch.randn(2, 3, 6, 6)
     merged = merge_linear_chains(model, x)
-    assert merged.edgeslim_linear_merges == []  # the zero padding ring would see the bias
+    assert info(merged).linear_merges == []  # the zero padding ring would see the bias
     model[0].bias.data.zero_()
     merged = merge_linear_chains(model, x)
-    assert len(merged.edgeslim_linear_merges) == 1
+    assert len(info(merged).linear_merges) == 1
     assert max_diff(model, merged, x) <= TOL
 
 
@@ -102,7 +103,7 @@ def test_reflect_padding_commutes_with_a_biased_1x1_conv() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect")).eval()
     x = torch.randn(2, 3, 6, 6)
     merged = merge_linear_chains(model, x)
-    assert len(merged.edgeslim_linear_merges) == 1
+    assert len(info(merged).linear_merges) == 1
     assert max_diff(model, merged, x) <= TOL
 
 
@@ -110,9 +111,9 @@ def test_bottleneck_kept_unless_asked_then_merged_exactly() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 4), nn.Linear(4, 64)).eval()
     x = torch.randn(3, 64)
-    assert merge_linear_chains(model, x).edgeslim_linear_merges == []
+    assert info(merge_linear_chains(model, x)).linear_merges == []
     merged = merge_linear_chains(model, x, only_if_cheaper=False)
-    assert len(merged.edgeslim_linear_merges) == 1
+    assert len(info(merged).linear_merges) == 1
     assert max_diff(model, merged, x) <= TOL
 
 
@@ -150,7 +151,7 @@ def test_merge_branches_concat_and_sum_are_exact() -> None:
     model = TwoBranch().eval()
     x = torch.randn(2, 4, 9, 9)
     merged = merge_branches(model, x)
-    kinds = [r.kind for r in merged.edgeslim_branch_merges]
+    kinds = [r.kind for r in info(merged).branch_merges]
     assert kinds.count("branch_concat") == 1 and kinds.count("branch_sum") == 2
     assert count(merged, nn.Conv2d) == 2
     assert max_diff(model, merged, x) <= TOL
@@ -198,7 +199,7 @@ def test_streamline_merge_lenet_rebirth(include_exact: bool) -> None:
     x = torch.randn(24, 1, 16, 16)
     merged, report = streamline_merge(model, x[:2], x, steps=20, lr=3e-3, include_exact=include_exact,
                                       return_report=True)
-    assert isinstance(report, MergeReport) and merged.edgeslim_merge_report is report
+    assert isinstance(report, MergeReport) and info(merged).merge is report
     # Without the exact stage the BN is absorbed by the rebirth of its block instead of folded.
     assert report.count("fold_bn") == int(include_exact) and report.count("rebirth") == 2
     assert pool_nodes(merged) == 0 and count(merged, nn.BatchNorm2d) == 0

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from edgeslim.modelinfo import info
 from edgeslim.errors import ConfigError
 from edgeslim.export import export_onnx
 from edgeslim.models import MODELS, create_model, list_models
@@ -87,13 +88,13 @@ def test_default_width_forward_shape(name: str) -> None:
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_arch_record_rebuilds_the_same_model(name: str) -> None:
     model = create_model(name, num_classes=5, **small_kwargs(name))
-    arch = json.loads(json.dumps(model.edgeslim_arch))
+    arch = json.loads(json.dumps(info(model).arch.to_dict()))
     assert arch["name"] == name and arch["kwargs"]["num_classes"] == 5
     assert set(arch["kwargs"]) == set(inspect.signature(MODELS.get(name)).parameters)
     rebuilt = create_model(arch["name"], **arch["kwargs"])
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     assert shapes == {k: v.shape for k, v in rebuilt.state_dict().items()}
-    assert rebuilt.edgeslim_arch == arch
+    assert info(rebuilt).arch.to_dict() == arch
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -104,9 +105,9 @@ def test_in_channels(name: str) -> None:
 
 
 def test_unknown_model_lists_valid_names() -> None:
-    with pytest.raises(RegistryError) as info:
+    with pytest.raises(RegistryError) as raised:
         create_model("resnet21")
-    message = str(info.value)
+    message = str(raised.value)
     assert "resnet20" in message and "vgg16" in message and "densenet_cifar" in message
 
 

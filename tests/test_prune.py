@@ -17,6 +17,7 @@ from torch import nn
 
 import edgeslim
 import nets
+from edgeslim.modelinfo import info
 from edgeslim.errors import ConfigError, UnsupportedModelError
 from edgeslim.graph import build_dependency_graph
 from edgeslim.models import MODELS, create_model, list_models
@@ -64,10 +65,10 @@ def test_zoo_prunes_at_30_50_70_percent(name: str, planner: str) -> None:
         p, f = count_params(pruned), flops(pruned, x)
         assert p < last_params and f < f0, f"{name} {planner} {ratio}: params {p}/{p0}, flops {f}/{f0}"
         last_params = p
-        assert pruned.edgeslim_plans[-1]["groups"], "the plan records what was cut"
+        assert info(pruned).plans[-1]["groups"], "the plan records what was cut"
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    assert not hasattr(model, "edgeslim_plans")
+    assert info(model).plans == []
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -169,7 +170,7 @@ def test_iterative_steps_call_finetune_each_step() -> None:
     assert [s for s, _ in calls] == [1, 2, 3]
     sizes = [n for _, n in calls]
     assert sizes[0] > sizes[1] > sizes[2] == count_params(pruned)
-    assert len(pruned.edgeslim_plans) == 3
+    assert len(info(pruned).plans) == 3
     # the channel budget refers to the original model, in one step or three
     n0 = len(build_dependency_graph(model, x, protect_first=True).prunable_classes())
     for m in (pruned, edgeslim.prune(model, x, ratio=0.6)):
@@ -271,7 +272,7 @@ def test_removing_silent_channels_is_exact_vgg() -> None:
     pruned = edgeslim.prune(model, x, ratio=n / len(graph.prunable_classes()))
     for path, chans in silenced.items():
         conv = pruned.get_submodule(path)
-        kept = pruned.edgeslim_plans[-1]["groups"][path]
+        kept = info(pruned).plans[-1]["groups"][path]
         assert sorted(set(range(len(kept) + len(chans))) - set(kept)) == chans
         assert conv.out_channels == len(kept)
     torch.testing.assert_close(pruned(x), ref, atol=1e-5, rtol=1e-5)
@@ -299,7 +300,7 @@ def test_removing_a_silent_residual_channel_is_exact() -> None:
     # the same cut found by the l1 ranking
     auto = edgeslim.prune(model, x, ratio=3 / len(build_dependency_graph(model, x).prunable_classes()),
                           protect_first=False)
-    assert auto.edgeslim_plans[-1]["groups"] == {"conv1": [i for i in range(16) if i not in chans]}
+    assert info(auto).plans[-1]["groups"] == {"conv1": [i for i in range(16) if i not in chans]}
     torch.testing.assert_close(auto(x), ref, atol=1e-5, rtol=1e-5)
 
 
@@ -325,7 +326,7 @@ def test_removing_silent_channels_is_exact_through_depthwise() -> None:
 def test_plan_replays_on_a_fresh_copy() -> None:
     model, x = zoo("densenet_cifar")
     pruned = edgeslim.prune(model, x, ratio=0.4)
-    replay = apply_plan(copy.deepcopy(model), x, pruned.edgeslim_plans[-1], protect_first=True)
+    replay = apply_plan(copy.deepcopy(model), x, info(pruned).plans[-1], protect_first=True)
     a, b = pruned.state_dict(), replay.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -350,7 +351,7 @@ def test_bn_scale_cuts_the_smallest_gammas() -> None:
         bn.weight.copy_(torch.linspace(1.0, 2.0, bn.num_features))
         bn.weight[[3, 9]] = 1e-3
     pruned = edgeslim.prune(model, x, ratio=0.01, criterion="bn_scale")
-    kept = pruned.edgeslim_plans[-1]["groups"]["features.4"]
+    kept = info(pruned).plans[-1]["groups"]["features.4"]
     assert 3 not in kept and 9 not in kept
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 import edgeslim
 import nets
+from edgeslim.modelinfo import info
 from edgeslim.errors import ConfigError
 from edgeslim.export import export_onnx
 from edgeslim.graph import build_dependency_graph
@@ -104,7 +105,7 @@ def test_random_networks_prune_consistently(specs: list[BlockSpec], opts: dict, 
     assert graph1.cost() == (macs // 2, params)
 
     # the plan's channel counts are the layers' new shapes
-    plan = pruned.edgeslim_plans[-1]
+    plan = info(pruned).plans[-1]
     for path, counts in plan["modules"].items():
         shape = _channel_counts(pruned.get_submodule(path))
         if shape is not None:

@@ -21,6 +21,8 @@ _EXPORTS: dict[str, str] = {
     "Trainer": "edgeslim.train",
     "TrainConfig": "edgeslim.train",
     "evaluate": "edgeslim.train",
+    "info": "edgeslim.modelinfo",
+    "ModelInfo": "edgeslim.modelinfo",
     # structural pruning
     "prune": "edgeslim.prune",
     "prune_": "edgeslim.prune",

@@ -24,6 +24,7 @@ from edgeslim.distill.losses import LOSSES, LossContext, LossSetup, LossSpec, bu
 from edgeslim.distill.pairing import ExampleInputs, LayerPair, pair_layers
 from edgeslim.distill.taps import FeatureTaps
 from edgeslim.errors import ConfigError
+from edgeslim.modelinfo import info
 
 __all__ = ["DEFAULT_LOSSES", "PIPELINE_LOSSES", "Distiller", "distill", "kd_finetune"]
 
@@ -302,7 +303,7 @@ def distill(
 
     Returns:
         The same ``student`` object, trained. Its per-epoch metrics are in
-        ``student.edgeslim_distill_history``.
+        ``edgeslim.info(student).distill_history``.
 
     Raises:
         ConfigError: an unknown trainer option, loss name or loss option.
@@ -319,7 +320,7 @@ def distill(
                           example_inputs=example, loss_options=loss_options)
     with distiller:
         history = Trainer(student, cfg, loss=distiller, callbacks=callbacks).fit(train_loader, val_loader)
-    student.edgeslim_distill_history = history
+    info(student).distill_history = history
     return student
 
 

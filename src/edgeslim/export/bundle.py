@@ -27,6 +27,7 @@ from torch.overrides import TorchFunctionMode
 
 from .. import __version__
 from ..errors import CheckpointError, EdgeslimError
+from ..modelinfo import Arch, info
 from ..graph.trace import symbolic_trace
 from ..io import atomic_path
 from . import fxgraph, modspec, replay
@@ -51,8 +52,9 @@ def _arch_of(model: nn.Module, arch: dict | None) -> tuple[dict, nn.Module]:
         return arch, model
     if isinstance(model, fx.GraphModule):
         return _traced_arch(model)  # re-tracing flattens custom container modules into torch.nn leaves
-    if getattr(model, "edgeslim_arch", None):
-        return {"zoo": model.edgeslim_arch["name"], "kwargs": model.edgeslim_arch["kwargs"]}, model
+    recorded = info(model).arch
+    if recorded is not None:
+        return {"zoo": recorded.name, "kwargs": recorded.kwargs}, model
     try:
         return {"spec": modspec.describe(model)}, model
     except TypeError:
@@ -146,7 +148,7 @@ def save(model: nn.Module, path: str | Path, *, arch: dict | None = None,
     manifest = {
         "format": FORMAT, "edgeslim_version": __version__, "arch": arch,
         "replacements": replacements, "extra_buffers": sorted(set(tensors) - ref_keys),
-        "plans": getattr(model, "edgeslim_plans", []), "sha256": _weights_digest(tensors),
+        "plans": info(model).plans, "sha256": _weights_digest(tensors),
         "extra": extra or {},
     }
     path = Path(path)
@@ -352,7 +354,8 @@ def load(path: str | Path, model: nn.Module | None = None, *,
             model = _rebuild(manifest, tensors, factory, allow_import, path)
     model = _complete(model, manifest, tensors, path)
     model.load_state_dict(tensors)
+    record = info(model)
     if "zoo" in manifest["arch"]:
-        model.edgeslim_arch = {"name": manifest["arch"]["zoo"], "kwargs": manifest["arch"]["kwargs"]}
-    model.edgeslim_plans = manifest.get("plans", [])
+        record.arch = Arch(manifest["arch"]["zoo"], manifest["arch"]["kwargs"])
+    record.plans = manifest.get("plans", [])
     return model.eval()

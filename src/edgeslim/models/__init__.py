@@ -1,7 +1,7 @@
 """The model zoo: LeNet-5, CIFAR VGG / ResNet / MobileNetV2 / DenseNet.
 
 ``create_model(name, num_classes=10, **kwargs)`` builds a registered model and
-records ``model.edgeslim_arch``; ``list_models()`` names them;
+records ``edgeslim.info(model).arch``; ``list_models()`` names them;
 ``@register_model("name")`` adds one (a factory function with JSON-serialisable
 keyword arguments).
 """

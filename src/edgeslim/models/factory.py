@@ -1,7 +1,7 @@
 """The model registry: ``register_model``, ``create_model``, ``list_models`` (timm style).
 
-``create_model`` records how a model was built in ``model.edgeslim_arch`` (a
-JSON-serialisable dict with the factory name and *all* its keyword arguments,
+``create_model`` records how a model was built in ``edgeslim.info(model).arch`` (an
+:class:`~edgeslim.modelinfo.Arch` with the factory name and *all* its keyword arguments,
 defaults included), so a saved or pruned model can be rebuilt from a manifest
 without pickling any class.
 """
@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from edgeslim.errors import ConfigError
+from edgeslim.modelinfo import Arch, info
 from edgeslim.registry import Registry
 
 ModelFactory = Callable[..., nn.Module]
@@ -62,7 +63,7 @@ def _bind_kwargs(name: str, factory: ModelFactory, kwargs: dict[str, Any]) -> di
 
 
 def create_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
-    """Build a registered model and record its architecture in ``model.edgeslim_arch``.
+    """Build a registered model and record its architecture in ``edgeslim.info(model).arch``.
 
     Args:
         name: a name from :func:`list_models` (case-insensitive).
@@ -70,7 +71,7 @@ def create_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
         **kwargs: model-specific arguments (``in_channels``, ``width_mult``, ...).
 
     Returns:
-        The freshly initialised model with ``edgeslim_arch = {"name", "kwargs"}``.
+        The freshly initialised model; ``edgeslim.info(model).arch`` is ``Arch(name, kwargs)``.
 
     Raises:
         RegistryError: unknown ``name`` (the message lists the valid names).
@@ -79,5 +80,5 @@ def create_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
     factory = MODELS.get(name)
     arch_kwargs = _bind_kwargs(name, factory, {"num_classes": num_classes, **kwargs})
     model = factory(**arch_kwargs)
-    model.edgeslim_arch = {"name": name.lower(), "kwargs": arch_kwargs}
+    info(model).arch = Arch(name.lower(), arch_kwargs)
     return model

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import torch
 from torch import nn
 
+from ..modelinfo import info
 from ..registry import Registry
 from . import configs as R
 
@@ -136,9 +137,9 @@ def _prune_structured(state: RunState, cfg: R.PruneStage) -> None:
            threads=cfg.threads, steps=cfg.steps, finetune=tune, round_to=cfg.round_to,
            calib_data=state.calib, ignore=tuple(cfg.ignore), min_channels=cfg.min_channels,
            protect_first=cfg.protect_first, on_unsupported=cfg.on_unsupported)
-    latency = getattr(state.model, "edgeslim_latency", None)
+    latency = info(state.model).latency
     if latency is not None:  # runtime, batch, threads, baseline/target/predicted/measured ms
-        state.artifacts["latency"] = latency
+        state.artifacts["latency"] = latency.to_dict()
 
 
 def _prune_easiedge(state: RunState, cfg: R.PruneStage) -> None:

@@ -73,6 +73,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from ..modelinfo import info
 from ..graph import DependencyGraph, build_dependency_graph
 from ..io import atomic_torch_save, safe_torch_load
 from . import information_gain  # noqa: F401  (registers the information-gain criteria)
@@ -621,9 +622,9 @@ def admm_prune(model: nn.Module, example_inputs: Any, train_data: Any, *, target
             uses ``schedule="constant"`` unless told otherwise.
 
     Returns:
-        The pruned, fine-tuned copy; ``edgeslim_admm_history`` holds one record per
-        iteration (loss, accuracy, rho, primal and dual residuals, kept filters, ...) and
-        the final stages, and ``edgeslim_plans`` the pruning plan.
+        The pruned, fine-tuned copy; ``edgeslim.info(result).admm_history`` holds one record
+        per iteration (loss, accuracy, rho, primal and dual residuals, kept filters, ...) and
+        the final stages, and ``info(result).plans`` the pruning plan.
     """
     own = {k: options.pop(k) for k in [f.name for f in dataclasses.fields(ADMMConfig)] if k in options}
     cfg = ADMMConfig(target_filters=target_filters, target_flops=target_flops, target_params=target_params,
@@ -640,7 +641,7 @@ def admm_prune(model: nn.Module, example_inputs: Any, train_data: Any, *, target
     if cfg.finetune is not None and cfg.finetune_epochs > 0:
         _finetune(cfg, net, model, train_data, tune_opts, out_dir, resume)
         run.history.append({"stage": "finetuned"} | _validate_net(net, val_data))
-    net.edgeslim_admm_history = run.history
+    info(net).admm_history = run.history
     return net
 
 
@@ -655,7 +656,7 @@ def _hard_prune(run: _Run, out_shape: Any) -> None:
     last = run.state.removed.clone()
     removed = run.z_step(run.cfg.admm_iterations + 1, dual=False)
     plan = prune_channels_(net, run.graph, removed)
-    net.edgeslim_plans = list(getattr(net, "edgeslim_plans", [])) + [plan]
+    info(net).plans = list(info(net).plans) + [plan]
     _check_forward(net, run.inputs, out_shape)
     kept = len(run.graph.prunable_classes()) - int(removed.sum())
     changed = int((torch.as_tensor(removed) != last).sum())

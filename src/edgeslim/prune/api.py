@@ -22,6 +22,7 @@ from torch import nn
 
 from .._checks import check_finite, check_model_and_inputs
 from ..errors import ConfigError, EdgeslimError
+from ..modelinfo import info
 from ..graph import DependencyGraph, build_dependency_graph
 from .._core import run_on_meta, eval_mode, flatten_outputs
 from .importance import Importance, ImportanceContext, get_importance
@@ -216,7 +217,8 @@ def _latency_step_(model: nn.Module, inputs: tuple, cfg: PruneConfig, calib_data
                    graph: DependencyGraph | None, step: int) -> dict:
     from .latency_prune import prune_to_latency_
 
-    origin = getattr(model, "edgeslim_latency", {}).get("origin_ms") if step > 1 else None
+    latency = info(model).latency
+    origin = latency.origin_ms if step > 1 and latency is not None else None
     return prune_to_latency_(model, inputs, cfg, calib_data, graph or _graph(model, inputs, cfg),
                              step / cfg.steps, origin)
 
@@ -267,7 +269,7 @@ def prune_(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plan
     fixed = _unmodelled(model, inputs, cfg, graph0) \
         if cfg.ratio is None and not cfg.latency_target else (0.0, 0.0)
     removed_total = 0
-    plans = list(getattr(model, "edgeslim_plans", []))
+    plans = list(info(model).plans)
     for step in range(1, cfg.steps + 1):
         if cfg.latency_target:  # measured on the runtime: prune/latency_prune.py
             plan = _latency_step_(model, inputs, cfg, calib_data, graph0 if step == 1 else None, step)
@@ -282,7 +284,7 @@ def prune_(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plan
             tune(model, step)
     if removed_total == 0 and not cfg.trivial:
         warnings.warn(PruneWarning(_unchanged_reason(graph0, cfg, n0)), stacklevel=_caller_level())
-    model.edgeslim_plans = plans
+    info(model).plans = plans
     _check_forward(model, inputs, out_shape)
     return model
 
@@ -314,8 +316,9 @@ def prune(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plann
             in ``runtime`` with ``threads`` threads (see ``edgeslim.measure_latency``). The
             latency planner (``prune/latency_planner.py``) cuts channels to the sizes the
             runtime is fast at and removes residual branches (``depth=False`` to not), then
-            measures the result and re-plans if it misses; ``model.edgeslim_latency`` holds
-            the baseline, target, predicted and measured latency.
+            measures the result and re-plans if it misses; ``edgeslim.info(model).latency``
+            (a :class:`~edgeslim.modelinfo.LatencyResult`) holds the baseline, target,
+            predicted and measured latency.
         target_speedup: the same, as a factor of the unpruned model's measured latency.
         runtime: ``"onnxruntime"`` (default), ``"torch"`` (eager) or ``"openvino"`` (optional
             extra: ``pip install openvino``); only read with a latency target.
@@ -335,7 +338,7 @@ def prune(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plann
             raises ``PruneArgumentError``.
 
     Returns:
-        The pruned model; ``model.edgeslim_plans`` lists each step's plan.
+        The pruned model; ``edgeslim.info(model).plans`` lists each step's plan.
 
     Raises:
         ConfigError: a bad request (target, keyword, ``ignore`` path, criterion without the

@@ -4,7 +4,7 @@ Measure the unpruned model in the runtime, plan with the per-layer tables
 (``latency_planner``), build the pruned model, *measure it*, and re-plan with a
 corrected budget when the measurement misses the target (the tables cannot see
 everything a runtime does across layers). The result records what was measured
-in ``model.edgeslim_latency``.
+in ``edgeslim.info(model).latency``.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..modelinfo import LatencyResult
+from ..modelinfo import info as record  # ``info`` is the measurement dict below
 from ..graph import DependencyGraph
 from ..profile.latency_table import LatencyModel, LatencyTable
 from ..profile.runtimes import get_runtime
@@ -91,7 +93,7 @@ def prune_to_latency_(model: nn.Module, inputs: tuple, cfg: Any, calib_data: Any
                       origin_ms: float | None = None) -> dict:
     """Prune ``model`` in place to the latency target of ``cfg`` (``fraction`` of the way from
     ``origin_ms``, the unpruned latency, measured now when None); returns the plan and records
-    ``model.edgeslim_latency`` (runtime, batch, threads, baseline, target, predicted, measured)."""
+    ``edgeslim.info(model).latency`` (runtime, batch, threads, baseline, target, predicted, measured)."""
     measure = _Measurer(cfg, inputs)
     baseline = measure(model)
     origin = origin_ms or baseline
@@ -100,7 +102,8 @@ def prune_to_latency_(model: nn.Module, inputs: tuple, cfg: Any, calib_data: Any
             "threads": cfg.threads, "batch": _batch(inputs), "origin_ms": origin,
             "baseline_ms": baseline, "target_ms": target}
     if target >= baseline:
-        model.edgeslim_latency = info | {"predicted_ms": baseline, "measured_ms": baseline, "attempts": []}
+        record(model).latency = LatencyResult.from_dict(
+            info | {"predicted_ms": baseline, "measured_ms": baseline, "attempts": []})
         return {"groups": {}, "removed": 0}
     table = LatencyTable(measure.runtime, cfg.threads)
     lat = LatencyModel(graph, table, baseline)
@@ -119,10 +122,10 @@ def prune_to_latency_(model: nn.Module, inputs: tuple, cfg: Any, calib_data: Any
     remove_blocks_(model, plan.blocks)
     if plan.blocks:
         result["identity_blocks"] = dict(plan.blocks)
-    model.edgeslim_latency = info | {
+    record(model).latency = LatencyResult.from_dict(info | {
         "predicted_ms": plan.predicted_ms, "measured_ms": measured, "met": bool(best[2]),
         "attempts": tried, "removed_blocks": sorted(plan.blocks), "measured_entries": table.measured,
-        "per_layer_before_ms": lat.per_layer(), "per_layer_after_ms": lat.per_layer(plan.removed)}
+        "per_layer_before_ms": lat.per_layer(), "per_layer_after_ms": lat.per_layer(plan.removed)})
     log.info("latency: %.3f -> %.3f ms measured (target %.3f, predicted %.3f) on %s",
              baseline, measured, target, plan.predicted_ms, measure.runtime.name)
     return result | {"removed": int(removed.sum()) + len(plan.blocks)}

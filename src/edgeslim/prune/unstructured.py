@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from edgeslim.errors import ConfigError
+from edgeslim.modelinfo import SparsityResult, info
 
 __all__ = [
     "prune_weights",
@@ -129,7 +130,7 @@ def prune_weights(
 
     Returns:
         The pruned copy; each pruned module has a boolean ``weight_mask`` buffer
-        (non-persistent) and ``result.edgeslim_sparsity`` records the settings.
+        (non-persistent) and ``edgeslim.info(result).sparsity`` records the settings.
 
     Raises:
         ConfigError: sparsity outside ``[0, 1)``, an unknown scope, or no
@@ -147,8 +148,7 @@ def prune_weights(
         else:
             module.register_buffer(MASK, mask, persistent=False)
     apply_masks_(pruned)
-    pruned.edgeslim_sparsity = {"sparsity": float(sparsity), "scope": scope,  # type: ignore[assignment]
-                                "layers": [p for p, _ in targets]}
+    info(pruned).sparsity = SparsityResult(float(sparsity), scope, [p for p, _ in targets])
     return pruned
 
 

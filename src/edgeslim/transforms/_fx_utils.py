@@ -8,7 +8,6 @@ user, a parameter not tied to another module).
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections import Counter
 from typing import Any
 from collections.abc import Iterator, Sequence
@@ -93,13 +92,6 @@ def only_input(node: fx.Node) -> fx.Node | None:
     if len(node.args) == 1 and not node.kwargs and isinstance(node.args[0], fx.Node):
         return node.args[0]
     return None
-
-
-def copy_edgeslim_attrs(src: nn.Module, dst: nn.Module) -> None:
-    """Carry ``edgeslim_*`` metadata attributes (architecture, reports) to a new module."""
-    for key, value in vars(src).items():
-        if key.startswith("edgeslim_"):
-            setattr(dst, key, copy.deepcopy(value))
 
 
 def replace_module(root: nn.Module, path: str, new: nn.Module) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Callable
 
@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from edgeslim.errors import UnsupportedModelError
+from edgeslim.modelinfo import info
 from edgeslim.transforms._fx_utils import (
     ExampleInputs,
     as_input_tuple,
@@ -51,6 +52,14 @@ class FoldedPair:
 
     layer: str
     bn: str
+
+
+@dataclass
+class FoldReport:
+    """What :func:`fold_batchnorm` did: the folded pairs and ``(bn_path, reason)`` of those skipped."""
+
+    folded: list[FoldedPair] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _conv_rule(layer: nn.Module, bn: _BatchNorm, bn_input: fx.Node | None) -> str | None:
@@ -262,10 +271,9 @@ def fold_batchnorm(
     folded BN is replaced by ``nn.Identity`` so module paths and the model's
     class stay the same. Supports Conv1d/2d/3d (any groups, incl. depthwise)
     and Linear followed by BatchNorm1d on ``[N, features]``. The input model is
-    not modified; the copy keeps its train/eval flags. Folded pairs are listed
-    in ``result.edgeslim_folded`` (list of :class:`FoldedPair`), BNs that
-    follow a layer but can't be folded (with the reason) in
-    ``result.edgeslim_fold_skipped``.
+    not modified; the copy keeps its train/eval flags. ``edgeslim.info(result).fold``
+    (a :class:`FoldReport`) lists the folded pairs and the BNs that follow a layer
+    but can't be folded (with the reason).
 
     Args:
         model: the network (not modified).
@@ -287,6 +295,5 @@ def fold_batchnorm(
         assert isinstance(bn, _BatchNorm)
         fold_bn_into_(folded.get_submodule(pair.layer), bn)
         folded.set_submodule(pair.bn, nn.Identity())
-    folded.edgeslim_folded = list(pairs)  # type: ignore[assignment]
-    folded.edgeslim_fold_skipped = list(skipped)  # type: ignore[assignment]
+    info(folded).fold = FoldReport(list(pairs), list(skipped))
     return folded

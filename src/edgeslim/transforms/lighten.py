@@ -37,12 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeslim.errors import ConfigError, UnsupportedModelError
+from edgeslim.modelinfo import LightenReport, copy_info, info
 from edgeslim.registry import Registry
 from edgeslim.transforms._fx_utils import (
     ExampleInputs,
     as_input_tuple,
     called_module,
-    copy_edgeslim_attrs,
     node_shape,
     propagate_shapes,
     trace,
@@ -203,20 +203,20 @@ def _base_copy(model: nn.Module, width_mult: float) -> nn.Module:
     from edgeslim.models import create_model
     from edgeslim.models.factory import MODELS
 
-    arch = getattr(model, "edgeslim_arch", None)
-    kwargs = dict(arch.get("kwargs", {})) if isinstance(arch, dict) else {}
-    if "width_mult" not in kwargs and isinstance(arch, dict) and arch.get("name") in MODELS \
-            and "width_mult" in inspect.signature(MODELS.get(arch["name"])).parameters:
+    arch = info(model).arch
+    kwargs = dict(arch.kwargs) if arch is not None else {}
+    if "width_mult" not in kwargs and arch is not None and arch.name in MODELS \
+            and "width_mult" in inspect.signature(MODELS.get(arch.name)).parameters:
         kwargs["width_mult"] = 1.0  # a model saved before its factory took width_mult
-    if "width_mult" not in kwargs:
-        name = arch.get("name") if isinstance(arch, dict) else type(model).__name__
+    if "width_mult" not in kwargs or arch is None:
+        name = arch.name if arch is not None else type(model).__name__
         raise ConfigError(
             f"lighten: width_mult={width_mult} needs a zoo model built by create_model whose "
             f"factory takes width_mult; {name!r} does not. Use width_mult=1.0 and shrink the "
             "student afterwards with edgeslim.prune, or build the teacher with create_model."
         )
     kwargs["width_mult"] = float(kwargs["width_mult"]) * width_mult
-    student = create_model(arch["name"], **kwargs)
+    student = create_model(arch.name, **kwargs)
     ref = next(model.parameters(), None)
     if ref is not None:
         student.to(device=ref.device, dtype=ref.dtype)
@@ -510,12 +510,13 @@ def lighten(
 
     Returns:
         The student: the teacher's class with converted convs, or a
-        ``torch.fx.GraphModule`` when the head was rewritten. It carries
-        ``edgeslim_lighten_report`` (``converted``, ``skipped`` with reasons,
-        ``head``, ``params_before/after``, ``flops_before/after``) and
-        ``edgeslim_lighten_options`` (replaying them with ``lighten`` on
-        ``create_model(**edgeslim_arch)`` rebuilds the architecture;
-        ``edgeslim_arch`` already holds any width change).
+        ``torch.fx.GraphModule`` when the head was rewritten.
+        ``edgeslim.info(student).lighten`` is a
+        :class:`~edgeslim.modelinfo.LightenReport` (``converted``, ``skipped``
+        with reasons, ``head``, ``params_before/after``, ``flops_before/after``,
+        and ``options``: replaying them with ``lighten`` on
+        ``create_model(arch.name, **arch.kwargs)`` rebuilds the architecture;
+        ``info(student).arch`` already holds any width change).
 
     Raises:
         ConfigError: an invalid option, an unknown ``exclude`` path, or
@@ -535,7 +536,7 @@ def lighten(
         student.set_submodule(path, new)
     if head_plan is not None and gm is not None:
         rewritten = _rewrite_head(student, gm, head_plan, opts.head)
-        copy_edgeslim_attrs(student, rewritten)
+        copy_info(student, rewritten)
         if hasattr(student, "default_input_size"):
             rewritten.default_input_size = student.default_input_size
         student = rewritten.train(model.training)
@@ -547,11 +548,10 @@ def _attach_report(model: nn.Module, student: nn.Module, inputs: tuple[Any, ...]
                    opts: LightenOptions, report: _Report, extra: dict[str, Any]) -> None:
     params_before, flops_before = _costs(model, inputs)
     params_after, flops_after = _costs(student, inputs)
-    student.edgeslim_lighten_report = {
-        "converted": report.converted, "skipped": report.skipped, "head": report.head,
-        "params_before": params_before, "params_after": params_after,
-        "flops_before": flops_before, "flops_after": flops_after, **extra,
-    }
     # The architecture record already includes any width change: replaying
-    # these options on create_model(**edgeslim_arch) rebuilds the student.
-    student.edgeslim_lighten_options = {**opts.to_dict(), "width_mult": 1.0}
+    # these options on create_model(arch.name, **arch.kwargs) rebuilds the student.
+    info(student).lighten = LightenReport(
+        converted=report.converted, skipped=report.skipped, head=report.head,
+        params_before=params_before, params_after=params_after,
+        flops_before=flops_before, flops_after=flops_after,
+        options={**opts.to_dict(), "width_mult": 1.0}, trace_error=extra.get("trace_error"))

@@ -22,8 +22,8 @@ Exact merges here (each leaves eval outputs equal up to float rounding):
 
 :func:`streamline_merge` runs all of them and then the rebirth. Merged models
 are returned as :class:`torch.fx.GraphModule` (their forward is the merged
-graph); ``edgeslim_*`` attributes of the input (e.g. ``edgeslim_arch``) are
-carried over for provenance, but the architecture no longer matches it.
+graph); the input's ``edgeslim.info`` record (e.g. its ``arch``) is carried
+over for provenance, but the architecture no longer matches it.
 """
 from __future__ import annotations
 
@@ -39,11 +39,11 @@ from torch import Tensor, nn
 from torch.nn.modules.dropout import _DropoutNd
 
 from edgeslim.errors import ConfigError
+from edgeslim.modelinfo import copy_info, info
 from edgeslim.transforms._fx_utils import (
     ExampleInputs,
     as_input_tuple,
     called_module,
-    copy_edgeslim_attrs,
     module_call_counts,
     node_shape,
     only_input,
@@ -117,7 +117,7 @@ def remove_identities(model: nn.Module) -> nn.Module:
     are deleted (the other children keep their names, so state-dict keys stay
     stable); identities elsewhere stay as cheap no-ops because the parent's
     forward refers to them. The copy therefore has no dropout when trained.
-    Removed paths are listed in ``result.edgeslim_removed_identities``.
+    Removed paths are listed in ``edgeslim.info(result).removed_identities``.
     """
     new = copy.deepcopy(model)
     removed: list[str] = []
@@ -130,7 +130,7 @@ def remove_identities(model: nn.Module) -> nn.Module:
             if isinstance(child, nn.Identity) and type(module) is nn.Sequential:
                 delattr(module, name)
                 removed.append(cpath)
-    new.edgeslim_removed_identities = removed  # type: ignore[assignment]
+    info(new).removed_identities = removed
     return new
 
 
@@ -298,8 +298,8 @@ def merge_linear_chains(
             ``Linear(512, 16) -> Linear(16, 512)`` is kept).
 
     Returns:
-        The merged copy (same class); ``result.edgeslim_linear_merges`` lists
-        the merges as :class:`MergeRecord`.
+        The merged copy (same class); ``edgeslim.info(result).linear_merges``
+        lists the merges as :class:`MergeRecord`.
     """
     merged = copy.deepcopy(model)
     inputs = as_input_tuple(example_inputs)
@@ -311,7 +311,7 @@ def merge_linear_chains(
         if not found:
             break
         records.extend(found)
-    merged.edgeslim_linear_merges = records  # type: ignore[assignment]
+    info(merged).linear_merges = records
     return merged
 
 
@@ -505,13 +505,12 @@ def merge_branches_(gm: fx.GraphModule) -> list[MergeRecord]:
 def merge_branches(model: nn.Module, example_inputs: ExampleInputs) -> fx.GraphModule:
     """Return a GraphModule copy of ``model`` with parallel branches merged (exact).
 
-    See :func:`merge_branches_`; merges are listed in ``result.edgeslim_branch_merges``.
+    See :func:`merge_branches_`; merges are listed in ``edgeslim.info(result).branch_merges``.
     """
     gm = trace(copy.deepcopy(model), "merge_branches")
     propagate_shapes(gm, as_input_tuple(example_inputs))
     records = merge_branches_(gm)
-    copy_edgeslim_attrs(model, gm)
-    gm.edgeslim_branch_merges = records  # type: ignore[assignment]
+    copy_info(model, gm).branch_merges = records
     return gm
 
 
@@ -547,12 +546,13 @@ def _calib_batches(calib_data: Any, device: torch.device, max_batches: int | Non
 def _exact_stage(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[nn.Module, list[MergeRecord]]:
     """BN folding, identity removal and linear-chain merging (all exact)."""
     folded = fold_batchnorm(model, inputs)
-    records = [MergeRecord("fold_bn", (p.layer, p.bn), p.layer, exact=True) for p in folded.edgeslim_folded]
+    pairs = info(folded).fold.folded  # type: ignore[union-attr]
+    records = [MergeRecord("fold_bn", (p.layer, p.bn), p.layer, exact=True) for p in pairs]
     lean = remove_identities(folded)
-    bns = {p.bn for p in folded.edgeslim_folded}  # a folded BN's Identity is not news
-    records += [MergeRecord("identity", (p,), "", exact=True) for p in lean.edgeslim_removed_identities if p not in bns]
+    bns = {p.bn for p in pairs}  # a folded BN's Identity is not news
+    records += [MergeRecord("identity", (p,), "", exact=True) for p in info(lean).removed_identities if p not in bns]
     chained = merge_linear_chains(lean, inputs)
-    return chained, records + list(chained.edgeslim_linear_merges)
+    return chained, records + list(info(chained).linear_merges)
 
 
 def _pool_records(done: list) -> list[MergeRecord]:
@@ -615,7 +615,7 @@ def streamline_merge(
         return_report: also return the :class:`MergeReport`.
 
     Returns:
-        The merged :class:`torch.fx.GraphModule` (with ``edgeslim_merge_report``),
+        The merged :class:`torch.fx.GraphModule` (``edgeslim.info(result).merge`` is the report),
         and the report when ``return_report`` is true.
     """
     if steps < 0 or lr <= 0:
@@ -639,6 +639,5 @@ def streamline_merge(
         records += _pool_records(done)
     gm.train(model.training)
     report = MergeReport(records)
-    copy_edgeslim_attrs(model, gm)
-    gm.edgeslim_merge_report = report  # type: ignore[assignment]
+    copy_info(model, gm).merge = report
     return (gm, report) if return_report else gm
