@@ -7,7 +7,7 @@ carries the ordering rules; each handler mutates a ``RunState``.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -131,12 +131,9 @@ def _prune_structured(state: RunState, cfg: R.PruneStage) -> None:
     from ..prune import prune_
 
     tune = _finetune_callback(state, cfg.finetune, cfg.finetune_epochs, cfg.finetune_lr)
-    prune_(state.model, state.example, criterion=cfg.criterion, planner=cfg.planner,
-           ratio=cfg.remove_channels, target_flops=cfg.target_flops, target_params=cfg.target_params,
-           target_latency=cfg.target_latency, target_speedup=cfg.target_speedup, runtime=cfg.runtime,
-           threads=cfg.threads, steps=cfg.steps, finetune=tune, round_to=cfg.round_to,
-           calib_data=state.calib, ignore=tuple(cfg.ignore), min_channels=cfg.min_channels,
-           protect_first=cfg.protect_first, on_unsupported=cfg.on_unsupported)
+    # the run's own fine-tuning callback (teacher, device, progress) replaces the config's mode
+    prune_(state.model, state.example, replace(cfg, finetune="none"), finetune=tune,
+           calib_data=state.calib)
     latency = info(state.model).latency
     if latency is not None:  # runtime, batch, threads, baseline/target/predicted/measured ms
         state.artifacts["latency"] = latency.to_dict()
@@ -145,13 +142,9 @@ def _prune_structured(state: RunState, cfg: R.PruneStage) -> None:
 def _prune_easiedge(state: RunState, cfg: R.PruneStage) -> None:
     from ..prune.admm import admm_prune
 
-    finetune = "plain" if cfg.finetune == "none" else cfg.finetune
     state.model = admm_prune(
-        state.model, state.example, state.train, target_filters=cfg.remove_filters,
-        target_flops=cfg.target_flops, criterion=cfg.criterion, rho=cfg.rho, admm_epochs=cfg.admm_epochs,
-        finetune_epochs=cfg.finetune_epochs if cfg.finetune != "none" else 0, finetune=finetune,
-        val_data=state.test, calib_data=state.calib, out_dir=state.stage_dir / "admm", resume=True,
-        **state.train_options(lr=cfg.finetune_lr))
+        state.model, state.example, state.train, cfg, val_data=state.test, calib_data=state.calib,
+        out_dir=state.stage_dir / "admm", resume=True, **state.train_options())
 
 
 def _masked_retrain(state: RunState, epochs: int, lr: float) -> Any:

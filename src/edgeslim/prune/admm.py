@@ -80,6 +80,7 @@ from . import information_gain  # noqa: F401  (registers the information-gain cr
 from .api import _check_forward, _example, _output_shape, _resolve_finetune, _unmodelled
 from .importance import ImportanceContext, get_importance
 from .planner import Budget, Constraints, meets_budget, plan_removal
+from .stage_args import easiedge_keywords, takes_stage_config
 from .surgery import prune_channels_
 
 log = logging.getLogger(__name__)
@@ -559,6 +560,7 @@ def _admm_phase(run: _Run, resume: bool) -> None:
         _save(run, k + 1)
 
 
+@takes_stage_config(easiedge_keywords, positional=3)
 def admm_prune(model: nn.Module, example_inputs: Any, train_data: Any, *, target_filters: float | None = None,
                criterion: Any = "information_gain_taylor", rho: float | Literal["auto"] = "auto",
                admm_epochs: float = 5.0, finetune_epochs: int = 5, finetune: Any = "plain",
@@ -574,6 +576,11 @@ def admm_prune(model: nn.Module, example_inputs: Any, train_data: Any, *, target
         model: a trained, torch.fx-traceable network (left untouched).
         example_inputs: a tensor (or tuple) for one forward pass.
         train_data: ``(x, y)`` batches (anything ``edgeslim.data.as_loader`` takes, with ``len``).
+        config: the options as one ``edgeslim.pipeline.configs.PruneStage`` (``method=
+            "easiedge"``, as a recipe runs it: ``remove_filters`` is ``target_filters``,
+            ``finetune_lr`` the ``lr`` of both phases, ``finetune="none"`` zero fine-tuning
+            epochs). Data, ``out_dir``/``resume`` and the options the stage has no field for
+            stay keywords; a keyword that contradicts the config raises ConfigError.
         target_filters: fraction of the prunable filters (channel classes) removed globally
             (default 0.8 when no target is given: the paper's filter-count protocol).
         criterion: importance used by the Z-step projection (a registered name, e.g.

@@ -27,6 +27,7 @@ from ..graph import DependencyGraph, build_dependency_graph
 from .._core import run_on_meta, eval_mode, flatten_outputs
 from .importance import Importance, ImportanceContext, get_importance
 from .planner import Budget, Constraints, explain_locks, plan_removal
+from .stage_args import structured_keywords, takes_stage_config
 from .surgery import prune_channels_
 
 log = logging.getLogger(__name__)
@@ -242,6 +243,7 @@ def _unchanged_reason(graph: DependencyGraph, cfg: PruneConfig, n0: int) -> str:
     return head + "the budget is already met"
 
 
+@takes_stage_config(structured_keywords, positional=2)
 def prune_(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", planner: str = "global",
            ratio: float | None = None, target_flops: float | None = None,
            target_params: float | None = None, target_latency: float | None = None,
@@ -289,6 +291,7 @@ def prune_(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plan
     return model
 
 
+@takes_stage_config(structured_keywords, positional=2)
 def prune(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", planner: str = "global",
           ratio: float | None = None, target_flops: float | None = None,
           target_params: float | None = None, target_latency: float | None = None,
@@ -304,6 +307,13 @@ def prune(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plann
             tied parameters are handled; a grouped conv keeps its group count and loses
             the same channels from every group).
         example_inputs: a tensor (or tuple, one per ``forward`` argument) for one forward pass.
+        config: the options as one ``edgeslim.pipeline.configs.PruneStage`` (``method=
+            "structured"``; the recipe's ``prune`` stage, the CLI's ``edgeslim prune`` flags),
+            instead of the keywords below: its ``remove_channels`` is ``ratio``, ``finetune_lr``
+            is ``finetune_options={"lr": ...}``, and its ``finetune`` default is ``"plain"``
+            (needs ``train_data=``; ``"none"`` lets a callable ``finetune=`` in). Keywords may
+            be given beside it where they agree with it or are Python-only (``calib_data``,
+            ``train_data``, a callable ``finetune``); a contradicting keyword raises ConfigError.
         criterion: a registered importance name (``l1``, ``l2``, ``bn_scale``, ``taylor``,
             ``random``, ``information_gain``, ``information_gain_taylor``) or an
             ``Importance`` instance. The data-driven ones score a model that returns a
