@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
@@ -19,7 +18,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from edgeslim._core import device_of
+from edgeslim._core import closest, device_of
 from edgeslim.distill.losses import LOSSES, LossContext, LossSetup, LossSpec, build_loss, parse_loss_spec
 from edgeslim.distill.pairing import ExampleInputs, LayerPair, pair_layers
 from edgeslim.distill.taps import FeatureTaps
@@ -248,7 +247,7 @@ def _train_config(epochs: int, trainer_options: Mapping[str, Any]) -> Any:
     valid = [f.name for f in dataclasses.fields(TrainConfig)]
     unknown = [k for k in trainer_options if k not in valid]
     if unknown:
-        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, valid, n=1))
+        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := closest(k, valid))
                  else repr(k) for k in unknown]
         raise ConfigError(
             f"distill: unknown trainer option(s) {', '.join(hints)}; valid TrainConfig fields: "

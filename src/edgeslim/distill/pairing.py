@@ -20,6 +20,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from edgeslim._core import device_of
 from edgeslim.distill.taps import FeatureTaps
 from edgeslim.errors import ConfigError
 
@@ -54,8 +55,8 @@ def _inputs(example_inputs: ExampleInputs, model: nn.Module | None = None) -> tu
     if isinstance(example_inputs, Tensor):
         example_inputs = (example_inputs,)
     if isinstance(example_inputs, (tuple, list)) and all(isinstance(t, Tensor) for t in example_inputs):
-        ref = next(model.parameters(), None) if model is not None else None
-        return tuple(t.to(ref.device) if ref is not None else t for t in example_inputs)
+        device = device_of(model, default=None) if model is not None else None
+        return tuple(t.to(device) if device is not None else t for t in example_inputs)
     raise ConfigError(
         f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}; "
         "pass a batch such as torch.randn(2, 3, 32, 32)"

@@ -9,7 +9,6 @@ pruned through something we do not understand.
 """
 from __future__ import annotations
 
-import difflib
 import operator
 import warnings
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from torch import nn
 from .._checks import run_checked
 from .._core import run_on_meta
 from ..errors import ConfigError, UnsupportedModelError
-from .._core import eval_mode
+from .._core import did_you_mean, eval_mode
 from .channels import ElementTable
 from .layouts import Moved, ParamLabel, ParamSlicer, SplitSizesSlicer, owner_of, param_label, permuted, single_axis
 from .slicers import Label, Slicer, couple_groups, slicer_for
@@ -758,8 +757,7 @@ def check_module_paths(model: nn.Module, paths: Sequence[str], what: str = "igno
     for path in paths:
         if path in names:
             continue
-        close = difflib.get_close_matches(str(path), known, n=3)
-        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        hint = did_you_mean(path, known, n=3)
         raise ConfigError(
             f"{what}=[{path!r}]: {type(model).__name__} has no submodule {path!r}.{hint} Fix: give "
             f"module paths as model.named_modules() lists them (e.g. {', '.join(map(repr, known[:3]))})"

@@ -19,14 +19,13 @@ suggest the closest valid one; values are checked by the configs themselves.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 from .. import yamlsafe
-from .._core import did_you_mean
+from .._core import closest, did_you_mean
 from ..config import from_dict, to_dict
 from ..errors import ConfigError
 from ..options import INT_GE1, MAX_LR, MAX_T, SEED, FieldError, opt, rename_deprecated, validate  # noqa: F401
@@ -124,7 +123,7 @@ def _stage_body(cls: type[StageConfig], body: Any, where: str) -> dict:
     valid = [f.name for f in dataclasses.fields(cls)]
     for key in body:
         if key not in valid and key not in cls.aliases:
-            close = difflib.get_close_matches(str(key), valid + list(cls.aliases), n=1)
+            close = closest(key, valid + list(cls.aliases))
             hint = ""
             if close:
                 new = cls.aliases.get(close[0])

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import torch
 
+from .._core import take_batches
 from ..errors import ConfigError, EdgeslimDeprecationWarning, RunDirError
 from ..io import atomic_write_json, atomic_write_text, atomic_write_with
 from ..registry import RegistryError
@@ -49,7 +50,7 @@ def _loaders(recipe: Recipe, data_dir: Any, device: str) -> tuple[Any, Any, Any]
     train, test = make_loaders(d.name, data_dir, batch_size=d.batch_size, device=device,
                                train_subset=d.train_subset, test_subset=d.test_subset,
                                seed=recipe.seed, augment=d.augment)
-    calib = [b for _, b in zip(range(d.calib_batches), train)]
+    calib = take_batches(train, d.calib_batches)
     return train, test, calib
 
 

@@ -61,7 +61,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import difflib
 import logging
 import math
 from dataclasses import dataclass
@@ -72,6 +71,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._core import closest
 from ..errors import CheckpointError, ConfigError
 from ..modelinfo import info
 from ..graph import DependencyGraph, build_dependency_graph
@@ -362,7 +362,7 @@ def _train_options(options: dict, **defaults: Any) -> dict:
     valid = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("epochs", "out_dir", "resume")]
     unknown = [k for k in options if k not in valid]
     if unknown:
-        hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, valid, 1)) else "")
+        hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := closest(k, valid)) else "")
                  for k in unknown]
         raise ConfigError(f"admm_prune: unknown trainer option(s) {', '.join(hints)}; valid: {', '.join(valid)} "
                           "(epochs, out_dir and resume are admm_prune's own arguments)")

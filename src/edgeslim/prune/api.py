@@ -9,7 +9,6 @@ unpruned model (Liu, Zhang, Chen 2020), or any callable.
 from __future__ import annotations
 
 import copy
-import difflib
 import inspect
 import logging
 import sys
@@ -24,7 +23,7 @@ from .._checks import check_finite, check_model_and_inputs
 from ..errors import ConfigError, EdgeslimError
 from ..modelinfo import info
 from ..graph import DependencyGraph, build_dependency_graph
-from .._core import run_on_meta, eval_mode, flatten_outputs
+from .._core import did_you_mean, eval_mode, flatten_outputs, run_on_meta
 from .importance import Importance, ImportanceContext, get_importance
 from .planner import Budget, Constraints, explain_locks, plan_removal
 from .stage_args import structured_keywords, takes_stage_config
@@ -172,9 +171,7 @@ def _check_options(options: dict) -> None:
             continue
         valid = [n for n in inspect.signature(prune_).parameters
                  if n not in ("model", "example_inputs", "options")] + list(_OPTIONS)
-        close = difflib.get_close_matches(key, valid, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise PruneArgumentError(f"prune() got an unexpected keyword argument {key!r}.{hint} "
+        raise PruneArgumentError(f"prune() got an unexpected keyword argument {key!r}.{did_you_mean(key, valid)} "
                                  f"Valid keywords: {', '.join(sorted(valid))}")
 
 

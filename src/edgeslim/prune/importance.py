@@ -17,7 +17,7 @@ from torch import nn
 from .._checks import first_tensor
 from ..errors import ConfigError
 from ..graph import DependencyGraph
-from .._core import eval_mode
+from .._core import FeatureTaps, device_of, eval_mode, take_batches
 from ..registry import Registry
 
 Normalize = Literal["mean", "max", "none"]
@@ -58,10 +58,8 @@ class ImportanceContext:
     def _batches(self, model: nn.Module) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         from ..data import as_loader
 
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        for i, (x, y) in enumerate(as_loader(self.calib_data)):
-            if i >= self.max_batches:
-                break
+        device = device_of(model)
+        for x, y in take_batches(as_loader(self.calib_data), self.max_batches):
             yield x.to(device), y.to(device)
 
 
@@ -176,23 +174,6 @@ class RandomImportance(Importance):
                 if r.out_label is not None}
 
 
-def capture_activations(model: nn.Module, paths: list[str], retain_grad: bool = True):
-    """Register forward hooks that store each module's output (with grad retained; an output
-    that needs no grad, e.g. of a frozen layer, is made a leaf that does)."""
-    store: dict[str, torch.Tensor] = {}
-    handles = []
-    for path in paths:
-        module = model.get_submodule(path)
-
-        def hook(_m, _i, out, path=path):
-            if retain_grad and torch.is_grad_enabled() and out.is_floating_point():
-                out.retain_grad() if out.requires_grad else out.requires_grad_(True)
-            store[path] = out
-
-        handles.append(module.register_forward_hook(hook))
-    return store, handles
-
-
 @IMPORTANCES.register("taylor")
 class TaylorImportance(Importance):
     """First-order Taylor estimate of the loss change when a channel is removed:
@@ -210,20 +191,19 @@ class TaylorImportance(Importance):
     def scores(self, graph, model, ctx):
         paths = [r.path for r in graph.producers() if r.out_label is not None]
         totals: dict[str, torch.Tensor] = {}
-        store, handles = capture_activations(model, paths)
+        taps = FeatureTaps(model, paths, retain_grad=True)  # outputs keep their gradient
         try:
             with eval_mode(model), torch.enable_grad():  # eval_mode keeps frozen BN frozen
                 for x, y in ctx.batches(model, self.name):
                     model.zero_grad(set_to_none=True)
-                    store.clear()
+                    taps.clear()
                     loss = _loss(ctx, first_tensor(model(x), "criterion taylor"), y)
                     if loss.requires_grad:
                         loss.backward()
                     for p in paths:
-                        totals[p] = totals.get(p, 0) + _taylor_term(store.get(p))
+                        totals[p] = totals.get(p, 0) + _taylor_term(taps.outputs.get(p))
         finally:
-            for h in handles:
-                h.remove()
+            taps.remove()
             model.zero_grad(set_to_none=True)
         if paths and not totals:
             raise ConfigError("criterion taylor got no calibration batch: calib_data is empty")

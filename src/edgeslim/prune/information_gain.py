@@ -74,6 +74,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._core import device_of
 from .._checks import first_tensor
 from ..errors import ConfigError
 from ..graph import DependencyGraph
@@ -175,7 +176,7 @@ def exact_information_gain(model: nn.Module, graph: DependencyGraph, batches: Ba
     """
     consumers = channel_consumers(graph)
     todo = graph.prunable_classes() if classes is None else list(classes)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = device_of(model)
     where = _positions_by_class(consumers, set(todo), device)
     active: dict[int, torch.Tensor] = {}
 

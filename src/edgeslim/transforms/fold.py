@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from edgeslim.errors import UnsupportedModelError
+from edgeslim._core import FeatureTaps
 from edgeslim.modelinfo import info
 from edgeslim.transforms._fx_utils import (
     ExampleInputs,
@@ -168,22 +169,10 @@ def _join(prefix: str, name: str) -> str:
 
 def _capture_calls(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[dict[str, tuple], Counter[str]]:
     """Run ``model`` once; record each submodule's first positional args and its call count."""
-    first_args: dict[str, tuple] = {}
-    counts: Counter[str] = Counter()
-    handles = []
-    for path, module in model.named_modules():
-        def hook(mod: nn.Module, args: tuple, _path: str = path) -> None:
-            counts[_path] += 1
-            first_args.setdefault(_path, args)
-
-        handles.append(module.register_forward_pre_hook(hook))
-    try:
-        with eval_mode(model):
-            model(*inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return first_args, counts
+    paths = [path for path, _ in model.named_modules()]
+    with FeatureTaps(model, paths, outputs=False, inputs=True, keep="first") as taps, eval_mode(model):
+        model(*inputs)
+    return taps.inputs, Counter(taps.calls)
 
 
 def _is_fx_leaf(module: nn.Module) -> bool:

@@ -24,7 +24,6 @@ trained by distillation next (:func:`edgeslim.distill.distill`).
 from __future__ import annotations
 
 import copy
-import difflib
 import inspect
 import math
 from collections import OrderedDict
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeslim.errors import ConfigError, UnsupportedModelError
+from edgeslim._core import did_you_mean
 from edgeslim.modelinfo import LightenReport, copy_info, info
 from edgeslim.registry import Registry
 from edgeslim.transforms._fx_utils import (
@@ -184,8 +184,7 @@ def _check_exclude(model: nn.Module, exclude: Sequence[str]) -> None:
     paths = [p for p, _ in model.named_modules()]
     for ex in exclude:
         if ex not in paths:
-            close = difflib.get_close_matches(ex, paths, n=3)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            hint = did_you_mean(ex, paths, n=3)
             raise ConfigError(f"lighten: exclude names {ex!r}, which is not a module path of "
                               f"{type(model).__name__}.{hint}")
 

@@ -38,6 +38,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 from torch.nn.modules.dropout import _DropoutNd
 
+from edgeslim._core import device_of, take_batches
 from edgeslim.errors import ConfigError
 from edgeslim.modelinfo import copy_info, info
 from edgeslim.transforms._fx_utils import (
@@ -532,12 +533,8 @@ def _calib_batches(calib_data: Any, device: torch.device, max_batches: int | Non
             source = calib_data
         else:
             source = as_loader(calib_data, batch_size=batch_size)
-    batches = []
-    for item in source:
-        x = item[0] if isinstance(item, (tuple, list)) else item
-        batches.append((x.to(device),))
-        if max_batches is not None and len(batches) >= max_batches:
-            break
+    batches = [((item[0] if isinstance(item, (tuple, list)) else item).to(device),)
+               for item in take_batches(source, max_batches)]
     if not batches:
         raise ConfigError("streamline_merge: calib_data yielded no batches; pass a tensor of inputs or a loader")
     return batches
@@ -631,7 +628,7 @@ def streamline_merge(
         propagate_shapes(gm, inputs)
     blocks = find_pool_blocks(gm, module_call_counts(gm), tied_parameter_owners(gm))
     if blocks and (rebirth or include_exact):
-        device = next(iter(gm.parameters()), torch.empty(0)).device
+        device = device_of(gm)
         batches = _calib_batches(calib_data, device, max_calib_batches, batch_size) if rebirth else []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
