@@ -20,6 +20,7 @@ from edgeslim.train import (
     evaluate,
     lr_multiplier,
 )
+from edgeslim.options import MAX_LR
 from edgeslim.train.config import OptimizerName, ScheduleName
 
 
@@ -195,16 +196,30 @@ def test_config_validation_messages() -> None:
 def test_absurd_or_non_numeric_lr_is_refused(lr: Any) -> None:
     with pytest.raises(ConfigError, match=r"TrainConfig\.lr") as exc:
         TrainConfig(lr=lr)
-    if isinstance(lr, float) and lr > 1e3 and math.isfinite(lr):
-        assert "absurdly large" in str(exc.value) and "1e-3" in str(exc.value)
+    if isinstance(lr, float) and lr > MAX_LR and math.isfinite(lr):
+        assert "(0, 10]" in str(exc.value) and "1e-3" in str(exc.value)
 
 
 def test_lr_from_yaml_string_is_validated() -> None:
     from edgeslim.config import from_dict
 
-    with pytest.raises(ConfigError, match=r"lr=1e\+30 is absurdly large"):
+    with pytest.raises(ConfigError, match=r"lr=1e\+30 is invalid: it must be a finite number in \(0, 10\]"):
         from_dict(TrainConfig, {"lr": "1e30"})  # YAML 1.1 reads `lr: 1e30` as a string
-    assert from_dict(TrainConfig, {"lr": "1e3"}).lr == 1e3  # the limit itself is allowed
+    assert from_dict(TrainConfig, {"lr": "1e1"}).lr == MAX_LR  # the limit itself is allowed
+
+
+@pytest.mark.parametrize("lr", [20.0, 1e3, 0.0])
+def test_train_config_and_stages_share_one_lr_rule_and_message(lr: float) -> None:
+    """TrainConfig used to allow lr <= 1e3 while recipe stages allowed <= 10."""
+    from edgeslim.pipeline.configs import FinetuneStage, TrainStage
+
+    messages = []
+    for build in (lambda: TrainConfig(lr=lr), lambda: TrainStage(lr=lr), lambda: FinetuneStage(lr=lr)):
+        with pytest.raises(ConfigError) as exc:
+            build()
+        messages.append(str(exc.value).removeprefix("TrainConfig."))
+    assert len(set(messages)) == 1 and messages[0].startswith(f"lr={lr!r} is invalid")
+    assert TrainConfig(lr=MAX_LR).lr == TrainStage(lr=MAX_LR).lr == MAX_LR
 
 
 # --------------------------------------------------------------------------- resume

@@ -38,7 +38,8 @@ def _finite(lo: float, hi: float, lo_open: bool = True) -> Callable[[Any], bool]
     return lambda v: math.isfinite(v) and (lo < v if lo_open else lo <= v) and v <= hi
 
 
-#: A learning rate above this diverges at once; larger values are typos (1e3 for 1e-3).
+#: The one learning-rate limit (TrainConfig and every stage's lr): real schedules peak at
+#: 1e-4 to 1; above this training diverges at once, and such values are typos (1e3 for 1e-3).
 MAX_LR = 10.0
 #: The largest distillation temperature accepted (typical: 1-20).
 MAX_T = 100.0
@@ -46,7 +47,7 @@ MAX_T = 100.0
 INT_GE0 = Check(lambda v: v >= 0, "an integer >= 0", minimum=0)
 INT_GE1 = Check(lambda v: v >= 1, "an integer >= 1", minimum=1)
 LR = Check(_finite(0, MAX_LR), f"a finite number in (0, {MAX_LR:g}] (typical: 1e-4 to 0.5; above "
-           f"{MAX_LR:g} training diverges at once)", maximum=MAX_LR)
+           f"{MAX_LR:g} training diverges at once: is a minus sign missing, 1e3 for 1e-3?)", maximum=MAX_LR)
 TEMPERATURE = Check(_finite(0, MAX_T), f"a finite temperature in (0, {MAX_T:g}] (typical: 1 to 20)",
                     maximum=MAX_T)
 WEIGHT_DECAY = Check(_finite(0, 1, lo_open=False), "a finite number in [0, 1] (typical: 1e-4 to 5e-4)",
@@ -84,6 +85,19 @@ def help_of(f: dataclasses.Field) -> str:
     return str(f.metadata.get("help", ""))
 
 
+def field_message(name: str, value: Any, check: Check) -> str:
+    """The one wording of an out-of-range value: ``name=value is invalid: it must be ...``."""
+    return f"{name}={value!r} is invalid: it must be {check.text}"
+
+
+def check_value(name: str, value: Any, check: Check) -> None:
+    """Raise ``FieldError`` (:func:`field_message`) unless ``value`` is a real number that passes
+    ``check``; for dataclasses that validate a field by hand (``TrainConfig.lr``)."""
+    real = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not real or not check.ok(value):
+        raise FieldError(field_message(name, value, check))
+
+
 def validate(obj: Any) -> None:
     """Check every field of ``obj`` against its ``Check`` and choices (None means "not set").
 
@@ -99,7 +113,7 @@ def validate(obj: Any) -> None:
         if value is None:
             continue
         if check is not None and not check.ok(value):
-            raise FieldError(f"{f.name}={value!r} is invalid: it must be {check.text}")
+            raise FieldError(field_message(f.name, value, check))
         names = choices_of(f)
         if names is not None and isinstance(value, str) and value not in names:
             raise FieldError(f"{f.name}={value!r} is invalid.{did_you_mean(value, names)} "

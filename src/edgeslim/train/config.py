@@ -8,6 +8,7 @@ from typing import Literal, Optional
 
 from edgeslim.config import check_literals
 from edgeslim.errors import ConfigError
+from edgeslim.options import LR, MAX_LR, FieldError, check_value  # noqa: F401  (MAX_LR re-exported)
 
 #: Names come from the registries (``edgeslim.train.optim.OPTIMIZERS`` / ``SCHEDULES``), so a
 #: registered optimizer or schedule is accepted; these aliases only document the type.
@@ -16,9 +17,6 @@ ScheduleName = str
 DeviceName = Literal["auto", "cpu", "cuda"]
 
 
-#: Largest accepted learning rate. Real schedules peak at 0.01-1 (SGD) or 1e-4-1e-2
-#: (AdamW); anything near this is a typo (``1e3`` for ``1e-3``) that would only diverge.
-MAX_LR = 1e3
 TYPICAL_LR = "typical peaks: 0.01-0.1 for SGD, 1e-4-1e-3 for AdamW"
 
 
@@ -33,14 +31,11 @@ def _is_real(value: object) -> bool:
 
 
 def _check_lr(lr: object) -> None:
-    """A finite, positive learning rate no larger than ``MAX_LR``."""
-    _require(_is_real(lr) and lr > 0, "lr", lr, f"a finite float > 0 ({TYPICAL_LR})")
-    if lr > MAX_LR:  # type: ignore[operator]
-        raise ConfigError(
-            f"TrainConfig.lr={lr:g} is absurdly large (limit {MAX_LR:g}): training would almost "
-            f"surely diverge to NaN. Set lr to a small positive value ({TYPICAL_LR}); a negative "
-            "exponent may be missing (1e3 vs 1e-3)"
-        )
+    """The one learning-rate rule of the recipe stages (``edgeslim.options.LR``, ``(0, MAX_LR]``)."""
+    try:
+        check_value("lr", lr, LR)
+    except FieldError as exc:  # worded as TrainConfig's other fields: "TrainConfig.lr=..."
+        raise ConfigError(f"TrainConfig.{exc}") from None
 
 
 def _check_registered(cfg: "TrainConfig") -> None:
@@ -64,7 +59,8 @@ class TrainConfig:
             the Trainer itself iterates whatever loader it is given.
         optimizer: ``"sgd"`` (momentum, optional Nesterov) or ``"adamw"``
             (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", 2019).
-        lr: peak learning rate (reached at the end of warm-up); finite, in ``(0, MAX_LR]``.
+        lr: peak learning rate (reached at the end of warm-up); finite, in
+            ``(0, edgeslim.options.MAX_LR]`` (10), the limit of the recipe stages' lr too.
         momentum: SGD momentum (ignored by AdamW).
         weight_decay: L2 penalty (SGD) / decoupled decay (AdamW).
         nesterov: Nesterov momentum for SGD (only when ``momentum > 0``).
