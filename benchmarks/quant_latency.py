@@ -102,9 +102,10 @@ def bench(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "torch_int8": lambda: int8["torch"].latency(example, **timing),
         "onnxruntime_int8_from_torch": lambda: ort_latency(int8["torch"].onnx_path, example, **timing)[0],
     }
+    arch = edgeslim.info(model).arch
     result: dict[str, Any] = {
         "model": name, "dataset": SETUPS[name][0], "origin": origin,
-        "width_mult": (edgeslim.info(model).arch.kwargs if edgeslim.info(model).arch else {}).get("width_mult"),
+        "width_mult": arch.kwargs.get("width_mult") if arch is not None else None,
         "params": count_params(model),
         "latency_ms": _latencies(timers, args.repeats),
         "size_bytes": {"onnx_fp32": fp32.stat().st_size} | {
