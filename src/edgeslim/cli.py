@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -412,6 +413,11 @@ def _main(argv: Sequence[str] | None) -> int:
         print("interrupted; finished stages and epoch checkpoints are kept (re-run with --resume)",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `edgeslim schema | head`: the reader left; say nothing more (Python's documented recipe:
+        # point stdout at devnull so the interpreter's final flush does not raise again).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
