@@ -38,6 +38,8 @@ class RunState:
     artifacts: dict = field(default_factory=dict)
     stage_dir: Path = Path(".")
     progress: bool = True
+    #: metrics the running stage reports about itself (reset before each stage, merged into its record)
+    stage_metrics: dict = field(default_factory=dict)
 
     def train_options(self, **extra: Any) -> dict:
         """TrainConfig fields shared by every training stage."""
@@ -136,9 +138,19 @@ def _prune_structured(state: RunState, cfg: R.PruneStage) -> None:
            threads=cfg.threads, steps=cfg.steps, finetune=tune, round_to=cfg.round_to,
            calib_data=state.calib, ignore=tuple(cfg.ignore), min_channels=cfg.min_channels,
            protect_first=cfg.protect_first, on_unsupported=cfg.on_unsupported)
-    latency = getattr(state.model, "edgeslim_latency", None)
-    if latency is not None:  # runtime, batch, threads, baseline/target/predicted/measured ms
-        state.artifacts["latency"] = latency
+    plan = latency_plan(state.model)
+    if plan is not None:
+        state.stage_metrics["latency_plan"] = plan
+
+
+def latency_plan(model: nn.Module) -> dict | None:
+    """What the latency planner recorded on ``model`` (None: no latency target was planned).
+
+    The one place that reads the planner's record off a model: runtime, runtime_version,
+    threads, batch, baseline/target/predicted/measured ms, per_layer_before_ms/after_ms.
+    """
+    latency = getattr(model, "edgeslim_latency", None)
+    return None if latency is None else copy.deepcopy(dict(latency))
 
 
 def _prune_easiedge(state: RunState, cfg: R.PruneStage) -> None:

@@ -6,6 +6,7 @@ display, and figures are freed as soon as they are rendered to bytes.
 from __future__ import annotations
 
 import io
+import textwrap
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -38,6 +39,33 @@ def _series(stages: Sequence[Row], x_key: str, y_key: str) -> list[tuple[str, fl
             for i, r in enumerate(stages) if _number(r.get(x_key)) and _number(r.get(y_key))]
 
 
+def untrained(row: Row) -> bool:
+    """A stage whose model changed structure and was not trained since (``trained`` is False)."""
+    return row.get("trained") is False
+
+
+def _draw_stages(ax: Any, stages: Sequence[Row], x_key: str | Callable[[Row], Any], y_key: str,
+                 style: str, legend: str, full_labels: bool = True) -> list[float]:
+    """Trained stages as one curve in stage order; untrained ones apart (grey crosses, not joined,
+    labelled "untrained"). Returns the x values drawn."""
+    x_of = x_key if callable(x_key) else (lambda r: r.get(x_key))
+    points = [(i, r, float(x_of(r)), 100 * float(r[y_key])) for i, r in enumerate(stages)
+              if _number(x_of(r)) and _number(r.get(y_key))]
+    curve = [p for p in points if not untrained(p[1])]
+    apart = [p for p in points if untrained(p[1])]
+    if curve:
+        ax.plot([p[2] for p in curve], [p[3] for p in curve], style, label=legend)
+    if apart:
+        ax.plot([p[2] for p in apart], [p[3] for p in apart], "x", color="0.45", markersize=9,
+                linestyle="none", label=f"{legend}: untrained stage (not joined)")
+    for j, (i, row, x, y) in enumerate(points):
+        text = f"{i}: {stage_name(row, i)}" if full_labels else str(i)
+        text += " (untrained)" if untrained(row) and full_labels else ""
+        ax.annotate(text, (x, y), xytext=_OFFSETS[j % len(_OFFSETS)], textcoords="offset points",
+                    fontsize=8, color="0.35" if untrained(row) else "black")
+    return [p[2] for p in points]
+
+
 @dataclass(frozen=True)
 class TradeOff:
     """An accuracy-versus-cost scatter: one labelled point per stage."""
@@ -56,14 +84,7 @@ class TradeOff:
         ax = fig.add_subplot()
         series = ((self.x_key, "accuracy", "fp32 PyTorch"),) + self.extra
         for n, ((x_key, y_key, legend), style) in enumerate(zip(series, ("-o", "--s", ":^"))):
-            points = _series(stages, x_key, y_key)
-            if not points:
-                continue
-            ax.plot([p[1] for p in points], [p[2] for p in points], style, label=legend)
-            for j, (label, x, y) in enumerate(points):  # full labels on the main series only
-                text = label if n == 0 else label.split(":")[0]
-                ax.annotate(text, (x, y), xytext=_OFFSETS[j % len(_OFFSETS)],
-                            textcoords="offset points", fontsize=8)
+            _draw_stages(ax, stages, x_key, y_key, style, legend, full_labels=n == 0)
         xs = [p[1] for p in main]
         if min(xs) > 0 and max(xs) / min(xs) > 20:
             ax.set_xscale("log")
@@ -129,6 +150,68 @@ def layer_latency_plot(latency: Mapping[str, float]) -> bytes | None:
     ax.set_title(f"Latency per layer (total {sum(latency.values()):.3f} ms)")
     ax.grid(axis="x", alpha=0.3)
     return render_png(fig)
+
+
+def _size(row: Row) -> Any:
+    return row.get("stored_bytes", row.get("bytes"))
+
+
+def _latency(row: Row) -> Any:
+    value = row.get("onnx_latency_ms")
+    return value if _number(value) else row.get("latency_ms")
+
+
+def accuracy_latency_size_plot(stages: Sequence[Row], latency_label: str) -> bytes | None:
+    """Two panels, accuracy against measured latency and against size, one point per stage;
+    untrained stages drawn apart (:func:`_draw_stages`). None without accuracy and latency."""
+    if not any(_number(_latency(r)) and _number(r.get("accuracy")) for r in stages):
+        return None
+    fig = Figure(figsize=(11.0, 4.6))
+    panels = ((_latency, latency_label, False), (_size, "size as stored (bytes)", True))
+    for k, (x_of, x_label, engineering) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, k + 1)
+        xs = _draw_stages(ax, stages, x_of, "accuracy", "-o", "stages in order")
+        if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
+            ax.set_xscale("log")
+        if engineering:
+            ax.xaxis.set_major_formatter(EngFormatter(unit="B"))
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.margins(x=0.15, y=0.15)
+        if k == 0:
+            ax.legend(fontsize=8)
+    fig.suptitle("Accuracy vs measured latency and vs size per stage")
+    return render_png(fig)
+
+
+def layer_before_after_plot(before: Mapping[str, float], after: Mapping[str, float],
+                            how: str) -> bytes | None:
+    """Paired horizontal bars: ms per layer before and after compression (the slowest
+    :data:`MAX_BARS` layers before, in execution order; layers only one side has get one bar)."""
+    layers = list(dict.fromkeys(list(before) + list(after)))
+    if not layers:
+        return None
+    if len(layers) > MAX_BARS:
+        keep = set(sorted(layers, key=lambda k: -max(before.get(k, 0.0), after.get(k, 0.0)))[:MAX_BARS])
+        layers = [k for k in layers if k in keep]
+    fig = Figure(figsize=(7.4, 0.34 * len(layers) + 1.8))
+    ax = fig.add_subplot()
+    for j, (label, values, color) in enumerate((("before", before, "#fdae6b"), ("after", after, "#e6550d"))):
+        ax.barh([y + (j - 0.5) * 0.4 for y in range(len(layers))], [values.get(k, 0.0) for k in layers],
+                0.4, label=f"{label} (total {sum(values.values()):.3f} ms)", color=color)
+    ax.set_yticks(list(range(len(layers))), layers, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms per layer")
+    ax.set_title("Latency per layer before and after compression", fontsize=10)
+    fig.text(0.01, -0.02, "\n".join(_wrap(how)), fontsize=7, color="0.35", ha="left", va="top")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8)
+    return render_png(fig)
+
+
+def _wrap(text: str, width: int = 110) -> list[str]:
+    return textwrap.wrap(text, width) or [""]
 
 
 # name -> (caption, plot of the stage rows); each returns None when it has no data.
