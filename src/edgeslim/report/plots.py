@@ -45,7 +45,8 @@ def untrained(row: Row) -> bool:
 
 
 def _draw_stages(ax: Any, stages: Sequence[Row], x_key: str | Callable[[Row], Any], y_key: str,
-                 style: str, legend: str, full_labels: bool = True) -> list[float]:
+                 style: str, legend: str, full_labels: bool = True,
+                 apart_legend: str | None = None) -> list[float]:
     """Trained stages as one curve in stage order; untrained ones apart (grey crosses, not joined,
     labelled "untrained"). Returns the x values drawn."""
     x_of = x_key if callable(x_key) else (lambda r: r.get(x_key))
@@ -57,7 +58,7 @@ def _draw_stages(ax: Any, stages: Sequence[Row], x_key: str | Callable[[Row], An
         ax.plot([p[2] for p in curve], [p[3] for p in curve], style, label=legend)
     if apart:
         ax.plot([p[2] for p in apart], [p[3] for p in apart], "x", color="0.45", markersize=9,
-                linestyle="none", label=f"{legend}: untrained stage (not joined)")
+                linestyle="none", label=apart_legend or f"{legend}: untrained (not joined)")
     for j, (i, row, x, y) in enumerate(points):
         text = f"{i}: {stage_name(row, i)}" if full_labels else str(i)
         text += " (untrained)" if untrained(row) and full_labels else ""
@@ -170,7 +171,8 @@ def accuracy_latency_size_plot(stages: Sequence[Row], latency_label: str) -> byt
     panels = ((_latency, latency_label, False), (_size, "size as stored (bytes)", True))
     for k, (x_of, x_label, engineering) in enumerate(panels):
         ax = fig.add_subplot(1, 2, k + 1)
-        xs = _draw_stages(ax, stages, x_of, "accuracy", "-o", "stages in order")
+        xs = _draw_stages(ax, stages, x_of, "accuracy", "-o", "trained stages, in order",
+                          apart_legend="untrained stages (not joined)")
         if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
             ax.set_xscale("log")
         if engineering:
@@ -203,15 +205,11 @@ def layer_before_after_plot(before: Mapping[str, float], after: Mapping[str, flo
     ax.set_yticks(list(range(len(layers))), layers, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("ms per layer")
-    ax.set_title("Latency per layer before and after compression", fontsize=10)
-    fig.text(0.01, -0.02, "\n".join(_wrap(how)), fontsize=7, color="0.35", ha="left", va="top")
+    ax.set_title("Latency per layer before and after compression\n" + "\n".join(textwrap.wrap(how, 90)),
+                 fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8)
     return render_png(fig)
-
-
-def _wrap(text: str, width: int = 110) -> list[str]:
-    return textwrap.wrap(text, width) or [""]
 
 
 # name -> (caption, plot of the stage rows); each returns None when it has no data.

@@ -62,7 +62,7 @@ def _render_plots(stages: Sequence[Row], channels_before: Mapping[str, int] | No
                   accuracy_latency_size_plot(stages, "measured latency (ms; " + short_setup(stages) + ")")))
     cmp = layer_comparison(stages)
     if cmp is not None:
-        drawn.append(("latency_per_layer_before_after", f"Latency per layer before and after ({cmp.how})",
+        drawn.append(("latency_per_layer_before_after", "Latency per layer before and after compression",
                       layer_before_after_plot(cmp.before, cmp.after, cmp.how)))
     return [Plot(name, caption, png) for name, caption, png in drawn if png is not None]
 
