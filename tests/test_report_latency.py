@@ -22,7 +22,7 @@ from edgeslim.profile import CostRuntime
 from edgeslim.profile.runtimes import RUNTIMES
 from edgeslim.report import write_report
 from edgeslim.report.latency import NONE, latency_cells
-from edgeslim.report.plots import _draw_stages
+from edgeslim.report.plots import _draw_stages, merged_order
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -101,14 +101,24 @@ def test_latency_table_predicted_measured_and_realisation() -> None:
     assert cell["realisation"][3] == f"{speedup / flops_x:.2f}"
 
 
-def test_untrained_stages_are_drawn_apart() -> None:
+def test_untrained_stages_are_drawn_apart_and_unchanged_models_once() -> None:
     ax = Figure().add_subplot()
-    xs = _draw_stages(ax, ROWS, "onnx_latency_ms", "accuracy", "-o", "stages")
-    assert sorted(xs) == sorted(r["onnx_latency_ms"] for r in ROWS)
+    export = ROWS[3] | {"stage": "export", "onnx_latency_ms": 0.051}
+    rows = [r | {"model_sha256": str(i)} for i, r in enumerate(ROWS)] + [export | {"model_sha256": "3"}]
+    xs = _draw_stages(ax, rows, "onnx_latency_ms", "accuracy", "-o", "stages")
+    assert sorted(xs) == sorted(r["onnx_latency_ms"] for r in ROWS)  # export: the prune stage's model
     curve, apart = ax.get_lines()
     assert list(curve.get_xdata()) == [0.1, 0.08, 0.05]  # trained stages, joined in stage order
     assert list(apart.get_xdata()) == [0.08] and apart.get_linestyle() == "None"
-    assert any("(untrained)" in t.get_text() for t in ax.texts)
+    labels = [t.get_text() for t in ax.texts]
+    assert "1: lighten (untrained)" in labels and "3: prune (= 4)" in labels and len(labels) == 4
+
+
+def test_merged_layer_order_puts_replacements_where_the_layer_was() -> None:
+    before = ["conv1", "conv2", "fc"]
+    after = ["conv1", "conv2.dw", "conv2.pw", "fc", "extra"]
+    assert merged_order(before, after) == ["conv1", "conv2.dw", "conv2.pw", "conv2", "fc", "extra"]
+    assert merged_order([], ["a", "b"]) == ["a", "b"] and merged_order(["a"], []) == ["a"]
 
 
 def test_report_latency_section_from_rows(tmp_path: Path) -> None:

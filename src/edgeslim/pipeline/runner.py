@@ -405,7 +405,8 @@ def write_run_report(run_dir: Path, saved: dict) -> dict:
     entries = saved["completed"]
     if len(entries) > 1 and entries[1]["stage"] == "train":
         entries = entries[1:]  # an untrained input is no baseline: ratios start at the trained model
-    rows = [{"stage": e["stage"], "trained": e.get("trained")} | e["metrics"] for e in entries]
+    rows = [{"stage": e["stage"], "trained": e.get("trained"), "model_sha256": e.get("sha256")} | e["metrics"]
+            for e in entries]
     artifacts: dict = {}
     for e in saved["completed"]:
         artifacts |= e.get("artifacts", {})

@@ -57,11 +57,15 @@ def latency_setup(stages: Sequence[Row]) -> Mapping[str, Any]:
     return next((r["latency_setup"] for r in stages if isinstance(r.get("latency_setup"), Mapping)), {})
 
 
+def threads_text(threads: Any) -> str:
+    """``"1 thread"``, ``"4 threads"``."""
+    return f"{threads} thread{'' if threads == 1 else 's'}"
+
+
 def short_setup(stages: Sequence[Row]) -> str:
     """``"onnxruntime, 1 thread, batch 1"``: for axis labels."""
     setup = latency_setup(stages)
-    threads = setup.get("threads", 1)
-    return f"onnxruntime, {threads} thread{'s' if threads != 1 else ''}, batch {setup.get('batch', 1)}"
+    return f"onnxruntime, {threads_text(setup.get('threads', 1))}, batch {setup.get('batch', 1)}"
 
 
 def setup_text(stages: Sequence[Row]) -> str:
@@ -71,17 +75,15 @@ def setup_text(stages: Sequence[Row]) -> str:
     torch_v = f" {setup['torch_version']}" if setup.get("torch_version") else ""
     runs = f", median of {setup['onnx_runs']} runs" if setup.get("onnx_runs") else ", median"
     cpu = f" on {setup['cpu']}" if setup.get("cpu") else ""
-    threads, batch = setup.get("threads", 1), setup.get("batch", 1)
     return (f"Measured latency: onnxruntime{version} (CPU execution provider, full graph optimisation)"
-            f"{cpu}, {threads} thread{'s' if threads != 1 else ''}, batch {batch}{runs}; where "
+            f"{cpu}, {threads_text(setup.get('threads', 1))}, batch {setup.get('batch', 1)}{runs}; where "
             f"onnxruntime could not run the model, eager PyTorch{torch_v} with the same threads and batch.")
 
 
 def plan_runtime(plan: Mapping[str, Any]) -> str:
     """``"onnxruntime 1.20, 1 thread, batch 1"`` of a latency planner record."""
     version = f" {plan['runtime_version']}" if plan.get("runtime_version") else ""
-    threads = plan.get("threads", "?")
-    return f"{plan.get('runtime', '?')}{version}, {threads} thread{'s' if threads != 1 else ''}, " \
+    return f"{plan.get('runtime', '?')}{version}, {threads_text(plan.get('threads', '?'))}, " \
            f"batch {plan.get('batch', '?')}"
 
 
@@ -152,8 +154,8 @@ def layer_comparison(stages: Sequence[Row]) -> LayerComparison | None:
     if not before or not after or len(stages) < 2:
         return None
     setup = latency_setup(stages)
-    how = (f"eager PyTorch, {setup.get('threads', 1)} thread(s), batch {setup.get('batch', 1)}, median per "
-           f"leaf module; first stage ({stage_name(stages[0], 0)}) vs last "
+    how = (f"eager PyTorch, {threads_text(setup.get('threads', 1))}, batch {setup.get('batch', 1)}, "
+           f"median per leaf module; first stage ({stage_name(stages[0], 0)}) vs last "
            f"({stage_name(stages[-1], len(stages) - 1)})")
     return LayerComparison(before, after, how)
 

@@ -44,26 +44,45 @@ def untrained(row: Row) -> bool:
     return row.get("trained") is False
 
 
+def distinct_models(stages: Sequence[Row]) -> list[tuple[list[int], Row]]:
+    """``(stage indices, row)`` per distinct model, in order: a stage that hands on the model it
+    was given (the same ``model_sha256`` as the stage before: export, profile) joins that point."""
+    out: list[tuple[list[int], Row]] = []
+    for i, row in enumerate(stages):
+        sha = row.get("model_sha256")
+        if out and sha and sha == out[-1][1].get("model_sha256"):
+            out[-1][0].append(i)
+        else:
+            out.append(([i], row))
+    return out
+
+
+def _point_label(indices: list[int], row: Row, full: bool) -> str:
+    if not full:
+        return str(indices[0])
+    same = f" (= {', '.join(map(str, indices[1:]))})" if len(indices) > 1 else ""
+    return f"{indices[0]}: {stage_name(row, indices[0])}{same}" + (" (untrained)" if untrained(row) else "")
+
+
 def _draw_stages(ax: Any, stages: Sequence[Row], x_key: str | Callable[[Row], Any], y_key: str,
                  style: str, legend: str, full_labels: bool = True,
-                 apart_legend: str | None = None) -> list[float]:
-    """Trained stages as one curve in stage order; untrained ones apart (grey crosses, not joined,
-    labelled "untrained"). Returns the x values drawn."""
+                 apart_legend: str | None = "untrained stage (not joined)") -> list[float]:
+    """One point per distinct model: trained stages joined in stage order, untrained ones drawn
+    apart (crosses in the series' colour, not joined, labelled "untrained"; ``apart_legend``
+    None: no legend entry). Returns the x values drawn."""
     x_of = x_key if callable(x_key) else (lambda r: r.get(x_key))
-    points = [(i, r, float(x_of(r)), 100 * float(r[y_key])) for i, r in enumerate(stages)
+    points = [(idx, r, float(x_of(r)), 100 * float(r[y_key])) for idx, r in distinct_models(stages)
               if _number(x_of(r)) and _number(r.get(y_key))]
     curve = [p for p in points if not untrained(p[1])]
     apart = [p for p in points if untrained(p[1])]
-    if curve:
-        ax.plot([p[2] for p in curve], [p[3] for p in curve], style, label=legend)
+    color = ax.plot([p[2] for p in curve], [p[3] for p in curve], style, label=legend)[0].get_color() \
+        if curve else "0.45"
     if apart:
-        ax.plot([p[2] for p in apart], [p[3] for p in apart], "x", color="0.45", markersize=9,
-                linestyle="none", label=apart_legend or f"{legend}: untrained (not joined)")
-    for j, (i, row, x, y) in enumerate(points):
-        text = f"{i}: {stage_name(row, i)}" if full_labels else str(i)
-        text += " (untrained)" if untrained(row) and full_labels else ""
-        ax.annotate(text, (x, y), xytext=_OFFSETS[j % len(_OFFSETS)], textcoords="offset points",
-                    fontsize=8, color="0.35" if untrained(row) else "black")
+        ax.plot([p[2] for p in apart], [p[3] for p in apart], "x", color=color, markersize=9,
+                linestyle="none", label=apart_legend or "_nolegend_")
+    for j, (idx, row, x, y) in enumerate(points):
+        ax.annotate(_point_label(idx, row, full_labels), (x, y), xytext=_OFFSETS[j % len(_OFFSETS)],
+                    textcoords="offset points", fontsize=8, color="0.35" if untrained(row) else "black")
     return [p[2] for p in points]
 
 
@@ -85,7 +104,8 @@ class TradeOff:
         ax = fig.add_subplot()
         series = ((self.x_key, "accuracy", "fp32 PyTorch"),) + self.extra
         for n, ((x_key, y_key, legend), style) in enumerate(zip(series, ("-o", "--s", ":^"))):
-            _draw_stages(ax, stages, x_key, y_key, style, legend, full_labels=n == 0)
+            _draw_stages(ax, stages, x_key, y_key, style, legend, full_labels=n == 0,
+                         apart_legend="untrained stage (not joined)" if n == 0 else None)
         xs = [p[1] for p in main]
         if min(xs) > 0 and max(xs) / min(xs) > 20:
             ax.set_xscale("log")
@@ -171,8 +191,7 @@ def accuracy_latency_size_plot(stages: Sequence[Row], latency_label: str) -> byt
     panels = ((_latency, latency_label, False), (_size, "size as stored (bytes)", True))
     for k, (x_of, x_label, engineering) in enumerate(panels):
         ax = fig.add_subplot(1, 2, k + 1)
-        xs = _draw_stages(ax, stages, x_of, "accuracy", "-o", "trained stages, in order",
-                          apart_legend="untrained stages (not joined)")
+        xs = _draw_stages(ax, stages, x_of, "accuracy", "-o", "trained stages, in order")
         if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
             ax.set_xscale("log")
         if engineering:
@@ -187,11 +206,24 @@ def accuracy_latency_size_plot(stages: Sequence[Row], latency_label: str) -> byt
     return render_png(fig)
 
 
+def merged_order(before: Sequence[str], after: Sequence[str]) -> list[str]:
+    """The layers of ``before`` in their order, each layer only ``after`` has placed right after
+    the layer that precedes it in ``after`` (a replaced conv's parts stand where the conv stood)."""
+    order, pos = list(dict.fromkeys(before)), -1
+    for name in after:
+        if name in order:
+            pos = order.index(name)
+        else:
+            pos += 1
+            order.insert(pos, name)
+    return order
+
+
 def layer_before_after_plot(before: Mapping[str, float], after: Mapping[str, float],
                             how: str) -> bytes | None:
     """Paired horizontal bars: ms per layer before and after compression (the slowest
     :data:`MAX_BARS` layers before, in execution order; layers only one side has get one bar)."""
-    layers = list(dict.fromkeys(list(before) + list(after)))
+    layers = merged_order(before, after)
     if not layers:
         return None
     if len(layers) > MAX_BARS:
