@@ -145,9 +145,10 @@ def layer_comparison(stages: Sequence[Row]) -> LayerComparison | None:
         if isinstance(plan, Mapping):
             before, after = _ms_dict(plan.get("per_layer_before_ms")), _ms_dict(plan.get("per_layer_after_ms"))
             if before and after:
+                i = stages.index(row)
+                step = " (its last pruning step)" if plan.get("origin_ms") != plan.get("baseline_ms") else ""
                 how = (f"{plan_runtime(plan)}; prunable layers, each timed alone with its BatchNorm "
-                       f"and ReLU (latency tables), before and after stage {stages.index(row)} "
-                       f"({stage_name(row, stages.index(row))})")
+                       f"and ReLU (latency tables), before and after stage {i} ({stage_name(row, i)}){step}")
                 return LayerComparison(before, after, how)
     before, after = (_ms_dict(stages[0].get("layer_latency_ms")),
                      _ms_dict(stages[-1].get("layer_latency_ms"))) if stages else (None, None)
