@@ -139,7 +139,7 @@ def _prune_structured(state: RunState, cfg: R.PruneStage) -> None:
            calib_data=state.calib, ignore=tuple(cfg.ignore), min_channels=cfg.min_channels,
            protect_first=cfg.protect_first, on_unsupported=cfg.on_unsupported)
     plan = latency_plan(state.model)
-    if plan is not None:
+    if plan is not None and (cfg.target_latency or cfg.target_speedup):  # not an earlier stage's plan
         state.stage_metrics["latency_plan"] = plan
 
 
