@@ -58,7 +58,7 @@ def _render_plots(stages: Sequence[Row], channels_before: Mapping[str, int] | No
     if layer_latency:
         drawn.append(("latency_per_layer", "Latency per layer", layer_latency_plot(layer_latency)))
     drawn.append(("accuracy_vs_latency_and_size", "Accuracy vs measured latency and vs size per stage "
-                  "(untrained stages drawn apart, as grey crosses)",
+                  "(untrained stages drawn apart, as crosses)",
                   accuracy_latency_size_plot(stages, "measured latency (ms; " + short_setup(stages) + ")")))
     cmp = layer_comparison(stages)
     if cmp is not None:
