@@ -91,7 +91,8 @@ def _plan_cells(plan: Any) -> list[str]:
     if not isinstance(plan, Mapping):
         return [NONE] * 4
     predicted, measured = _num(plan.get("predicted_ms")), _num(plan.get("measured_ms"))
-    error = None if predicted is None or measured is None or predicted <= 0 else 100 * (measured / predicted - 1)
+    ratio = _ratio(measured, predicted)  # measured / predicted
+    error = None if ratio is None else 100 * (ratio - 1)
     return [_fmt(predicted, ".3f"), _fmt(measured, ".3f"), _fmt(error, "+.1f", "%"), plan_runtime(plan)]
 
 
@@ -143,7 +144,8 @@ def layer_comparison(stages: Sequence[Row]) -> LayerComparison | None:
     for row in reversed(stages):
         plan = row.get("latency_plan")
         if isinstance(plan, Mapping):
-            before, after = _ms_dict(plan.get("per_layer_before_ms")), _ms_dict(plan.get("per_layer_after_ms"))
+            before = _ms_dict(plan.get("per_layer_before_ms"))
+            after = _ms_dict(plan.get("per_layer_after_ms"))
             if before and after:
                 i = stages.index(row)
                 step = " (its last pruning step)" if plan.get("origin_ms") != plan.get("baseline_ms") else ""
