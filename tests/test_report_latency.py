@@ -172,3 +172,15 @@ def test_run_report_has_latency_section_and_valid_plots(tiny_data: Path, tmp_pat
         assert f"plots/{image}.png" in text and path.read_bytes().startswith(PNG_MAGIC)
     html = (tmp_path / "run" / "report.html").read_text()
     assert "<h2>Latency</h2>" in html and "predicted ms" in html
+
+
+def test_report_of_an_older_state_without_flags_applies_the_rule(tmp_path: Path) -> None:
+    from edgeslim.pipeline.runner import write_run_report
+
+    recipe = parse_recipe({"name": "old", "model": {"name": "lenet5"}, "data": {"name": "mnist"},
+                           "stages": [{"train": {}}, {"lighten": {}}, {"distill": {}}]})
+    completed = [{"stage": s, "metrics": {"accuracy": a, "onnx_latency_ms": 0.1, "flops": 10}}
+                 for s, a in (("input", 0.1), ("train", 0.99), ("lighten", 0.1), ("distill", 0.98))]
+    paths = write_run_report(tmp_path, {"recipe": recipe.to_dict(), "completed": completed})
+    rows = [ln for ln in paths["markdown"].read_text().splitlines() if ln.startswith("| 1 | lighten |")]
+    assert len(rows) == 2 and "no (untrained)" in rows[1]  # the stage table, then the latency table

@@ -398,14 +398,26 @@ def _write_recipe(recipe: Recipe, path: Path) -> None:
         atomic_write_text(path, text)
 
 
+def _saved_trained_flags(saved: dict) -> list[bool | None]:
+    """:func:`trained_flags` of the saved recipe, one per completed row (None where unknown)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EdgeslimDeprecationWarning)
+        try:
+            flags: list[bool | None] = list(trained_flags(parse_recipe(saved["recipe"])))
+        except ConfigError:
+            flags = []
+    return flags + [None] * (len(saved["completed"]) - len(flags))
+
+
 def write_run_report(run_dir: Path, saved: dict) -> dict:
     """(Re)write report.md/html of a run from its state.json contents."""
     from ..report import write_report
 
-    entries = saved["completed"]
+    entries = [e if "trained" in e else e | {"trained": flag}  # a state.json from before the flag
+               for e, flag in zip(saved["completed"], _saved_trained_flags(saved))]
     if len(entries) > 1 and entries[1]["stage"] == "train":
         entries = entries[1:]  # an untrained input is no baseline: ratios start at the trained model
-    rows = [{"stage": e["stage"], "trained": e.get("trained"), "model_sha256": e.get("sha256")} | e["metrics"]
+    rows = [{"stage": e["stage"], "trained": e["trained"], "model_sha256": e.get("sha256")} | e["metrics"]
             for e in entries]
     artifacts: dict = {}
     for e in saved["completed"]:
