@@ -37,8 +37,10 @@ def _md_images(markdown: str) -> list[str]:
 
 def _md_table_rows(markdown: str) -> list[list[str]]:
     """Body rows of the first markdown table (header and alignment rows dropped)."""
-    lines = [ln for ln in markdown.splitlines() if ln.startswith("|")]
-    return [re.split(r"(?<!\\)\|", ln)[1:-1] for ln in lines[2:]]
+    lines = markdown.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return [re.split(r"(?<!\\)\|", ln)[1:-1] for ln in lines[start + 2:end]]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def test_files_exist_and_images_referenced_exist(report) -> None:
     assert paths["markdown"] == run / "report.md" and paths["html"] == run / "report.html"
     assert all(p.is_file() for p in paths.values())
     images = _md_images(paths["markdown"].read_text())
-    assert len(images) == 5  # three trade-offs, channels, latency per layer
+    assert len(images) == 6  # three trade-offs, latency and size, channels, latency per layer
     for ref in images:
         assert not Path(ref).is_absolute() and (run / ref).is_file()
         assert (run / ref).read_bytes().startswith(PNG_MAGIC)
@@ -87,11 +89,12 @@ def test_html_is_self_contained(report) -> None:
     assert "http://" not in page and "https://" not in page
     assert "<link" not in page and "<script" not in page and "url(" not in page
     sources = re.findall(r'src="([^"]*)"', page)
-    assert len(sources) == 5 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert len(sources) == 6 and all(s.startswith("data:image/png;base64,") for s in sources)
     embedded = {base64.b64decode(s.split(",", 1)[1]) for s in sources}
     on_disk = {(run / ref).read_bytes() for ref in _md_images(paths["markdown"].read_text())}
     assert embedded == on_disk
-    assert page.count("<tr>") == len(STAGES) + 1
+    first_table = page[page.index("<table>"):page.index("</table>")]
+    assert first_table.count("<tr>") == len(STAGES) + 1
     assert "LeNet-5 &lt;demo&gt;" in page  # user text is escaped
 
 

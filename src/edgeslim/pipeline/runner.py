@@ -39,6 +39,7 @@ from .recipe import SCHEMA_VERSION, Recipe, parse_recipe
 from .rundir import (FINAL, STATE, TEACHER, check_file, clean_temp_files, file_sha256, locked, read_state,
                      storage_errors, verified_prefix)
 from .stages import STAGES, RunState
+from .trained import trained_flags
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,8 @@ def measure(state: RunState) -> dict:
 
     Latency, CPU, 1 thread, batch 1 (the example input), medians: ``latency_ms`` in eager
     PyTorch and ``onnx_latency_ms`` in onnxruntime (CPU execution provider, full graph
-    optimisation; None, with a warning, when the model does not export to ONNX).
+    optimisation; None, with a warning, when the model does not export to ONNX);
+    ``layer_latency_ms`` per leaf module in eager PyTorch; ``latency_setup`` says how.
     """
     from ..profile import profile
     from ..train import evaluate
@@ -85,6 +87,8 @@ def measure(state: RunState) -> dict:
     row = {"accuracy": acc} | {k: prof[k] for k in ("params", "nonzero_params", "flops", "macs",
                                                      "bytes", "latency_ms", "latency_p90_ms")}
     row["onnx_latency_ms"] = _onnx_latency(model, state)
+    row["latency_setup"] = _latency_setup(state)
+    row["layer_latency_ms"] = _layer_latency(model, state)
     row["stored_bytes"] = _stored_bytes(model, row)
     if state.quantized is not None:
         row["int8_accuracy"] = state.quantized.evaluate(state.test)
@@ -101,6 +105,39 @@ def _onnx_latency(model: torch.nn.Module, state: RunState) -> float | None:
                                runs=runs, warmup=20)
     except Exception as exc:  # a metric, not a stage: the export stage reports export failures
         log.warning("onnxruntime latency not measured (%s: %s)", type(exc).__name__, exc)
+        return None
+
+
+def _latency_setup(state: RunState) -> dict:
+    """How every latency of :func:`measure` is taken, stated in the report beside the numbers."""
+    from ..profile.runtimes import cpu_model, get_runtime
+
+    try:
+        ort_version = get_runtime("onnxruntime").version()
+    except Exception:  # onnxruntime missing: onnx_latency_ms is None anyway
+        ort_version = None
+    return {"batch": int(state.example.shape[0]), "threads": 1, "runs": state.recipe.latency_runs,
+            "onnx_runs": max(ORT_MIN_RUNS, state.recipe.latency_runs), "statistic": "median",
+            "onnxruntime_version": ort_version, "torch_version": torch.__version__, "cpu": cpu_model()}
+
+
+#: per-layer eager timing of each stage's model: about this many seconds at most (3 to 20 passes)
+LAYER_TIMING_BUDGET_S = 0.5
+
+
+def _layer_latency(model: torch.nn.Module, state: RunState) -> dict | None:
+    """Eager-PyTorch ms per leaf module (1 thread, the example batch), with a bounded pass count."""
+    from ..report import per_layer_latency
+
+    model, x = model.cpu().eval(), state.example.cpu()
+    try:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model(x)
+        runs = int(min(20, max(3, LAYER_TIMING_BUDGET_S / max(time.perf_counter() - t0, 1e-6))))
+        return per_layer_latency(model, x, threads=1, runs=runs, warmup=2)
+    except Exception as exc:  # a metric, not a stage
+        log.warning("per-layer latency not measured (%s: %s)", type(exc).__name__, exc)
         return None
 
 
@@ -300,12 +337,13 @@ def _run_stages(recipe: Recipe, run_dir: Path, saved: dict, data_dir: Any, devic
         state.stage_dir = run_dir / "stages" / f"{i:02d}-{stage.kind}"
         torch.manual_seed(recipe.seed + i)
         t0 = time.perf_counter()
-        had_teacher = state.teacher is not None
+        had_teacher, state.stage_metrics = state.teacher is not None, {}
         STAGES.get(stage.kind)(state, stage.config)
         if state.teacher is not None and not had_teacher:
             save(state.teacher, run_dir / TEACHER)
             saved["teacher"] = {"sha256": file_sha256(run_dir / TEACHER), "stage": i}
-        saved["completed"].append(_record(state, i, stage.kind, measure(state), time.perf_counter() - t0))
+        metrics = measure(state) | state.stage_metrics
+        saved["completed"].append(_record(state, i, stage.kind, metrics, time.perf_counter() - t0))
         atomic_write_json(run_dir / STATE, saved)
         if on_stage:
             on_stage(i, stage.kind, saved["completed"][-1]["metrics"])
@@ -333,6 +371,7 @@ def _record(state: RunState, index: int, kind: str, metrics: dict, wall: float) 
     path = state.run_dir / name / "model.safetensors"
     save(state.model, path)
     entry = {"index": index, "stage": kind, "model": f"{name}/model.safetensors", "sha256": file_sha256(path),
+             "trained": trained_flags(state.recipe)[index + 1],  # the rule: pipeline/trained.py
              "metrics": metrics | {"wall_s": wall}, "artifacts": _jsonable(state.artifacts)}
     atomic_write_json(path.parent / "metrics.json", entry)
     return entry
@@ -360,14 +399,27 @@ def _write_recipe(recipe: Recipe, path: Path) -> None:
         atomic_write_text(path, text)
 
 
+def _saved_trained_flags(saved: dict) -> list[bool | None]:
+    """:func:`trained_flags` of the saved recipe, one per completed row (None where unknown)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EdgeslimDeprecationWarning)
+        try:
+            flags: list[bool | None] = list(trained_flags(parse_recipe(saved["recipe"])))
+        except ConfigError:
+            flags = []
+    return flags + [None] * (len(saved["completed"]) - len(flags))
+
+
 def write_run_report(run_dir: Path, saved: dict) -> dict:
     """(Re)write report.md/html of a run from its state.json contents."""
     from ..report import write_report
 
-    entries = saved["completed"]
+    entries = [e if "trained" in e else e | {"trained": flag}  # a state.json from before the flag
+               for e, flag in zip(saved["completed"], _saved_trained_flags(saved))]
     if len(entries) > 1 and entries[1]["stage"] == "train":
         entries = entries[1:]  # an untrained input is no baseline: ratios start at the trained model
-    rows = [{"stage": e["stage"]} | e["metrics"] for e in entries]
+    rows = [{"stage": e["stage"], "trained": e["trained"], "model_sha256": e.get("sha256")} | e["metrics"]
+            for e in entries]
     artifacts: dict = {}
     for e in saved["completed"]:
         artifacts |= e.get("artifacts", {})

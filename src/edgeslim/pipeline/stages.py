@@ -39,6 +39,8 @@ class RunState:
     artifacts: dict = field(default_factory=dict)
     stage_dir: Path = Path(".")
     progress: bool = True
+    #: metrics the running stage reports about itself (reset before each stage, merged into its record)
+    stage_metrics: dict = field(default_factory=dict)
 
     def train_options(self, **extra: Any) -> dict:
         """TrainConfig fields shared by every training stage."""
@@ -134,9 +136,19 @@ def _prune_structured(state: RunState, cfg: R.PruneStage) -> None:
     # the run's own fine-tuning callback (teacher, device, progress) replaces the config's mode
     prune_(state.model, state.example, replace(cfg, finetune="none"), finetune=tune,
            calib_data=state.calib)
-    latency = info(state.model).latency
-    if latency is not None:  # runtime, batch, threads, baseline/target/predicted/measured ms
-        state.artifacts["latency"] = latency.to_dict()
+    plan = latency_plan(state.model)
+    if plan is not None and (cfg.target_latency or cfg.target_speedup):  # not an earlier stage's plan
+        state.stage_metrics["latency_plan"] = plan
+
+
+def latency_plan(model: nn.Module) -> dict | None:
+    """What the latency planner recorded on ``model`` (None: no latency target was planned).
+
+    The one place that reads the planner's record off a model: runtime, runtime_version,
+    threads, batch, baseline/target/predicted/measured ms, per_layer_before_ms/after_ms.
+    """
+    latency = info(model).latency
+    return None if latency is None else latency.to_dict()
 
 
 def _prune_easiedge(state: RunState, cfg: R.PruneStage) -> None:

@@ -115,12 +115,17 @@ def table_cells(stages: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
-def markdown_table(stages: Sequence[Row]) -> str:
-    """A GitHub-flavoured markdown table, one row per stage (``|`` in names escaped)."""
-    headers, rows = table_cells(stages)
+def markdown_grid(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """A GitHub-flavoured markdown table of display strings (``|`` escaped); column
+    ``left`` is left-aligned, the others right-aligned (numbers)."""
 
-    def line(cells: list[str]) -> str:
+    def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    align = ["---:", ":---"] + ["---:"] * (len(headers) - 2)
+    align = [":---" if j == left else "---:" for j in range(len(headers))]
     return "\n".join([line(headers), "|" + "|".join(align) + "|"] + [line(r) for r in rows])
+
+
+def markdown_table(stages: Sequence[Row]) -> str:
+    """A GitHub-flavoured markdown table, one row per stage (``|`` in names escaped)."""
+    return markdown_grid(*table_cells(stages))
