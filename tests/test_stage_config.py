@@ -107,3 +107,78 @@ def test_admm_prune_config_equals_its_keywords() -> None:
     assert info(a).plans == info(b).plans and _same_weights(a, b)
     with pytest.raises(ConfigError, match="target_filters=0.3 contradicts"):
         admm_prune(model, data[0][0][:1], data, config, target_filters=0.3, **common)
+
+
+# --- the other methods: lighten, distill, streamline_merge, quantize take their stage configs ---
+
+def _tiny_loader(n: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g))
+            for _ in range(n // 8)]
+
+
+def test_lighten_config_and_keywords_build_the_same_student() -> None:
+    from edgeslim.pipeline.configs import LightenStage
+
+    model, x = _lenet()
+    config = LightenStage(width_mult=0.5, head="gap_linear", exclude=["features.0"])
+    by_keywords = edgeslim.lighten(model, x, width_mult=0.5, head="gap_linear", exclude=("features.0",))
+    torch.manual_seed(1)
+    by_config = edgeslim.lighten(model, x, config)
+    assert [tuple(p.shape) for p in by_config.parameters()] == [tuple(p.shape) for p in by_keywords.parameters()]
+    assert info(by_config).lighten == info(by_keywords).lighten
+    with pytest.raises(ConfigError, match="width_mult=1.0 contradicts the config, which gives 0.5"):
+        edgeslim.lighten(model, x, config, width_mult=1.0)
+    with pytest.raises(ConfigError, match="must be an edgeslim.pipeline.configs.LightenStage"):
+        edgeslim.lighten(model, x, PruneStage(remove_channels=0.3))
+
+
+def test_distill_config_and_keywords_train_identically() -> None:
+    from edgeslim.pipeline.configs import DistillStage
+
+    teacher, x = _lenet()
+    config = DistillStage(losses="kd:0.5,ce:0.5", T=2.0, epochs=1, lr=0.01, warmup_epochs=0.0)
+    students = []
+    for how in ("config", "keywords"):
+        torch.manual_seed(3)
+        student = create_model("lenet5", width_mult=0.5)
+        if how == "config":
+            students.append(edgeslim.distill(student, teacher, _tiny_loader(), config, device="cpu",
+                                             progress=False))
+        else:
+            students.append(edgeslim.distill(student, teacher, _tiny_loader(), losses="kd:0.5,ce:0.5", T=2.0,
+                                             epochs=1, lr=0.01, warmup_epochs=0.0, optimizer="sgd",
+                                             weight_decay=5e-4, device="cpu", progress=False))
+    assert _same_weights(*students)
+    assert signature_names(edgeslim.distill)[:4] == ["student", "teacher", "train_data", "config"]
+
+
+def signature_names(fn) -> list[str]:
+    return list(inspect.signature(fn).parameters)
+
+
+def test_streamline_merge_takes_a_streamline_config_and_refuses_what_it_cannot_run() -> None:
+    from edgeslim.pipeline.configs import MergeStage
+
+    model, x = _lenet()
+    calib = _tiny_loader()
+    torch.manual_seed(0)
+    by_config = edgeslim.streamline_merge(model, x, calib, MergeStage(mode="streamline", steps=2))
+    torch.manual_seed(0)
+    by_keywords = edgeslim.streamline_merge(model, x, calib, steps=2)
+    assert _same_weights(by_config, by_keywords)
+    with pytest.raises(ConfigError, match="mode='exact'"):
+        edgeslim.streamline_merge(model, x, calib, MergeStage(mode="exact"))
+    with pytest.raises(ConfigError, match="retrain_epochs=2"):
+        edgeslim.streamline_merge(model, x, calib, MergeStage(mode="streamline", retrain_epochs=2))
+
+
+def test_quantize_config_maps_calib_batches_to_num_batches() -> None:
+    from edgeslim.pipeline.configs import QuantizeStage
+    from edgeslim.stage_args import quantize_keywords
+
+    assert quantize_keywords(QuantizeStage(calib_batches=3)) == {"backend": "onnxruntime", "num_batches": 3}
+    assert signature_names(edgeslim.quantize)[:4] == ["model", "example_inputs", "calib_data", "config"]
+    model, x = _lenet()
+    with pytest.raises(ConfigError, match="num_batches=5 contradicts the config, which gives 3"):
+        edgeslim.quantize(model, x, _tiny_loader(), QuantizeStage(calib_batches=3), num_batches=5)

@@ -24,6 +24,7 @@ from edgeslim.distill.pairing import ExampleInputs, LayerPair, pair_layers
 from edgeslim.distill.taps import FeatureTaps
 from edgeslim.errors import ConfigError
 from edgeslim.modelinfo import info
+from edgeslim.stage_args import distill_keywords, takes_stage_config
 
 __all__ = ["DEFAULT_LOSSES", "PIPELINE_LOSSES", "Distiller", "distill", "kd_finetune"]
 
@@ -266,6 +267,7 @@ def _example_batch(loader: Iterable[Any], student: nn.Module) -> Tensor:
     return x[:2].to(device)
 
 
+@takes_stage_config(distill_keywords, positional=3, config_type="DistillStage")
 def distill(
     student: nn.Module,
     teacher: nn.Module,

@@ -100,19 +100,15 @@ def _lighten(state: RunState, cfg: R.LightenStage) -> None:
     from ..transforms.lighten import lighten
 
     state.ensure_teacher()
-    state.model = lighten(state.model.cpu(), state.example.cpu(), width_mult=cfg.width_mult,
-                          keep_first_conv=cfg.keep_first_conv, head=cfg.head, exclude=tuple(cfg.exclude))
+    state.model = lighten(state.model.cpu(), state.example.cpu(), cfg)
 
 
 @stage(R.DistillStage)
 def _distill(state: RunState, cfg: R.DistillStage) -> None:
     from ..distill import distill
 
-    opts = state.train_options(out_dir=str(state.stage_dir / "train"), resume=True, lr=cfg.lr,
-                               optimizer=cfg.optimizer, weight_decay=cfg.weight_decay,
-                               warmup_epochs=cfg.warmup_epochs)
-    state.model = distill(state.model, state.teacher, state.train, losses=cfg.losses, epochs=cfg.epochs,
-                          T=cfg.T, val_data=state.test, **opts)
+    opts = state.train_options(out_dir=str(state.stage_dir / "train"), resume=True)
+    state.model = distill(state.model, state.teacher, state.train, cfg, val_data=state.test, **opts)
 
 
 def _finetune_callback(state: RunState, mode: str, epochs: int, lr: float, T: float | None = None) -> Any:
@@ -208,7 +204,7 @@ def _merge(state: RunState, cfg: R.MergeStage) -> None:
     if cfg.mode == "exact":
         state.model = merge_linear_chains(fold_batchnorm(model, x), x)
     else:
-        state.model = streamline_merge(model, x, state.calib, steps=cfg.steps)
+        state.model = streamline_merge(model, x, state.calib, replace(cfg, retrain_epochs=0))  # retrained below
     if sparse:  # merged layers are dense: cut back to the same number of non-zero weights
         total = _nonzero_weights(state.model, count_all=True)
         state.model = prune_weights(state.model, sparsity=max(0.0, 1 - nonzero / total))
@@ -226,8 +222,7 @@ def _quantize(state: RunState, cfg: R.QuantizeStage) -> None:
     from ..quant import quantize
 
     path = state.run_dir / "model.int8.onnx"
-    state.quantized = quantize(state.model.cpu().eval(), state.example.cpu(), state.calib,
-                               backend=cfg.backend, num_batches=cfg.calib_batches, path=path)
+    state.quantized = quantize(state.model.cpu().eval(), state.example.cpu(), state.calib, cfg, path=path)
     state.artifacts["int8_onnx"] = str(path)
 
 

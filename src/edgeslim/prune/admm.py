@@ -80,7 +80,7 @@ from . import information_gain  # noqa: F401  (registers the information-gain cr
 from .api import _check_forward, _example, _output_shape, _resolve_finetune, _unmodelled
 from .importance import ImportanceContext, get_importance
 from .planner import Budget, Constraints, meets_budget, plan_removal
-from .stage_args import easiedge_keywords, takes_stage_config
+from ..stage_args import easiedge_keywords, takes_stage_config
 from .surgery import prune_channels_
 
 log = logging.getLogger(__name__)

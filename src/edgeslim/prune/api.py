@@ -26,7 +26,7 @@ from ..graph import DependencyGraph, build_dependency_graph
 from .._core import did_you_mean, eval_mode, flatten_outputs, run_on_meta
 from .importance import Importance, ImportanceContext, get_importance
 from .planner import Budget, Constraints, explain_locks, plan_removal
-from .stage_args import structured_keywords, takes_stage_config
+from ..stage_args import structured_keywords, takes_stage_config
 from .surgery import prune_channels_
 
 log = logging.getLogger(__name__)

@@ -48,6 +48,7 @@ from edgeslim.quant.options import QuantOptions
 from edgeslim.quant.ort_backend import quantize_onnxruntime
 from edgeslim.quant.torch_backend import quantize_torch
 from edgeslim.registry import Registry, RegistryError
+from edgeslim.stage_args import quantize_keywords, takes_stage_config
 
 # (model, inputs, calibration batches, options, target file, scratch folder)
 #   -> (int8 ONNX file, in-memory int8 module or None)
@@ -78,6 +79,7 @@ def _check_runs(qm: QuantizedModel, inputs: tuple[torch.Tensor, ...], reference:
         )
 
 
+@takes_stage_config(quantize_keywords, positional=3, config_type="QuantizeStage")
 def quantize(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], calib_data: Any, *,
              backend: str = "onnxruntime", num_batches: int = 8, max_samples: int | None = 512,
              path: str | os.PathLike[str] | None = None,

@@ -39,6 +39,7 @@ from edgeslim.errors import ConfigError, UnsupportedModelError
 from edgeslim._core import did_you_mean
 from edgeslim.modelinfo import LightenReport, copy_info, info
 from edgeslim.registry import Registry
+from edgeslim.stage_args import lighten_keywords, takes_stage_config
 from edgeslim.transforms._fx_utils import (
     ExampleInputs,
     as_input_tuple,
@@ -472,6 +473,7 @@ def _costs(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[int, int]:
     return count_params(model), count_flops(model, inputs)[0]
 
 
+@takes_stage_config(lighten_keywords, positional=2, config_type="LightenStage")
 def lighten(
     model: nn.Module,
     example_inputs: ExampleInputs,

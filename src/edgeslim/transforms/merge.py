@@ -41,6 +41,7 @@ from torch.nn.modules.dropout import _DropoutNd
 from edgeslim._core import device_of, take_batches
 from edgeslim.errors import ConfigError
 from edgeslim.modelinfo import copy_info, info
+from edgeslim.stage_args import streamline_keywords, takes_stage_config
 from edgeslim.transforms._fx_utils import (
     ExampleInputs,
     as_input_tuple,
@@ -565,6 +566,7 @@ def _pool_records(done: list) -> list[MergeRecord]:
     return records
 
 
+@takes_stage_config(streamline_keywords, positional=3, config_type="MergeStage")
 def streamline_merge(
     model: nn.Module,
     example_inputs: ExampleInputs,

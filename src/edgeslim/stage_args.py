@@ -1,10 +1,14 @@
-"""The recipe's ``prune`` stage config as the options of the Python calls (one surface).
+"""A recipe stage's config as the options of the Python call (one surface).
 
 ``prune(model, x, PruneStage(remove_channels=0.3))`` runs exactly what the YAML stage
 ``prune: {remove_channels: 0.3}`` and ``edgeslim prune --remove-channels 0.3`` run, and
-``prune(model, x, ratio=0.3)`` still works. :func:`takes_stage_config` adds the ``config``
-argument to a function; the ``*_keywords`` functions map a stage config onto its keywords
-(the stage says ``remove_channels``, the function ``ratio``: both names are contracts).
+``prune(model, x, ratio=0.3)`` still works; likewise ``lighten(model, x, LightenStage(...))``,
+``distill(student, teacher, data, DistillStage(...))``, ``streamline_merge(model, x, calib,
+MergeStage(mode="streamline", ...))`` and ``quantize(model, x, calib, QuantizeStage(...))``.
+:func:`takes_stage_config` adds the ``config`` argument to a function; the ``*_keywords``
+functions map a stage config onto its keywords (the stage says ``remove_channels``, the
+function ``ratio``: both names are contracts). The recipe's handlers call the functions this
+way, so a stage and its Python call cannot drift apart.
 """
 from __future__ import annotations
 
@@ -13,22 +17,27 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..pipeline.configs import PruneStage
+    from .pipeline.configs import DistillStage, LightenStage, MergeStage, PruneStage, QuantizeStage
 
 F = TypeVar("F", bound=Callable[..., Any])
 _METHOD_FUNCTION = {"structured": "edgeslim.prune", "easiedge": "edgeslim.admm_prune",
                     "unstructured": "edgeslim.prune_weights (or edgeslim.prune.iterative_prune_weights)"}
 
 
-def _check_config(config: Any, method: str, where: str) -> None:
-    from ..pipeline.configs import PruneStage
+def _check_type(config: Any, name: str, where: str) -> None:
+    from .pipeline import configs
 
-    if not isinstance(config, PruneStage):
-        raise ConfigError(f"{where}: config must be an edgeslim.pipeline.configs.PruneStage, got "
-                          f"{type(config).__name__}; or pass the options as keywords")
+    expected = getattr(configs, name)
+    if not isinstance(config, expected):
+        raise ConfigError(f"{where}: config must be an edgeslim.pipeline.configs.{expected.__name__}, "
+                          f"got {type(config).__name__}; or pass the options as keywords")
+
+
+def _check_config(config: Any, method: str, where: str) -> None:
+    _check_type(config, "PruneStage", where)
     if config.method != method:
         raise ConfigError(f"{where}: config has method={config.method!r}; {where} runs method "
                           f"{method!r}. Use {_METHOD_FUNCTION[config.method]} for that config")
@@ -65,6 +74,47 @@ def easiedge_keywords(config: "PruneStage") -> dict[str, Any]:
             "finetune": config.finetune if tuned else "plain", "lr": config.finetune_lr}
 
 
+def lighten_keywords(config: "LightenStage") -> dict[str, Any]:
+    """``lighten`` keywords of a ``LightenStage``."""
+    _check_type(config, "LightenStage", "lighten")
+    return {"width_mult": config.width_mult, "keep_first_conv": config.keep_first_conv,
+            "head": config.head, "exclude": tuple(config.exclude)}
+
+
+def distill_keywords(config: "DistillStage") -> dict[str, Any]:
+    """``distill`` keywords of a ``DistillStage`` (lr, optimizer, weight decay and warm-up are
+    trainer options of ``distill``)."""
+    _check_type(config, "DistillStage", "distill")
+    return {"losses": config.losses, "epochs": config.epochs, "T": config.T, "lr": config.lr,
+            "optimizer": config.optimizer, "weight_decay": config.weight_decay,
+            "warmup_epochs": config.warmup_epochs}
+
+
+def streamline_keywords(config: "MergeStage") -> dict[str, Any]:
+    """``streamline_merge`` keywords of a ``MergeStage(mode="streamline")``.
+
+    Retraining after merging is a recipe step of its own (masked retraining); from Python,
+    train the merged model with :class:`edgeslim.Trainer`, so a config asking for it is refused
+    rather than silently ignored.
+    """
+    _check_type(config, "MergeStage", "streamline_merge")
+    if config.mode != "streamline":
+        raise ConfigError("streamline_merge: config has mode='exact'; streamline_merge runs mode "
+                          "'streamline'. For exact merges call edgeslim.fold_batchnorm (and "
+                          "edgeslim.transforms.merge_linear_chains)")
+    if config.retrain_epochs:
+        raise ConfigError(f"streamline_merge: config asks for retrain_epochs={config.retrain_epochs}, "
+                          "which the recipe runs after merging; from Python train the merged model "
+                          "with edgeslim.Trainer, and give retrain_epochs=0 here")
+    return {"steps": config.steps}
+
+
+def quantize_keywords(config: "QuantizeStage") -> dict[str, Any]:
+    """``quantize`` keywords of a ``QuantizeStage``."""
+    _check_type(config, "QuantizeStage", "quantize")
+    return {"backend": config.backend, "num_batches": config.calib_batches}
+
+
 def _same(given: Any, from_config: Any) -> bool:
     """Equal as options: a list is its tuple, 0 is 0.0, but True is not 1."""
     a, b = (tuple(v) if isinstance(v, list) else v for v in (given, from_config))
@@ -95,7 +145,8 @@ def merge_keywords(where: str, from_config: dict[str, Any], given: dict[str, Any
     return merged
 
 
-def takes_stage_config(to_keywords: Callable[[Any], dict[str, Any]], positional: int) -> Callable[[F], F]:
+def takes_stage_config(to_keywords: Callable[[Any], dict[str, Any]], positional: int,
+                       config_type: str = "PruneStage") -> Callable[[F], F]:
     """Let a function take a stage config after its ``positional`` leading arguments (positionally
     or as ``config=``); its fields become keywords, merged with the keywords given beside it."""
     def wrap(fn: F) -> F:
@@ -114,7 +165,7 @@ def takes_stage_config(to_keywords: Callable[[Any], dict[str, Any]], positional:
 
         params = list(inspect.signature(fn).parameters.values())
         extra = inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
-                                  annotation="PruneStage | None")
+                                  annotation=f"{config_type} | None")
         call.__signature__ = inspect.signature(fn).replace(  # type: ignore[attr-defined]
             parameters=params[:positional] + [extra] + params[positional:])
         return call  # type: ignore[return-value]
