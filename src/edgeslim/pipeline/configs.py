@@ -42,6 +42,12 @@ def _runtimes() -> list[str]:
     return RUNTIMES.names()
 
 
+def _activations() -> list[str]:
+    from ..transforms.lighten import ACTIVATIONS
+
+    return ACTIVATIONS.names()
+
+
 def _backends() -> list[str]:
     from ..quant.api import QUANT_BACKENDS
 
@@ -127,6 +133,8 @@ class LightenStage(StageConfig):
                             "factory takes width_mult)", check=POSITIVE)
     keep_first_conv: bool = opt(True, "leave the first convolution a standard conv")
     head: Literal["gap_linear", "conv", "keep"] = opt("gap_linear", "classifier head of the student")
+    activation: str = opt("relu", "activation of the new depthwise-separable blocks (registry "
+                          "edgeslim.transforms.lighten.ACTIVATIONS)", choices=_activations)
     exclude: list[str] = opt(help="module paths left as they are", factory=list)
 
 
