@@ -184,3 +184,48 @@ def test_onnxruntime_speedup_direction_on_a_toy_model():
     assert info["runtime"] == "onnxruntime" and info["batch"] == 1
     assert info["measured_ms"] < info["baseline_ms"]  # direction only: no timed thresholds
     assert edgeslim.measure_latency(pruned, x, runs=5, warmup=1) > 0
+
+
+def test_fit_scales_recovers_the_two_scales_of_the_model():
+    from edgeslim.profile.latency_table import SCALE_RANGE, fit_scales
+
+    base = 10.0
+    points = [(-2.0, 0.0, base - 2.0 * 0.8), (0.0, -3.0, base - 3.0 * 1.2), (-1.0, -1.0, base - 0.8 - 1.2)]
+    assert fit_scales(points, base) == pytest.approx((0.8, 1.2))
+    assert fit_scales(points[:1], base) == pytest.approx((0.8, 1.0))  # depth never exercised: 1
+    # one point exercising both: one common factor
+    assert fit_scales([(-1.0, -1.0, base - 1.0)], base) == pytest.approx((0.5, 0.5))
+    assert fit_scales([(-1.0, 0.0, base - 100.0)], base)[0] == SCALE_RANGE[1]
+
+
+def unit_cost(module: nn.Module, shape: tuple) -> float:
+    return 1.0 if isinstance(module, (nn.Conv2d, nn.Linear)) else 0.0
+
+
+def test_calibration_removes_the_per_unit_overhead_the_tables_over_credit():
+    """Every table entry pays the runtime's fixed cost per call (0.5 ms here) that a layer
+    inside the network does not: uncalibrated, a removed block is over-credited by 0.5 ms a
+    layer. The depth probe fits the depth scale to 1 / 1.5, and the first plan is exact."""
+    model, x = randomize_bn_(NETS["resnet_basic"]()).eval(), example_input(1)
+    rt = CostRuntime(unit_cost, overhead_ms=0.5)
+    pruned = edgeslim.prune(model, x, target_speedup=1.2, runtime=rt)
+    info = pruned.edgeslim_latency
+    assert info["scale"] == pytest.approx([1.0, 1.0 / 1.5])
+    assert [p["blocks"] > 0 for p in info["probes"]] == [False, True]
+    first = info["attempts"][0]
+    assert first["predicted_ms"] == pytest.approx(first["measured_ms"])
+    assert info["measured_ms"] <= info["target_ms"] + 1e-9 and info["removed_blocks"]
+
+
+def test_thread_clock_is_chosen_by_the_environment(monkeypatch):
+    from edgeslim.profile.latency import CLOCK_ENV, latency_clock
+
+    assert latency_clock(1) == "wall"
+    wall_path = LatencyTable(CostRuntime(unit_cost)).path
+    monkeypatch.setenv(CLOCK_ENV, "thread")
+    assert latency_clock(1) == "thread" and latency_clock(4) == "wall"  # CPU time of one thread only
+    assert LatencyTable(CostRuntime(unit_cost)).path != wall_path  # tables of another clock
+    assert edgeslim.measure_latency(Wide().eval(), torch.randn(1, 3, 8, 8), runtime="torch", runs=2) > 0
+    monkeypatch.setenv(CLOCK_ENV, "cycles")
+    with pytest.raises(ConfigError, match="EDGESLIM_LATENCY_CLOCK"):
+        latency_clock(1)

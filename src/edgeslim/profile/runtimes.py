@@ -114,7 +114,7 @@ class OpenVinoRuntime(Runtime):
             compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads})
             request = compiled.create_infer_request()
             feed = [t.detach().cpu().numpy() for t in inputs]
-            return _lat._timed(lambda: request.infer(feed), runs, warmup)[0]
+            return _lat._timed(lambda: request.infer(feed), runs, warmup, threads=threads)[0]
 
 
 class CostRuntime(Runtime):
@@ -182,7 +182,9 @@ def measure_latency(model: nn.Module, example_inputs: torch.Tensor | Sequence[to
         warmup: untimed inferences first.
 
     Returns:
-        The median latency in milliseconds.
+        The median latency in milliseconds (wall clock; with one thread and
+        ``EDGESLIM_LATENCY_CLOCK=thread``, the thread's CPU time, which a machine shared
+        with other processes does not inflate: ``edgeslim.profile.latency.CLOCK_ENV``).
 
     Raises:
         RuntimeUnavailableError: ``openvino`` asked for but not installed.

@@ -47,6 +47,7 @@ class LatencyPlan:
     predicted_ms: float
     lost: float = 0.0
     moves: list[str] = field(default_factory=list)
+    dropped: frozenset[int] = frozenset()  # LatencyModel layers inside removed blocks
 
 
 def grid_sizes(size: int, lowest: int, points: int = 8) -> list[int]:
@@ -137,7 +138,7 @@ def _channel_move(lat: LatencyModel, st: _State, gi: int, gm: _GroupMoves, s: in
     mask[gm.order[cur:cut]] = True
     live = [i for i in gm.layers if i not in st.dropped]
     saved = sum(lat.layer_ms(i, st.removed) for i in live) - sum(lat.layer_ms(i, mask) for i in live)
-    return float(gm.gains[cur:cut].sum()), saved, mask
+    return float(gm.gains[cur:cut].sum()), saved * lat.scale[0], mask
 
 
 def _block_layers(lat: LatencyModel, block: ResidualBlock) -> list[int]:
@@ -158,7 +159,8 @@ def _best_move(lat, st, moves, blocks, block_scores):
         if any(b.path == p or _inside(b.path, p) for p in st.blocks):
             continue
         layers = [i for i in _block_layers(lat, b) if i not in st.dropped]
-        saved = sum(lat.layer_ms(i, st.removed) for i in layers)
+        saved = sum(lat.scale[1] * lat.full_ms[i] - lat.scale[0] * (lat.full_ms[i] - lat.layer_ms(i, st.removed))
+                    for i in layers)  # = what LatencyModel.predict gains when these layers go
         lost = block_scores.get(b.path, 1.0)
         if saved > 1e-9 and (best is None or lost / saved < best[0]):
             best = (lost / saved, saved, f"block {b.path} removed", ("b", b, layers))
@@ -202,4 +204,29 @@ def plan_latency(graph: DependencyGraph, scores: np.ndarray, lat: LatencyModel, 
         lost += best[0] * best[1]
         log.append(best[2])
         pred = lat.predict(st.removed, frozenset(st.dropped))
-    return LatencyPlan(st.removed, dict(st.blocks), pred, lost, log)
+    return LatencyPlan(st.removed, dict(st.blocks), pred, lost, log, frozenset(st.dropped))
+
+
+def probe_plans(graph: DependencyGraph, scores: np.ndarray, lat: LatencyModel,
+                blocks: list[ResidualBlock] = (), min_channels: int = 1,
+                fraction: float = 0.5) -> list[LatencyPlan]:
+    """Variants to measure before planning, so that ``lat.observe`` can calibrate the two
+    scales of the latency model (``profile/latency_table.py``, "Calibration"): every group
+    cut to the staircase size nearest ``fraction`` of it (channels only), and every other
+    removable block gone (depth only; none without blocks). Each probe exercises one scale,
+    so two measurements fit both."""
+    removed = np.zeros(len(graph.class_locked), dtype=bool)
+    for gm in group_moves(graph, scores, lat, {}, min_channels):
+        if gm is not None:
+            s = min(gm.sizes, key=lambda s: abs(s - fraction * gm.size))
+            removed[gm.order[:gm.size - s]] = True
+    probes = [LatencyPlan(removed, {}, lat.predict(removed))]
+    chosen: dict[str, str] = {}
+    for b in sorted(blocks, key=lambda b: b.path)[::2]:
+        if not any(b.path == p or _inside(b.path, p) or _inside(p, b.path) for p in chosen):
+            chosen[b.path] = b.post
+    if chosen:
+        none = np.zeros_like(removed)
+        dropped = frozenset(i for p in chosen for i, layer in enumerate(lat.layers) if _inside(layer.path, p))
+        probes.append(LatencyPlan(none, chosen, lat.predict(none, dropped), dropped=dropped))
+    return probes

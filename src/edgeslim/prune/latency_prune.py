@@ -2,8 +2,9 @@
 
 Measure the unpruned model in the runtime, plan with the per-layer tables
 (``latency_planner``), build the pruned model, *measure it*, and re-plan with a
-corrected budget when the measurement misses the target (the tables cannot see
-everything a runtime does across layers). The result records what was measured
+corrected latency model when the measurement misses the target (the tables cannot see
+everything a runtime does across layers). Before the first plan, two probe variants
+(channels cut, blocks removed) are measured to calibrate the model's two scales. The result records what was measured
 in ``model.edgeslim_latency``.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..profile.latency_table import LatencyModel, LatencyTable
 from ..profile.runtimes import get_runtime
 from .blocks import block_importance, find_residual_blocks, remove_blocks_
 from .importance import ImportanceContext, get_importance
-from .latency_planner import LatencyPlan, plan_latency
+from .latency_planner import LatencyPlan, plan_latency, probe_plans
 from .planner import Constraints, apply_constraints
 from .surgery import apply_plan, prune_channels_, removal_to_plan
 
@@ -61,14 +62,18 @@ def _scores(graph: DependencyGraph, model: nn.Module, cfg: Any, calib_data: Any)
     return np.asarray(get_importance(cfg.criterion)(graph, model, ctx), dtype=np.float64)
 
 
-def _attempts(model, inputs, graph, plan_for: Callable[[float], LatencyPlan], measure, target):
-    """Plan, build, measure; correct the budget by the measured/predicted miss. Returns the
-    feasible attempt with the largest budget (else the fastest) and every attempt's record."""
+def _attempts(model, inputs, graph, lat: LatencyModel, plan_for: Callable[[float], LatencyPlan],
+              measure, target):
+    """Plan, build, measure; feed the measurement back into the latency model (``observe``
+    refits its scales) and plan again at the target, corrected by the miss the refitted
+    model still cannot explain. Returns the feasible attempt with the largest budget (else
+    the fastest) and every attempt's record (``predicted_ms`` as planned, before the refit)."""
     budget, tried, best = target, [], None
     for _ in range(MAX_ATTEMPTS):
         plan = plan_for(budget)
         ms = measure(_build(model, inputs, graph, plan))
-        tried.append({"budget_ms": budget, "predicted_ms": plan.predicted_ms, "measured_ms": ms})
+        tried.append({"budget_ms": budget, "predicted_ms": plan.predicted_ms, "measured_ms": ms,
+                      "scale": list(lat.scale)})
         ok = ms <= target * (1 + TOLERANCE)
         if ok and (best is None or not best[2] or budget > best[3]):
             best = (plan, ms, True, budget)
@@ -76,8 +81,20 @@ def _attempts(model, inputs, graph, plan_for: Callable[[float], LatencyPlan], me
             best = (plan, ms, ok, budget)
         if ok and ms >= target * (1 - 2 * TOLERANCE):
             break  # met, and not needlessly fast
-        budget *= target / ms
+        lat.observe(plan.removed, plan.dropped, ms)
+        budget = target * lat.predict(plan.removed, plan.dropped) / ms
     return best, tried
+
+
+def _calibrate(model, inputs, graph, lat: LatencyModel, probes: list[LatencyPlan], measure) -> list[dict]:
+    """Measure the probe variants and fit the latency model's scales to them."""
+    records = []
+    for probe in probes:
+        ms = measure(_build(model, inputs, graph, probe))
+        records.append({"predicted_ms": probe.predicted_ms, "measured_ms": ms,
+                        "blocks": len(probe.blocks), "channels": int(probe.removed.sum())})
+        lat.observe(probe.removed, probe.dropped, ms)
+    return records
 
 
 def step_target(cfg: Any, origin_ms: float, fraction: float) -> float:
@@ -109,7 +126,9 @@ def prune_to_latency_(model: nn.Module, inputs: tuple, cfg: Any, calib_data: Any
     block_scores = block_importance(model, blocks, calib_data if calib_data is not None else inputs,
                                     cfg.calib_batches) if blocks else {}
     try:
-        best, tried = _attempts(model, inputs, graph, lambda b: plan_latency(
+        probes = _calibrate(model, inputs, graph, lat,
+                            probe_plans(graph, scores, lat, blocks, cfg.min_channels), measure)
+        best, tried = _attempts(model, inputs, graph, lat, lambda b: plan_latency(
             graph, scores, lat, b, blocks, block_scores, cfg.min_channels), measure, target)
     finally:
         table.save()
@@ -121,7 +140,7 @@ def prune_to_latency_(model: nn.Module, inputs: tuple, cfg: Any, calib_data: Any
         result["identity_blocks"] = dict(plan.blocks)
     model.edgeslim_latency = info | {
         "predicted_ms": plan.predicted_ms, "measured_ms": measured, "met": bool(best[2]),
-        "attempts": tried, "removed_blocks": sorted(plan.blocks), "measured_entries": table.measured,
+        "attempts": tried, "probes": probes, "scale": list(lat.scale), "removed_blocks": sorted(plan.blocks), "measured_entries": table.measured,
         "per_layer_before_ms": lat.per_layer(), "per_layer_after_ms": lat.per_layer(plan.removed)}
     log.info("latency: %.3f -> %.3f ms measured (target %.3f, predicted %.3f) on %s",
              baseline, measured, target, plan.predicted_ms, measure.runtime.name)
