@@ -137,7 +137,7 @@ def _channel_move(lat: LatencyModel, st: _State, gi: int, gm: _GroupMoves, s: in
     mask = st.removed.copy()
     mask[gm.order[cur:cut]] = True
     live = [i for i in gm.layers if i not in st.dropped]
-    saved = sum(lat.layer_ms(i, st.removed) for i in live) - sum(lat.layer_ms(i, mask) for i in live)
+    saved = sum(lat.layer_ms(i, st.removed) - lat.layer_ms(i, mask) for i in live)
     return float(gm.gains[cur:cut].sum()), saved * lat.scale[0], mask
 
 
@@ -209,24 +209,28 @@ def plan_latency(graph: DependencyGraph, scores: np.ndarray, lat: LatencyModel, 
 
 def probe_plans(graph: DependencyGraph, scores: np.ndarray, lat: LatencyModel,
                 blocks: list[ResidualBlock] = (), min_channels: int = 1,
-                fraction: float = 0.5) -> list[LatencyPlan]:
-    """Variants to measure before planning, so that ``lat.observe`` can calibrate the two
-    scales of the latency model (``profile/latency_table.py``, "Calibration"): every group
-    cut to the staircase size nearest ``fraction`` of it (channels only), and every other
-    removable block gone (depth only; none without blocks). Each probe exercises one scale,
-    so two measurements fit both."""
-    removed = np.zeros(len(graph.class_locked), dtype=bool)
-    for gm in group_moves(graph, scores, lat, {}, min_channels):
-        if gm is not None:
-            s = min(gm.sizes, key=lambda s: abs(s - fraction * gm.size))
-            removed[gm.order[:gm.size - s]] = True
-    probes = [LatencyPlan(removed, {}, lat.predict(removed))]
+                fractions: tuple[float, ...] = (0.5, 0.75)) -> list[LatencyPlan]:
+    """Variants to measure before planning, so that ``lat.observe`` can calibrate the scales
+    of the latency model (``profile/latency_table.py``, "Calibration"): every group cut to
+    the staircase size nearest each of ``fractions`` of it (channels only; two of them, so
+    that one noisy measurement does not set the scale alone), and every other removable block gone
+    (depth only; none without blocks)."""
+    moves = group_moves(graph, scores, lat, {}, min_channels)
+    probes = []
+    for fraction in fractions:
+        removed = np.zeros(len(graph.class_locked), dtype=bool)
+        for gm in moves:
+            if gm is not None:
+                s = min(gm.sizes, key=lambda s: abs(s - fraction * gm.size))
+                removed[gm.order[:gm.size - s]] = True
+        if removed.any() and not any(np.array_equal(removed, p.removed) for p in probes):
+            probes.append(LatencyPlan(removed, {}, lat.predict(removed)))
     chosen: dict[str, str] = {}
     for b in sorted(blocks, key=lambda b: b.path)[::2]:
         if not any(b.path == p or _inside(b.path, p) or _inside(p, b.path) for p in chosen):
             chosen[b.path] = b.post
     if chosen:
-        none = np.zeros_like(removed)
+        none = np.zeros(len(graph.class_locked), dtype=bool)
         dropped = frozenset(i for p in chosen for i, layer in enumerate(lat.layers) if _inside(layer.path, p))
         probes.append(LatencyPlan(none, chosen, lat.predict(none, dropped), dropped=dropped))
     return probes
