@@ -145,3 +145,70 @@ def prune_to_latency_(model: nn.Module, inputs: tuple, cfg: Any, calib_data: Any
     log.info("latency: %.3f -> %.3f ms measured (target %.3f, predicted %.3f) on %s",
              baseline, measured, target, plan.predicted_ms, measure.runtime.name)
     return result | {"removed": int(removed.sum()) + len(plan.blocks)}
+
+
+class LatencyBudget:
+    """A latency target for a planner that projects many times (``admm_prune``'s Z-steps).
+
+    Measures the unpruned model, builds the per-layer tables and calibrates the latency
+    model on the probe variants (as ``prune`` does), so that each projection is one
+    ``plan_latency`` call on the predicted latency; ``finish`` measures the hard-pruned
+    model and re-plans with the measurement fed back when it misses. Channels only:
+    ADMM's variables are filters, a removed residual branch has no place in them.
+    """
+
+    def __init__(self, model: nn.Module, inputs: tuple, graph: DependencyGraph, cfg: Any) -> None:
+        self.model, self.inputs, self.graph, self.cfg = model, inputs, graph, cfg
+        self.measure = _Measurer(cfg, inputs)
+        self.baseline = self.measure(model)
+        self.target = step_target(cfg, self.baseline, 1.0)
+        self.table = LatencyTable(self.measure.runtime, cfg.threads)
+        self.lat = LatencyModel(graph, self.table, self.baseline)
+        scores = _scores(graph, model, _L1, None)  # probes need an order only: no data
+        try:
+            self.probes = _calibrate(model, inputs, graph, self.lat,
+                                     probe_plans(graph, scores, self.lat, [], cfg.min_channels), self.measure)
+            self.plan(scores)  # LatencyTargetError now, before any training, if out of reach
+        finally:
+            self.table.save()
+
+    def budget_ms(self, fraction: float = 1.0) -> float:
+        return step_target(self.cfg, self.baseline, fraction)
+
+    def plan(self, scores: np.ndarray, fraction: float = 1.0, budget_ms: float | None = None) -> np.ndarray:
+        """The removal mask keeping the most importance within the (predicted) budget.
+
+        Raises:
+            LatencyTargetError: the budget cannot be reached (states the best reachable).
+        """
+        budget = self.budget_ms(fraction) if budget_ms is None else budget_ms
+        plan = plan_latency(self.graph, scores, self.lat, budget, min_channels=self.cfg.min_channels)
+        self.table.save()
+        return plan.removed
+
+    def meets(self, removed: np.ndarray, fraction: float = 1.0) -> bool:
+        return self.lat.predict(removed) <= self.budget_ms(fraction) * (1 + 1e-9)
+
+    def finish(self, replan: Callable[[float], np.ndarray], removed: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Measure ``removed`` (built on a copy); while it misses, feed the measurement back
+        and ``replan(budget_ms)``. Returns the mask to cut and the ``edgeslim_latency`` record."""
+        tried = []
+        for attempt in range(MAX_ATTEMPTS):
+            trial = copy.deepcopy(self.model)
+            apply_plan(trial, self.inputs, removal_to_plan(self.graph, removed))
+            ms = self.measure(trial)
+            tried.append({"predicted_ms": self.lat.predict(removed), "measured_ms": ms})
+            if ms <= self.target * (1 + TOLERANCE) or attempt == MAX_ATTEMPTS - 1:
+                break
+            self.lat.observe(removed, frozenset(), ms)
+            removed = replan(self.target * self.lat.predict(removed) / ms)
+        info = {"runtime": self.measure.runtime.name, "runtime_version": self.measure.runtime.version(),
+                "threads": self.cfg.threads, "batch": _batch(self.inputs), "baseline_ms": self.baseline,
+                "target_ms": self.target, "predicted_ms": tried[-1]["predicted_ms"],
+                "measured_ms": tried[-1]["measured_ms"], "met": tried[-1]["measured_ms"] <= self.target * (1 + TOLERANCE),
+                "attempts": tried, "probes": self.probes, "scale": list(self.lat.scale)}
+        return removed, info
+
+
+class _L1:
+    criterion, calib_batches = "l1", 1
