@@ -6,6 +6,7 @@ checks only the direction of the measured speed-up.
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 
@@ -20,9 +21,9 @@ from edgeslim.graph import build_dependency_graph
 from edgeslim.pipeline.configs import PruneStage
 from edgeslim.profile import CostRuntime, RuntimeUnavailableError
 from edgeslim.profile.latency_table import LatencyModel, LatencyTable
-from edgeslim.prune.blocks import block_importance, find_residual_blocks
+from edgeslim.prune.blocks import block_importance, find_residual_blocks, remove_blocks_
 from edgeslim.prune.latency_planner import LatencyTargetError, grid_sizes, staircase
-from edgeslim.prune.surgery import apply_plan
+from edgeslim.prune.surgery import apply_plan, removal_to_plan
 
 from nets import NETS, example_input, randomize_bn_
 
@@ -87,8 +88,10 @@ def test_prediction_is_exact_for_an_additive_runtime_and_the_plan_is_fixed():
     assert info["measured_ms"] <= base / 1.3 + 1e-9
     widths = {n: m.out_channels for n, m in pruned.named_modules() if isinstance(m, nn.Conv2d)}
     # 1.417 ms -> <= 1.090: halving features.3 saves 0.164 in it and 0.328 in features.6's
-    # input (0.49 ms); 24 channels would save only 0.246; features.0 is protected
-    assert widths == {"features.0": 16, "features.3": 16, "features.6": 32}
+    # input (0.49 ms); 24 channels would save only 0.246. Then the refill gives 4 back: at 20
+    # (padded to 24 in itself) it saves 0.082 + 0.246 = 0.328 and still fits (1.089 ms).
+    # features.0 is protected.
+    assert widths == {"features.0": 16, "features.3": 20, "features.6": 32}
     assert pruned(x).shape == (1, 10)
     assert info["runtime"] == "cost" and info["threads"] == 1 and info["batch"] == 1
 
@@ -229,3 +232,28 @@ def test_thread_clock_is_chosen_by_the_environment(monkeypatch):
     monkeypatch.setenv(CLOCK_ENV, "cycles")
     with pytest.raises(ConfigError, match="EDGESLIM_LATENCY_CLOCK"):
         latency_clock(1)
+
+
+def test_flops_value_keeps_more_computation_than_counting_every_group_as_one():
+    """``value="flops"`` weighs a group by the MACs share it carries; ``"importance"`` counts
+    every group as 1 whatever its size. Same budget, same additive runtime: both plans fit,
+    and the FLOPs-valued one keeps at least as many MACs."""
+    from edgeslim.prune.latency_planner import plan_latency
+
+    model, x = randomize_bn_(NETS["resnet_basic"]()).eval(), example_input(1)
+    graph = build_dependency_graph(model, x, protect_first=True)
+    rt = CostRuntime(stair_cost)
+    lat = LatencyModel(graph, LatencyTable(rt), rt.time(model, (x,), 1, 1, 0))
+    scores = np.asarray(edgeslim.prune.get_importance("l1")(graph, model), dtype=np.float64)
+    blocks = find_residual_blocks(model)
+    bscores = block_importance(model, blocks, x)
+    plans = {v: plan_latency(graph, scores, lat, lat.baseline_ms / 1.5, blocks, bscores, value=v)
+             for v in ("flops", "importance")}
+    macs = {}
+    for v, plan in plans.items():
+        assert plan.predicted_ms <= lat.baseline_ms / 1.5 + 1e-9
+        trial = apply_plan(copy.deepcopy(model), x, removal_to_plan(graph, plan.removed))
+        remove_blocks_(trial, plan.blocks)
+        assert rt.time(trial, (x,), 1, 1, 0) == pytest.approx(plan.predicted_ms)  # additive: exact
+        macs[v] = edgeslim.profile.count_flops(trial, x)[0]
+    assert macs["flops"] >= macs["importance"]

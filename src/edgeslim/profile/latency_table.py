@@ -69,13 +69,16 @@ def _conv_in_size(o: int, k: int, s: int, p: int, d: int) -> int:
     return max(1, (o - 1) * s - 2 * p + d * (k - 1) + 1)
 
 
-def _conv_unit(conv: nn.modules.conv._ConvNd, out_shape: tuple[int, ...]) -> LayerUnit | None:
+def _conv_unit(conv: nn.modules.conv._ConvNd, out_shape: tuple[int, ...],
+               in_shape: tuple[int, ...] = ()) -> LayerUnit | None:
     dims = len(conv.kernel_size)
     if len(out_shape) != dims + 2 or isinstance(conv.padding, str) or dims > 3:
         return None
     depthwise = conv.groups > 1 and conv.groups == conv.in_channels
-    spatial = [_conv_in_size(o, k, s, p, d) for o, k, s, p, d in
-               zip(out_shape[2:], conv.kernel_size, conv.stride, conv.padding, conv.dilation)]
+    # the input size it runs at (a stride-2 conv's 8x8 input, not the 7x7 that also gives 4x4)
+    spatial = list(in_shape[2:]) if len(in_shape) == dims + 2 else \
+        [_conv_in_size(o, k, s, p, d) for o, k, s, p, d in
+         zip(out_shape[2:], conv.kernel_size, conv.stride, conv.padding, conv.dilation)]
     batch = out_shape[0]
     conv_cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
     norm_cls = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dims - 1]
@@ -104,10 +107,11 @@ def _linear_unit(out_shape: tuple[int, ...]) -> LayerUnit:
     return LayerUnit(f"linear rows{rows}", build)
 
 
-def layer_unit(module: nn.Module, out_shape: tuple[int, ...]) -> LayerUnit | None:
+def layer_unit(module: nn.Module, out_shape: tuple[int, ...],
+               in_shape: tuple[int, ...] = ()) -> LayerUnit | None:
     """The unit that times ``module`` (None: a layer whose cost the tables do not model)."""
     if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
-        return _conv_unit(module, tuple(out_shape))
+        return _conv_unit(module, tuple(out_shape), tuple(in_shape))
     if isinstance(module, nn.Linear) and len(out_shape) >= 2:
         return _linear_unit(tuple(out_shape))
     return None
@@ -208,7 +212,7 @@ class LatencyModel:
         for path, rec in graph.records.items():
             ic, oc = graph._idx[path]
             unit = None if rec.slicer is None or rec.ignored or ic is None or oc is None \
-                else layer_unit(rec.module, rec.out_shape)
+                else layer_unit(rec.module, rec.out_shape, getattr(rec, "in_shape", ()))
             if unit is not None:
                 self.layers.append(_Layer(path, unit, max(1, len(rec.call_shapes)), ic, oc))
         full = np.zeros(len(graph.class_locked), dtype=bool)

@@ -122,6 +122,39 @@ def group_weights(graph: DependencyGraph, blocks: list[ResidualBlock],
     return weights
 
 
+def _macs_inside(graph: DependencyGraph, prefix: str) -> float:
+    total = 0.0
+    for path, rec in graph._sliced:
+        ic, oc = graph._idx[path]
+        if _inside(path, prefix) and ic is not None and oc is not None:
+            total += rec.slicer.cost(rec.module, len(ic), len(oc), rec.out_shape)[0] * max(1, len(rec.call_shapes))
+    return total
+
+
+def flops_values(graph: DependencyGraph, blocks: list[ResidualBlock],
+                 block_scores: dict[str, float]) -> tuple[dict[int, float], dict[str, float]]:
+    """The value of each group (its weight in ``group_moves``) and of each block, in one
+    unit: the importance-weighted share of the network's multiply-accumulates.
+
+    A group is worth the MACs share its channels carry (times its block's relative
+    importance when it lives inside a removable block); its channels split that by their
+    importance. A block is worth its MACs share times its importance relative to the
+    average block (``block_importance`` / mean). Why: with every group worth 1 whatever
+    its size (``value="importance"``), the planner removed a wide stage's channels as
+    readily as a narrow layer's, and kept 26% of ResNet-20's FLOPs at 2.2x. Here
+    importance still decides which channels and which blocks go, but the knapsack keeps
+    as much (importance-weighted) computation as the latency budget allows."""
+    macs = graph.marginal_cost()[0]
+    total = max(float(macs.sum()), 1e-12)
+    mean = float(np.mean(list(block_scores.values()))) if block_scores else 0.0
+    rel = {p: (v / mean if mean > 0 else 1.0) for p, v in block_scores.items()}
+    inside = group_weights(graph, blocks, rel)
+    groups = {gi: float(macs[np.asarray(g.classes, dtype=np.int64)].sum()) / total * inside.get(gi, 1.0)
+              for gi, g in enumerate(graph.groups)}
+    full = max(float(graph.cost()[0]), 1e-12)
+    return groups, {b.path: rel.get(b.path, 1.0) * _macs_inside(graph, b.path) / full for b in blocks}
+
+
 @dataclass
 class _State:
     removed: np.ndarray
@@ -179,17 +212,45 @@ def _apply(st: _State, move, graph: DependencyGraph) -> None:
                    if g.members and all(_inside(m, block.path) for m in g.members))
 
 
+def _refill(lat: LatencyModel, st: _State, moves: list[_GroupMoves | None], budget_ms: float) -> list[str]:
+    """Give channels back while the prediction stays within the budget: the greedy's last
+    move is a whole staircase step and may overshoot. Each round grows the group whose next
+    larger staircase size regains the most value and still fits."""
+    log = []
+    while True:
+        best = None
+        for gi, gm in enumerate(moves):
+            if gm is None or gi in st.dead or st.kept[gi] >= gm.size:
+                continue
+            s = min(x for x in gm.sizes if x > st.kept[gi])
+            mask = st.removed.copy()
+            mask[gm.order[gm.size - s:gm.size - st.kept[gi]]] = False
+            regained = float(gm.gains[gm.size - s:gm.size - st.kept[gi]].sum())
+            if lat.predict(mask, frozenset(st.dropped)) <= budget_ms and (best is None or regained > best[0]):
+                best = (regained, gi, s, mask)
+        if best is None:
+            return log
+        _, gi, s, st.removed = best
+        st.kept[gi] = s
+        log.append(f"group {lat.graph.groups[gi].id} back to {s}")
+
+
 def plan_latency(graph: DependencyGraph, scores: np.ndarray, lat: LatencyModel, budget_ms: float,
                  blocks: list[ResidualBlock] = (), block_scores: dict[str, float] | None = None,
-                 min_channels: int = 1) -> LatencyPlan:
-    """Greedy knapsack: apply the cheapest move (importance lost per ms saved) until the
-    predicted latency is within ``budget_ms``.
+                 min_channels: int = 1, value: str = "flops") -> LatencyPlan:
+    """Greedy knapsack: apply the cheapest move (value lost per ms saved) until the
+    predicted latency is within ``budget_ms``, then give back what still fits (``_refill``). ``value="flops"``: importance-weighted MACs
+    (``flops_values``); ``"importance"``: every group worth 1, a block its importance.
 
     Raises:
         LatencyTargetError: no sequence of moves reaches the budget (states the best).
     """
     block_scores = block_scores or {}
-    moves = group_moves(graph, scores, lat, group_weights(graph, list(blocks), block_scores), min_channels)
+    if value == "flops":
+        weights, block_scores = flops_values(graph, list(blocks), block_scores)
+    else:
+        weights = group_weights(graph, list(blocks), block_scores)
+    moves = group_moves(graph, scores, lat, weights, min_channels)
     st = _State(np.zeros(len(graph.class_locked), dtype=bool), [g.size for g in graph.groups], {}, set(), set())
     pred, lost, log = lat.predict(st.removed), 0.0, []
     while pred > budget_ms:
@@ -204,6 +265,8 @@ def plan_latency(graph: DependencyGraph, scores: np.ndarray, lat: LatencyModel, 
         lost += best[0] * best[1]
         log.append(best[2])
         pred = lat.predict(st.removed, frozenset(st.dropped))
+    log += _refill(lat, st, moves, budget_ms)
+    pred = lat.predict(st.removed, frozenset(st.dropped))
     return LatencyPlan(st.removed, dict(st.blocks), pred, lost, log, frozenset(st.dropped))
 
 
