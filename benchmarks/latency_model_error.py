@@ -15,8 +15,13 @@ rounds, the median kept), so drift on a busy machine hits all alike. Reported pe
 model/runtime/batch: the relative error ``|pred - meas| / meas`` before calibration
 (``scale = (1, 1)``, the tables alone) and after (median and max over the variants).
 
-    python benchmarks/latency_model_error.py --models lenet5 resnet20 --runtimes onnxruntime \\
+    EDGESLIM_LATENCY_CLOCK=thread python benchmarks/latency_model_error.py \\
         --batches 1 --out benchmarks/results/latency_model_error.json
+    EDGESLIM_LATENCY_CLOCK=thread python benchmarks/latency_model_error.py --batches 32 --runs 8 \\
+        --vgg-width 0.5 --out benchmarks/results/latency_model_error.json
+
+On a machine shared with other processes, ``EDGESLIM_LATENCY_CLOCK=thread`` times by the
+thread's CPU time (``edgeslim.profile.latency.CLOCK_ENV``); the results file says which.
 
 ``--vgg-width`` reduces VGG-16's widths (batch 32 at full width takes ~0.2 s an inference
 on one thread; the tables' signatures are the same, only the channel counts differ).
@@ -35,6 +40,7 @@ import torch
 import edgeslim
 from edgeslim.graph import build_dependency_graph
 from edgeslim.models import create_model
+from edgeslim.profile.latency import latency_clock
 from edgeslim.profile.latency_table import LatencyModel, LatencyTable
 from edgeslim.profile.runtimes import get_runtime
 from edgeslim.prune.blocks import block_importance, find_residual_blocks, remove_blocks_
@@ -115,6 +121,8 @@ def one(name: str, runtime_name: str, batch: int, args, rng) -> dict:
     err = lambda preds: [abs(p - m) / m for p, m in zip(preds, meas)]  # noqa: E731
     e_raw, e_cal = err(raw), err(cal)
     return {"model": name, "runtime": runtime_name, "batch": batch, "threads": args.threads,
+            "width_mult": args.vgg_width if name == "vgg16" else 1.0,
+            "clock": latency_clock(args.threads),
             "base_ms": ms[0], "scale": list(lat.scale), "variants": len(variants),
             "median_err_raw": statistics.median(e_raw), "max_err_raw": max(e_raw),
             "median_err": statistics.median(e_cal), "max_err": max(e_cal),
@@ -158,9 +166,10 @@ def _save(path: str, row: dict, args) -> None:
         data = {"command": "", "rows": []}
     key = (row["model"], row["runtime"], row["batch"])
     data["rows"] = [r for r in data["rows"] if (r["model"], r["runtime"], r["batch"]) != key] + [row]
-    data["settings"] = {"threads": args.threads, "rounds": args.rounds, "runs": args.runs,
-                        "random": args.random, "speedups": args.speedups, "vgg_width": args.vgg_width,
-                        "machine": "shared 2-core machine (other processes at nice 19)"}
+    data.setdefault("settings", {})[f"b{row['batch']}"] = {
+        "threads": args.threads, "rounds": args.rounds, "runs": args.runs, "random": args.random,
+        "speedups": args.speedups, "vgg_width": args.vgg_width,
+        "machine": "shared 2-core machine (other processes at nice 19)"}
     with open(path, "w") as f:
         json.dump(data, f, indent=1)
 
