@@ -65,6 +65,10 @@ def _chain():
 def test_grid_and_staircase_keep_only_strictly_faster_sizes():
     assert grid_sizes(16, 1) == [16, 14, 12, 10, 8, 6, 4, 2]
     assert grid_sizes(6, 1) == [6, 5, 4, 3, 2, 1]
+    # a runtime with a 16-channel blocked layout: multiples of 16 where the group is one
+    assert grid_sizes(64, 1, multiple=16) == [64, 48, 32, 16]
+    assert grid_sizes(16, 1, multiple=16) == [16]
+    assert grid_sizes(24, 1, multiple=16) == grid_sizes(24, 1)
     model, x = _chain()
     graph = build_dependency_graph(model, x, protect_first=True)
     lat = LatencyModel(graph, LatencyTable(CostRuntime(stair_cost)), 1.0)
