@@ -93,6 +93,12 @@ def _tp_available() -> bool:
     return True
 
 
+def _tp_version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("torch-pruning") if _tp_available() else "not importable: skipped"
+
+
 def one(name: str, runtime: str, batch: int, speedup: float, threads: int, rounds: int, runs: int) -> dict:
     torch.manual_seed(0)
     model = create_model(name).eval()
@@ -117,7 +123,7 @@ def one(name: str, runtime: str, batch: int, speedup: float, threads: int, round
            "pred_error_first": abs(info["attempts"][0]["predicted_ms"] - info["attempts"][0]["measured_ms"])
            / info["attempts"][0]["measured_ms"],
            "pred_error": abs(info["predicted_ms"] - info["measured_ms"]) / info["measured_ms"],
-           "attempts": len(info["attempts"]), "torch_pruning": _tp_available() or "not importable: skipped"}
+           "attempts": len(info["attempts"]), "torch_pruning": _tp_version()}
     for k, m in models.items():
         if k != "base":
             row[k] = {"speedup": t["base"] / t[k], "ms": t[k], "flops_kept": count_flops(m, x)[0] / flops0,
