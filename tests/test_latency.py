@@ -68,7 +68,8 @@ def test_grid_and_staircase_keep_only_strictly_faster_sizes():
     # a runtime with a 16-channel blocked layout: multiples of 16 where the group is one
     assert grid_sizes(64, 1, multiple=16) == [64, 48, 32, 16]
     assert grid_sizes(16, 1, multiple=16) == [16]
-    assert grid_sizes(24, 1, multiple=16) == grid_sizes(24, 1)
+    assert grid_sizes(24, 1, multiple=16) == [24, 16]  # off the block: onto it or not at all
+    assert grid_sizes(8, 1, multiple=16) == grid_sizes(8, 1)  # narrower than a block: free
     model, x = _chain()
     graph = build_dependency_graph(model, x, protect_first=True)
     lat = LatencyModel(graph, LatencyTable(CostRuntime(stair_cost)), 1.0)

@@ -62,12 +62,14 @@ def grid_sizes(size: int, lowest: int, points: int = 8, multiple: int = 1) -> li
     """Candidate sizes (descending): ``size`` and the multiples of a power-of-two step
     (at most ``points`` of them) down to ``lowest``. A group whose size is a multiple of
     the runtime's ``multiple`` (``Runtime.channel_multiple``: its blocked layout) keeps
-    to multiples of it: a width off the block costs layout conversions around it in the
-    network that no per-layer table shows (``runtimes.blocked_layout_multiple``)."""
+    to multiples of it, and a wider group off the block is cut onto it or not at all: a
+    width off the block costs layout conversions around it in the network that no
+    per-layer table shows (``runtimes.blocked_layout_multiple``). Groups of linear layers
+    only (no blocked layout) are not restricted (``group_moves``)."""
     step = 1
     while size / step > points:
         step *= 2
-    if multiple > 1 and size % multiple == 0:
+    if multiple > 1 and size >= multiple:  # on the block, or cut onto it (24 -> 16)
         step = max(step, multiple)
     sizes = {size} | {s for s in range(step, size, step) if s >= lowest}
     return sorted(sizes, reverse=True)
@@ -119,7 +121,8 @@ def group_moves(graph: DependencyGraph, scores: np.ndarray, lat: LatencyModel,
         gains = (s[order] / total if s.sum() > 0 else np.full(len(s), 1.0 / len(s))) * weights.get(gi, 1.0)
         lowest = max(min_channels, g.size - len(cls), 1)
         layers = _touching(lat, np.asarray(g.classes, dtype=np.int64))
-        multiple = getattr(lat.table.runtime, "channel_multiple", lambda: 1)()
+        convs = any(lat.layers[i].unit.signature.startswith("conv") for i in layers)
+        multiple = getattr(lat.table.runtime, "channel_multiple", lambda: 1)() if convs else 1
         sizes = staircase(lat, layers, cls[order], grid_sizes(g.size, lowest, multiple=multiple), g.size)
         out.append(_GroupMoves(cls[order], gains, sizes, layers, g.size))
     return out
