@@ -67,7 +67,7 @@ def test_grid_and_staircase_keep_only_strictly_faster_sizes():
     assert grid_sizes(6, 1) == [6, 5, 4, 3, 2, 1]
     # a runtime with a 16-channel blocked layout: multiples of 16 where the group is one
     assert grid_sizes(64, 1, multiple=16) == [64, 48, 32, 16]
-    assert grid_sizes(16, 1, multiple=16) == [16]
+    assert grid_sizes(16, 1, multiple=16) == [16, 8]
     assert grid_sizes(24, 1, multiple=16) == [24, 16]  # off the block: onto it or not at all
     assert grid_sizes(8, 1, multiple=16) == grid_sizes(8, 1)  # narrower than a block: free
     model, x = _chain()

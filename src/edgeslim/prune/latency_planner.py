@@ -69,8 +69,10 @@ def grid_sizes(size: int, lowest: int, points: int = 8, multiple: int = 1) -> li
     step = 1
     while size / step > points:
         step *= 2
-    if multiple > 1 and size >= multiple:  # on the block, or cut onto it (24 -> 16)
+    if multiple > 1 and size > multiple:  # on the block, or cut onto it (24 -> 16)
         step = max(step, multiple)
+    elif multiple > 1 and size == multiple:  # one block: halved or not (8 of 16 ran fast)
+        step = max(step, multiple // 2)
     sizes = {size} | {s for s in range(step, size, step) if s >= lowest}
     return sorted(sizes, reverse=True)
 
