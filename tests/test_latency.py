@@ -262,3 +262,16 @@ def test_flops_value_keeps_more_computation_than_counting_every_group_as_one():
         assert rt.time(trial, (x,), 1, 1, 0) == pytest.approx(plan.predicted_ms)  # additive: exact
         macs[v] = edgeslim.profile.count_flops(trial, x)[0]
     assert macs["flops"] >= macs["importance"]
+
+
+def test_a_blocked_layout_runtime_gets_widths_on_the_block():
+    """A runtime whose kernels want multiples of 16 (``channel_multiple``) is planned on them."""
+    from edgeslim.profile.runtimes import OnnxRuntime, blocked_layout_multiple
+
+    assert blocked_layout_multiple() in (1, 8, 16) and OnnxRuntime().channel_multiple() == blocked_layout_multiple()
+    torch.manual_seed(0)
+    model, x = Wide().eval(), torch.randn(1, 3, 8, 8)
+    pruned = edgeslim.prune(model, x, target_speedup=1.5, runtime=CostRuntime(stair_cost, multiple=16))
+    widths = [m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d)]
+    assert widths[0] == 96 and all(w % 16 == 0 for w in widths) and min(widths[1:]) < 96
+    assert pruned.edgeslim_latency["measured_ms"] <= pruned.edgeslim_latency["target_ms"] + 1e-9
