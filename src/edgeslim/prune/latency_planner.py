@@ -258,8 +258,9 @@ def plan_latency(graph: DependencyGraph, scores: np.ndarray, lat: LatencyModel, 
                  blocks: list[ResidualBlock] = (), block_scores: dict[str, float] | None = None,
                  min_channels: int = 1, value: str = "flops") -> LatencyPlan:
     """Greedy knapsack: apply the cheapest move (value lost per ms saved) until the
-    predicted latency is within ``budget_ms``, then give back what still fits (``_refill``). ``value="flops"``: importance-weighted MACs
-    (``flops_values``); ``"importance"``: every group worth 1, a block its importance.
+    predicted latency is within ``budget_ms``, then give back what still fits (``_refill``).
+    ``value="flops"``: importance-weighted MACs (``flops_values``); ``"importance"``: every
+    group worth 1, a block its importance.
 
     Raises:
         LatencyTargetError: no sequence of moves reaches the budget (states the best).

@@ -141,7 +141,8 @@ def prune_to_latency_(model: nn.Module, inputs: tuple, cfg: Any, calib_data: Any
         result["identity_blocks"] = dict(plan.blocks)
     model.edgeslim_latency = info | {
         "predicted_ms": plan.predicted_ms, "measured_ms": measured, "met": bool(best[2]),
-        "attempts": tried, "probes": probes, "scale": list(lat.scale), "removed_blocks": sorted(plan.blocks), "measured_entries": table.measured,
+        "attempts": tried, "probes": probes, "scale": list(lat.scale), "removed_blocks": sorted(plan.blocks),
+        "measured_entries": table.measured,
         "per_layer_before_ms": lat.per_layer(), "per_layer_after_ms": lat.per_layer(plan.removed)}
     log.info("latency: %.3f -> %.3f ms measured (target %.3f, predicted %.3f) on %s",
              baseline, measured, target, plan.predicted_ms, measure.runtime.name)
@@ -165,7 +166,8 @@ class LatencyBudget:
         self.target = step_target(cfg, self.baseline, 1.0)
         self.table = LatencyTable(self.measure.runtime, cfg.threads)
         self.lat = LatencyModel(graph, self.table, self.baseline)
-        scores = _scores(graph, model, _L1, None)  # probes need an order only: no data
+        # the probes need an order of the channels only: L1, no data
+        scores = np.asarray(get_importance("l1")(graph, model, ImportanceContext()), dtype=np.float64)
         try:
             self.probes = _calibrate(model, inputs, graph, self.lat,
                                      probe_plans(graph, scores, self.lat, [], cfg.min_channels), self.measure)
@@ -206,10 +208,7 @@ class LatencyBudget:
         info = {"runtime": self.measure.runtime.name, "runtime_version": self.measure.runtime.version(),
                 "threads": self.cfg.threads, "batch": _batch(self.inputs), "baseline_ms": self.baseline,
                 "target_ms": self.target, "predicted_ms": tried[-1]["predicted_ms"],
-                "measured_ms": tried[-1]["measured_ms"], "met": tried[-1]["measured_ms"] <= self.target * (1 + TOLERANCE),
+                "measured_ms": tried[-1]["measured_ms"],
+                "met": tried[-1]["measured_ms"] <= self.target * (1 + TOLERANCE),
                 "attempts": tried, "probes": self.probes, "scale": list(self.lat.scale)}
         return removed, info
-
-
-class _L1:
-    criterion, calib_batches = "l1", 1
