@@ -6,6 +6,8 @@ import copy
 
 import numpy as np
 import pytest
+
+import edgeslim
 import torch
 from torch import nn
 
@@ -244,3 +246,47 @@ def test_projection_keeps_the_previous_support_unless_the_new_one_is_better():
     assert _better_support(graph, scores, budget, candidate=b, previous=a) is a
     assert _better_support(graph, scores, budget, candidate=a, previous=b) is a
     assert _better_support(graph, scores, Budget(channels=6), candidate=b, previous=a) is b  # a too small now
+
+
+def _stair(module: nn.Module, shape: tuple) -> float:
+    """0.1 ms a conv/linear + work, output channels padded to 4 (the fake runtime's staircase)."""
+    if isinstance(module, nn.Conv2d):
+        return 0.1 + 1e-4 * module.in_channels * -(-module.out_channels // 4) * 4 * shape[2] * shape[3]
+    if isinstance(module, nn.Linear):
+        return 0.1 + 1e-4 * module.in_features * module.out_features
+    return 0.0
+
+
+def test_latency_target_is_met_on_the_fake_runtime(tmp_path, monkeypatch):
+    """The projection uses the latency model; the result is measured and meets the target,
+    every Z-step's support is predicted within the budget, and the plan is fixed."""
+    from edgeslim.profile import CostRuntime
+
+    monkeypatch.setenv("EDGESLIM_CACHE", str(tmp_path))
+    model, data = _net(), _data()
+    rt = CostRuntime(_stair)
+    x = data[0][0][:1]
+    base = rt.time(model, (x,), 1, 1, 0)
+    out = admm_prune(model, x, data, target_speedup=1.5, runtime=rt, finetune=None, **FAST)
+    info = edgeslim.info(out).latency.to_dict()
+    assert info["baseline_ms"] == pytest.approx(base) and info["target_ms"] == pytest.approx(base / 1.5)
+    assert info["measured_ms"] <= info["target_ms"] + 1e-9 and info["met"]
+    assert info["predicted_ms"] == pytest.approx(info["measured_ms"])  # an additive runtime: exact
+    assert rt.time(out, (x,), 1, 1, 0) == pytest.approx(info["measured_ms"])
+    widths = [m.out_channels for m in out.modules() if isinstance(m, nn.Conv2d)]
+    assert widths[0] == 8 and widths[1] % 4 == 0 and widths[1] < 12  # protected; on the staircase
+    assert out(x).shape == (1, 4)
+
+
+def test_latency_target_errors_like_prune():
+    from edgeslim.profile import CostRuntime
+    from edgeslim.prune.latency_planner import LatencyTargetError
+
+    model, data = _net(), _data()
+    with pytest.raises(ConfigError, match="give one target"):
+        admm_prune(model, data[0][0][:1], data, target_speedup=2, target_flops=0.5)
+    with pytest.raises(ConfigError, match="target_speedup=0.5 is impossible"):
+        admm_prune(model, data[0][0][:1], data, target_speedup=0.5)
+    with pytest.raises(LatencyTargetError, match=r"fastest model .* predicted at [0-9.]+ ms"):
+        admm_prune(model, data[0][0][:1], data, target_speedup=100, runtime=CostRuntime(_stair),
+                   finetune=None, **FAST)

@@ -6,6 +6,7 @@ checks only the direction of the measured speed-up.
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 
@@ -21,9 +22,9 @@ from edgeslim.graph import build_dependency_graph
 from edgeslim.pipeline.configs import PruneStage
 from edgeslim.profile import CostRuntime, RuntimeUnavailableError
 from edgeslim.profile.latency_table import LatencyModel, LatencyTable
-from edgeslim.prune.blocks import block_importance, find_residual_blocks
+from edgeslim.prune.blocks import block_importance, find_residual_blocks, remove_blocks_
 from edgeslim.prune.latency_planner import LatencyTargetError, grid_sizes, staircase
-from edgeslim.prune.surgery import apply_plan
+from edgeslim.prune.surgery import apply_plan, removal_to_plan
 
 from nets import NETS, example_input, randomize_bn_
 
@@ -65,6 +66,11 @@ def _chain():
 def test_grid_and_staircase_keep_only_strictly_faster_sizes():
     assert grid_sizes(16, 1) == [16, 14, 12, 10, 8, 6, 4, 2]
     assert grid_sizes(6, 1) == [6, 5, 4, 3, 2, 1]
+    # a runtime with a 16-channel blocked layout: multiples of 16 where the group is one
+    assert grid_sizes(64, 1, multiple=16) == [64, 48, 32, 16]
+    assert grid_sizes(16, 1, multiple=16) == [16, 8]
+    assert grid_sizes(24, 1, multiple=16) == [24, 16]  # off the block: onto it or not at all
+    assert grid_sizes(8, 1, multiple=16) == grid_sizes(8, 1)  # narrower than a block: free
     model, x = _chain()
     graph = build_dependency_graph(model, x, protect_first=True)
     lat = LatencyModel(graph, LatencyTable(CostRuntime(stair_cost)), 1.0)
@@ -88,8 +94,10 @@ def test_prediction_is_exact_for_an_additive_runtime_and_the_plan_is_fixed():
     assert lat.measured_ms <= base / 1.3 + 1e-9
     widths = {n: m.out_channels for n, m in pruned.named_modules() if isinstance(m, nn.Conv2d)}
     # 1.417 ms -> <= 1.090: halving features.3 saves 0.164 in it and 0.328 in features.6's
-    # input (0.49 ms); 24 channels would save only 0.246; features.0 is protected
-    assert widths == {"features.0": 16, "features.3": 16, "features.6": 32}
+    # input (0.49 ms); 24 channels would save only 0.246. Then the refill gives 4 back: at 20
+    # (padded to 24 in itself) it saves 0.082 + 0.246 = 0.328 and still fits (1.089 ms).
+    # features.0 is protected.
+    assert widths == {"features.0": 16, "features.3": 20, "features.6": 32}
     assert pruned(x).shape == (1, 10)
     assert lat.runtime == "cost" and lat.threads == 1 and lat.batch == 1
 
@@ -185,3 +193,86 @@ def test_onnxruntime_speedup_direction_on_a_toy_model():
     assert lat.runtime == "onnxruntime" and lat.batch == 1
     assert lat.measured_ms < lat.baseline_ms  # direction only: no timed thresholds
     assert edgeslim.measure_latency(pruned, x, runs=5, warmup=1) > 0
+
+
+def test_fit_scales_recovers_the_two_scales_of_the_model():
+    from edgeslim.profile.latency_table import SCALE_RANGE, fit_scales
+
+    base = 10.0
+    points = [(-2.0, 0.0, base - 2.0 * 0.8), (0.0, -3.0, base - 3.0 * 1.2), (-1.0, -1.0, base - 0.8 - 1.2)]
+    assert fit_scales(points, base) == pytest.approx((0.8, 1.2))
+    assert fit_scales(points[:1], base) == pytest.approx((0.8, 1.0))  # depth never exercised: 1
+    # one point exercising both: one common factor; the unpruned model says nothing
+    assert fit_scales([(-1.0, -1.0, base - 1.0), (0.0, 0.0, base)], base) == pytest.approx((0.5, 0.5))
+    assert fit_scales([(-1.0, 0.0, base - 100.0)], base)[0] == SCALE_RANGE[1]
+
+
+def unit_cost(module: nn.Module, shape: tuple) -> float:
+    return 1.0 if isinstance(module, (nn.Conv2d, nn.Linear)) else 0.0
+
+
+def test_calibration_removes_the_per_unit_overhead_the_tables_over_credit():
+    """Every table entry pays the runtime's fixed cost per call (0.5 ms here) that a layer
+    inside the network does not: uncalibrated, a removed block is over-credited by 0.5 ms a
+    layer. The depth probe fits the depth scale to 1 / 1.5, and the first plan is exact."""
+    model, x = randomize_bn_(NETS["resnet_basic"]()).eval(), example_input(1)
+    rt = CostRuntime(unit_cost, overhead_ms=0.5)
+    pruned = edgeslim.prune(model, x, target_speedup=1.2, runtime=rt)
+    info = edgeslim.info(pruned).latency.to_dict()
+    assert info["scale"] == pytest.approx([1.0, 1.0 / 1.5])
+    assert [p["blocks"] > 0 for p in info["probes"]] == [True]  # no channel probe: no faster size
+    first = info["attempts"][0]
+    assert first["predicted_ms"] == pytest.approx(first["measured_ms"])
+    assert info["measured_ms"] <= info["target_ms"] + 1e-9 and info["removed_blocks"]
+
+
+def test_thread_clock_is_chosen_by_the_environment(monkeypatch):
+    from edgeslim.profile.latency import CLOCK_ENV, latency_clock
+
+    assert latency_clock(1) == "wall"
+    wall_path = LatencyTable(CostRuntime(unit_cost)).path
+    monkeypatch.setenv(CLOCK_ENV, "thread")
+    assert latency_clock(1) == "thread" and latency_clock(4) == "wall"  # CPU time of one thread only
+    assert LatencyTable(CostRuntime(unit_cost)).path != wall_path  # tables of another clock
+    assert edgeslim.measure_latency(Wide().eval(), torch.randn(1, 3, 8, 8), runtime="torch", runs=2) > 0
+    monkeypatch.setenv(CLOCK_ENV, "cycles")
+    with pytest.raises(ConfigError, match="EDGESLIM_LATENCY_CLOCK"):
+        latency_clock(1)
+
+
+def test_flops_value_keeps_more_computation_than_counting_every_group_as_one():
+    """``value="flops"`` weighs a group by the MACs share it carries; ``"importance"`` counts
+    every group as 1 whatever its size. Same budget, same additive runtime: both plans fit,
+    and the FLOPs-valued one keeps at least as many MACs."""
+    from edgeslim.prune.latency_planner import plan_latency
+
+    model, x = randomize_bn_(NETS["resnet_basic"]()).eval(), example_input(1)
+    graph = build_dependency_graph(model, x, protect_first=True)
+    rt = CostRuntime(stair_cost)
+    lat = LatencyModel(graph, LatencyTable(rt), rt.time(model, (x,), 1, 1, 0))
+    scores = np.asarray(edgeslim.prune.get_importance("l1")(graph, model), dtype=np.float64)
+    blocks = find_residual_blocks(model)
+    bscores = block_importance(model, blocks, x)
+    plans = {v: plan_latency(graph, scores, lat, lat.baseline_ms / 1.5, blocks, bscores, value=v)
+             for v in ("flops", "importance")}
+    macs = {}
+    for v, plan in plans.items():
+        assert plan.predicted_ms <= lat.baseline_ms / 1.5 + 1e-9
+        trial = apply_plan(copy.deepcopy(model), x, removal_to_plan(graph, plan.removed))
+        remove_blocks_(trial, plan.blocks)
+        assert rt.time(trial, (x,), 1, 1, 0) == pytest.approx(plan.predicted_ms)  # additive: exact
+        macs[v] = edgeslim.profile.count_flops(trial, x)[0]
+    assert macs["flops"] >= macs["importance"]
+
+
+def test_a_blocked_layout_runtime_gets_widths_on_the_block():
+    """A runtime whose kernels want multiples of 16 (``channel_multiple``) is planned on them."""
+    from edgeslim.profile.runtimes import OnnxRuntime, blocked_layout_multiple
+
+    assert blocked_layout_multiple() in (1, 8, 16) and OnnxRuntime().channel_multiple() == blocked_layout_multiple()
+    torch.manual_seed(0)
+    model, x = Wide().eval(), torch.randn(1, 3, 8, 8)
+    pruned = edgeslim.prune(model, x, target_speedup=1.5, runtime=CostRuntime(stair_cost, multiple=16))
+    widths = [m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d)]
+    assert widths[0] == 96 and all(w % 16 == 0 for w in widths) and min(widths[1:]) < 96
+    assert edgeslim.info(pruned).latency.to_dict()["measured_ms"] <= edgeslim.info(pruned).latency.to_dict()["target_ms"] + 1e-9

@@ -47,7 +47,9 @@ class LatencyResult:
     ``origin_ms`` is the unpruned model's latency, ``baseline_ms`` the latency before this step,
     ``target_ms`` this step's goal, ``predicted_ms`` the latency table's estimate of the plan and
     ``measured_ms`` the runtime's measurement of the result. The remaining fields are set when a
-    plan was made (the target was below the baseline).
+    plan was made (the target was below the baseline): ``attempts`` (predicted/measured per
+    plan), ``probes`` (the calibration variants measured before planning) and ``scale`` (the
+    latency model's fitted channel and depth scales, ``profile/latency_table.py``).
     """
 
     runtime: str
@@ -63,6 +65,8 @@ class LatencyResult:
     met: bool | None = None
     removed_blocks: list[str] = field(default_factory=list)
     measured_entries: int = 0
+    probes: list[dict[str, Any]] = field(default_factory=list)
+    scale: list[float] = field(default_factory=list)
     per_layer_before_ms: dict[str, float] = field(default_factory=dict)
     per_layer_after_ms: dict[str, float] = field(default_factory=dict)
 

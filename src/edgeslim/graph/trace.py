@@ -46,6 +46,7 @@ class ModuleRecord:
     out_shape: tuple[int, ...] = ()  # of the last call
     ignored: bool = False
     call_shapes: list[tuple[int, ...]] = field(default_factory=list)  # output shape of every call
+    in_shape: tuple[int, ...] = ()  # of the last call (the latency tables time a layer at it)
 
 
 @dataclass
@@ -541,6 +542,7 @@ def _visit_module(ctx: TraceContext, node: fx.Node, labels: Labels, root: nn.Mod
     out_shape = _meta_shape(node) or ()
     rec = ctx.records.setdefault(path, ModuleRecord(path, module, slicer_for(module)))
     rec.out_shape = out_shape
+    rec.in_shape = tuple(in_shape or ())
     rec.call_shapes.append(out_shape)
     if _is_ignored(path, ignore) or rec.slicer is None:
         if rec.slicer is None and not _is_ignored(path, ignore):

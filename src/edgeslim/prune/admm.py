@@ -95,6 +95,11 @@ class ADMMConfig:
     target_filters: float | None = None
     target_flops: float | None = None
     target_params: float | None = None
+    target_latency: float | None = None  # ms, measured in ``runtime`` (prune's semantics)
+    target_speedup: float | None = None
+    runtime: str = "onnxruntime"
+    threads: int = 1
+    latency_runs: int = 30
     cost_aware: bool | None = None
     criterion: Any = "information_gain_taylor"
     rho: float | Literal["auto"] = "auto"
@@ -130,12 +135,27 @@ class ADMMConfig:
             raise ConfigError(f"admm_prune: accuracy_guard={self.accuracy_guard} is a drop in accuracy "
                               "(0-1, e.g. 0.02 for two points) or None")
 
+    @property
+    def latency_target(self) -> bool:
+        return self.target_latency is not None or self.target_speedup is not None
+
     def _check_targets(self) -> None:
-        given = {k: v for k, v in (("target_filters", self.target_filters), ("target_flops", self.target_flops),
-                                   ("target_params", self.target_params)) if v is not None}
+        names = ("target_filters", "target_flops", "target_params", "target_latency", "target_speedup")
+        given = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
         if len(given) > 1:
             raise ConfigError(f"admm_prune: give one target, target_filters= (fraction of filters removed), "
-                              f"target_flops= or target_params= (fraction kept); got {given}")
+                              f"target_flops= or target_params= (fraction kept), target_latency= (ms) or "
+                              f"target_speedup= (x faster); got {given}")
+        if self.latency_target:
+            from .api import _TARGET_RANGES
+
+            (name, value), = given.items()
+            ok, rng = _TARGET_RANGES[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+                raise ConfigError(f"admm_prune: {name}={value!r} is impossible: it must lie in {rng}")
+            if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+                raise ConfigError(f"admm_prune: threads={self.threads!r} must be an integer >= 1")
+            return
         if not given:
             self.target_filters = 0.8  # the EasiEdge paper's setting
         elif self.target_filters is not None and not 0.0 <= self.target_filters < 1.0:
@@ -177,6 +197,9 @@ class ADMMConfig:
         crit = self.criterion if isinstance(self.criterion, str) else type(self.criterion).__name__
         return {"target_filters": self.target_filters, "target_flops": self.target_flops,
                 "target_params": self.target_params, "cost_aware": self.cost_aware,
+                **({"target_latency": self.target_latency, "target_speedup": self.target_speedup,
+                    "runtime": str(getattr(self.runtime, "name", self.runtime)), "threads": self.threads}
+                   if self.latency_target else {}),
                 "progressive": self.progressive, "criterion": crit}
 
 
@@ -398,6 +421,25 @@ class _Run:
     history: list[dict]
     inputs: tuple = ()
     reference_accuracy: float | None = None  # training accuracy before ADMM (accuracy_guard)
+    latency: Any = None  # latency_prune.LatencyBudget with a latency target
+    last_scores: Any = None  # the last Z-step's importance (the final re-plans reuse it)
+
+    def project(self, scores: np.ndarray, projection: int) -> np.ndarray:
+        """The projection's support: the planner's solution, or the previous support when
+        it still meets the budget and cuts no more importance (``_better_support``)."""
+        frac = self.cfg.progress(projection)
+        previous = self.state.removed.numpy() if projection > 0 else None
+        if self.latency is not None:  # S = the networks predicted within the latency budget
+            removed = self.latency.plan(scores, frac)
+            if previous is not None and self.latency.meets(previous, frac):
+                removed = _more_worth(scores, removed, previous)
+            return removed
+        cons = Constraints(self.cfg.min_channels, self.cfg.round_to)
+        budget = _budget(self.cfg, self.graph, self.fixed, frac)
+        removed = plan_removal(self.graph, scores, budget, "global", cons, cost_aware=self.cfg.cost_aware)
+        if previous is not None:
+            removed = _better_support(self.graph, scores, budget, removed, previous)
+        return removed
 
     def z_step(self, projection: int, dual: bool = True) -> np.ndarray:
         """Score W + U (``dual=False``: W alone), choose the classes to remove (cost-aware for
@@ -406,11 +448,8 @@ class _Run:
         values = [s.param.detach() + (u if dual else 0) for s, u in zip(self.state.slabs, self.state.U)]
         with self.state.weights(values):
             scores = get_importance(self.cfg.criterion)(self.graph, self.net, self.ctx)
-        cons = Constraints(self.cfg.min_channels, self.cfg.round_to)
-        budget = _budget(self.cfg, self.graph, self.fixed, self.cfg.progress(projection))
-        removed = plan_removal(self.graph, scores, budget, "global", cons, cost_aware=self.cfg.cost_aware)
-        if projection > 0:
-            removed = _better_support(self.graph, scores, budget, removed, self.state.removed.numpy())
+        self.last_scores = scores
+        removed = self.project(scores, projection)
         self.state.Z = self.state.project(values, removed)
         self.state.removed = torch.as_tensor(removed, dtype=torch.bool)
         return removed
@@ -429,6 +468,11 @@ def _better_support(graph: DependencyGraph, scores: np.ndarray, budget: Budget, 
     """
     if not meets_budget(graph, previous, budget):
         return candidate
+    return _more_worth(scores, candidate, previous)
+
+
+def _more_worth(scores: np.ndarray, candidate: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """``previous`` unless ``candidate`` cuts less importance."""
     worth = np.nan_to_num(scores, nan=0.0, posinf=0.0)
     return previous if worth[previous].sum() <= worth[candidate].sum() else candidate
 
@@ -565,6 +609,8 @@ def admm_prune(model: nn.Module, example_inputs: Any, train_data: Any, *, target
                criterion: Any = "information_gain_taylor", rho: float | Literal["auto"] = "auto",
                admm_epochs: float = 5.0, finetune_epochs: int = 5, finetune: Any = "plain",
                target_flops: float | None = None, target_params: float | None = None,
+               target_latency: float | None = None, target_speedup: float | None = None,
+               runtime: str = "onnxruntime", threads: int = 1,
                cost_aware: bool | None = None, rho_schedule: float | Sequence[float] = 1.5,
                accuracy_guard: float | None = 0.02, progressive: int = 1,
                admm_iterations: int = 10, val_data: Any = None, calib_data: Any = None,
@@ -599,6 +645,16 @@ def admm_prune(model: nn.Module, example_inputs: Any, train_data: Any, *, target
         target_flops: instead of ``target_filters``, the fraction of FLOPs to keep, counted
             as ``edgeslim.profile`` counts them (layers the graph cannot cut included).
         target_params: instead, the fraction of parameters to keep.
+        target_latency: instead, milliseconds per inference at ``example_inputs``' batch size,
+            measured in ``runtime`` with ``threads`` threads (as ``prune``'s): the projection
+            keeps the most importance whose *predicted* latency (the calibrated per-layer
+            tables of ``prune/latency_prune.py``) meets the budget, and the hard-pruned model
+            is measured and re-planned if it misses (``edgeslim.info(result).latency``).
+            Channels only (no residual-branch removal). An unreachable target raises
+            ``LatencyTargetError`` stating the best reachable, before any training.
+        target_speedup: the same, as a factor of the unpruned model's measured latency.
+        runtime: ``"onnxruntime"`` (default), ``"torch"`` or ``"openvino"``; latency targets only.
+        threads: CPU threads of the latency measurements.
         cost_aware: with ``target_flops``/``target_params`` (default True there), the
             projection ranks filters by importance per FLOP/parameter they cost; False: by
             importance alone.
@@ -635,7 +691,8 @@ def admm_prune(model: nn.Module, example_inputs: Any, train_data: Any, *, target
     """
     own = {k: options.pop(k) for k in [f.name for f in dataclasses.fields(ADMMConfig)] if k in options}
     cfg = ADMMConfig(target_filters=target_filters, target_flops=target_flops, target_params=target_params,
-                     cost_aware=cost_aware, criterion=criterion, rho=rho, rho_schedule=rho_schedule,
+                     target_latency=target_latency, target_speedup=target_speedup, runtime=runtime,
+                     threads=threads, cost_aware=cost_aware, criterion=criterion, rho=rho, rho_schedule=rho_schedule,
                      accuracy_guard=accuracy_guard, progressive=progressive, admm_iterations=admm_iterations,
                      admm_epochs=admm_epochs, finetune_epochs=finetune_epochs, finetune=finetune, **own)
     admm_opts = _train_options(options, lr=0.01, schedule="constant", progress=False)
@@ -662,6 +719,9 @@ def _hard_prune(run: _Run, out_shape: Any) -> None:
     net = run.net
     last = run.state.removed.clone()
     removed = run.z_step(run.cfg.admm_iterations + 1, dual=False)
+    if run.latency is not None:  # measured, and re-planned with the measurement if it misses
+        removed, info(net).latency = run.latency.finish(
+            lambda budget: run.latency.plan(run.last_scores, budget_ms=budget), removed)
     plan = prune_channels_(net, run.graph, removed)
     info(net).plans = list(info(net).plans) + [plan]
     _check_forward(net, run.inputs, out_shape)
@@ -692,8 +752,14 @@ def _prepare(cfg: ADMMConfig, net: nn.Module, example_inputs: Any, train_data: A
                             max_batches=cfg.calib_batches)
     fixed = _unmodelled(net, inputs, cfg, graph)
     cfg.resolve_rho(_w_steps(cfg, train), options)
+    latency = None
+    if cfg.latency_target:  # measured before training: an unreachable target fails now
+        from .latency_prune import LatencyBudget
+
+        latency = LatencyBudget(net, inputs, graph, cfg)
     return _Run(cfg, net, graph, ADMMState(collect_slabs(graph), cfg.first_rho()), fixed, ctx,
-                train, val_data, options, None if out_dir is None else Path(out_dir), [], inputs)
+                train, val_data, options, None if out_dir is None else Path(out_dir), [], inputs,
+                latency=latency)
 
 
 def _reference_accuracy(run: _Run) -> float:

@@ -324,8 +324,11 @@ def prune(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plann
             latency planner (``prune/latency_planner.py``) cuts channels to the sizes the
             runtime is fast at and removes residual branches (``depth=False`` to not), then
             measures the result and re-plans if it misses; ``edgeslim.info(model).latency``
-            (a :class:`~edgeslim.modelinfo.LatencyResult`) holds the baseline, target,
-            predicted and measured latency.
+            (a :class:`~edgeslim.modelinfo.LatencyResult`) holds the baseline, target, predicted and measured latency. Before planning it times
+            up to three probe variants to calibrate the per-layer tables to whole-network
+            latency (``profile/latency_table.py``, "Calibration"). On a machine shared with
+            other processes, ``EDGESLIM_LATENCY_CLOCK=thread`` (one thread only) times by
+            CPU time.
         target_speedup: the same, as a factor of the unpruned model's measured latency.
         runtime: ``"onnxruntime"`` (default), ``"torch"`` (eager) or ``"openvino"`` (optional
             extra: ``pip install openvino``); only read with a latency target.

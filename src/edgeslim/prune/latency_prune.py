@@ -2,8 +2,9 @@
 
 Measure the unpruned model in the runtime, plan with the per-layer tables
 (``latency_planner``), build the pruned model, *measure it*, and re-plan with a
-corrected budget when the measurement misses the target (the tables cannot see
-everything a runtime does across layers). The result records what was measured
+corrected latency model when the measurement misses the target (the tables cannot see
+everything a runtime does across layers). Before the first plan, two probe variants
+(channels cut, blocks removed) are measured to calibrate the model's two scales. The result records what was measured
 in ``edgeslim.info(model).latency``.
 """
 from __future__ import annotations
@@ -23,12 +24,13 @@ from ..profile.latency_table import LatencyModel, LatencyTable
 from ..profile.runtimes import get_runtime
 from .blocks import block_importance, find_residual_blocks, remove_blocks_
 from .importance import ImportanceContext, get_importance
-from .latency_planner import LatencyPlan, plan_latency
+from .latency_planner import LatencyPlan, plan_latency, probe_plans
 from .planner import Constraints, apply_constraints
 from .surgery import apply_plan, prune_channels_, removal_to_plan
 
 log = logging.getLogger(__name__)
-#: measured within this fraction of the target counts as met (timing noise on a CPU)
+#: measured within this fraction of the target counts as met (timing noise on a CPU); a plan
+#: faster than the target by more than it is re-planned (its speed costs FLOPs it need not)
 TOLERANCE = 0.05
 MAX_ATTEMPTS = 4
 
@@ -63,23 +65,39 @@ def _scores(graph: DependencyGraph, model: nn.Module, cfg: Any, calib_data: Any)
     return np.asarray(get_importance(cfg.criterion)(graph, model, ctx), dtype=np.float64)
 
 
-def _attempts(model, inputs, graph, plan_for: Callable[[float], LatencyPlan], measure, target):
-    """Plan, build, measure; correct the budget by the measured/predicted miss. Returns the
-    feasible attempt with the largest budget (else the fastest) and every attempt's record."""
+def _attempts(model, inputs, graph, lat: LatencyModel, plan_for: Callable[[float], LatencyPlan],
+              measure, target):
+    """Plan, build, measure; feed the measurement back into the latency model (``observe``
+    refits its scales) and plan again at the target, corrected by the miss the refitted
+    model still cannot explain. Returns the feasible attempt with the largest budget (else
+    the fastest) and every attempt's record (``predicted_ms`` as planned, before the refit)."""
     budget, tried, best = target, [], None
     for _ in range(MAX_ATTEMPTS):
         plan = plan_for(budget)
         ms = measure(_build(model, inputs, graph, plan))
-        tried.append({"budget_ms": budget, "predicted_ms": plan.predicted_ms, "measured_ms": ms})
+        tried.append({"budget_ms": budget, "predicted_ms": plan.predicted_ms, "measured_ms": ms,
+                      "scale": list(lat.scale)})
         ok = ms <= target * (1 + TOLERANCE)
         if ok and (best is None or not best[2] or budget > best[3]):
             best = (plan, ms, True, budget)
         elif best is None or (not best[2] and ms < best[1]):
             best = (plan, ms, ok, budget)
-        if ok and ms >= target * (1 - 2 * TOLERANCE):
+        if ok and ms >= target * (1 - TOLERANCE):
             break  # met, and not needlessly fast
-        budget *= target / ms
+        lat.observe(plan.removed, plan.dropped, ms)
+        budget = target * lat.predict(plan.removed, plan.dropped) / ms
     return best, tried
+
+
+def _calibrate(model, inputs, graph, lat: LatencyModel, probes: list[LatencyPlan], measure) -> list[dict]:
+    """Measure the probe variants and fit the latency model's scales to them."""
+    records = []
+    for probe in probes:
+        ms = measure(_build(model, inputs, graph, probe))
+        records.append({"predicted_ms": probe.predicted_ms, "measured_ms": ms,
+                        "blocks": len(probe.blocks), "channels": int(probe.removed.sum())})
+        lat.observe(probe.removed, probe.dropped, ms)
+    return records
 
 
 def step_target(cfg: Any, origin_ms: float, fraction: float) -> float:
@@ -112,7 +130,9 @@ def prune_to_latency_(model: nn.Module, inputs: tuple, cfg: Any, calib_data: Any
     block_scores = block_importance(model, blocks, calib_data if calib_data is not None else inputs,
                                     cfg.calib_batches) if blocks else {}
     try:
-        best, tried = _attempts(model, inputs, graph, lambda b: plan_latency(
+        probes = _calibrate(model, inputs, graph, lat,
+                            probe_plans(graph, scores, lat, blocks, cfg.min_channels), measure)
+        best, tried = _attempts(model, inputs, graph, lat, lambda b: plan_latency(
             graph, scores, lat, b, blocks, block_scores, cfg.min_channels), measure, target)
     finally:
         table.save()
@@ -124,8 +144,76 @@ def prune_to_latency_(model: nn.Module, inputs: tuple, cfg: Any, calib_data: Any
         result["identity_blocks"] = dict(plan.blocks)
     record(model).latency = LatencyResult.from_dict(info | {
         "predicted_ms": plan.predicted_ms, "measured_ms": measured, "met": bool(best[2]),
-        "attempts": tried, "removed_blocks": sorted(plan.blocks), "measured_entries": table.measured,
-        "per_layer_before_ms": lat.per_layer(), "per_layer_after_ms": lat.per_layer(plan.removed)})
+        "attempts": tried, "probes": probes, "scale": list(lat.scale), "removed_blocks": sorted(plan.blocks),
+        "measured_entries": table.measured,
+        "per_layer_before_ms": lat.per_layer(), "per_layer_after_ms": lat.per_layer(plan.removed)}
     log.info("latency: %.3f -> %.3f ms measured (target %.3f, predicted %.3f) on %s",
              baseline, measured, target, plan.predicted_ms, measure.runtime.name)
     return result | {"removed": int(removed.sum()) + len(plan.blocks)}
+
+
+class LatencyBudget:
+    """A latency target for a planner that projects many times (``admm_prune``'s Z-steps).
+
+    Measures the unpruned model, builds the per-layer tables and calibrates the latency
+    model on the probe variants (as ``prune`` does), so that each projection is one
+    ``plan_latency`` call on the predicted latency; ``finish`` measures the hard-pruned
+    model and re-plans with the measurement fed back when it misses. Channels only:
+    ADMM's variables are filters, a removed residual branch has no place in them.
+    """
+
+    def __init__(self, model: nn.Module, inputs: tuple, graph: DependencyGraph, cfg: Any) -> None:
+        self.model, self.inputs, self.graph, self.cfg = model, inputs, graph, cfg
+        self.measure = _Measurer(cfg, inputs)
+        self.baseline = self.measure(model)
+        self.target = step_target(cfg, self.baseline, 1.0)
+        self.table = LatencyTable(self.measure.runtime, cfg.threads)
+        self.lat = LatencyModel(graph, self.table, self.baseline)
+        # the probes need an order of the channels only: L1, no data
+        scores = np.asarray(get_importance("l1")(graph, model, ImportanceContext()), dtype=np.float64)
+        try:
+            self.probes = _calibrate(model, inputs, graph, self.lat,
+                                     probe_plans(graph, scores, self.lat, [], cfg.min_channels), self.measure)
+            self.plan(scores)  # LatencyTargetError now, before any training, if out of reach
+        finally:
+            self.table.save()
+
+    def budget_ms(self, fraction: float = 1.0) -> float:
+        return step_target(self.cfg, self.baseline, fraction)
+
+    def plan(self, scores: np.ndarray, fraction: float = 1.0, budget_ms: float | None = None) -> np.ndarray:
+        """The removal mask keeping the most importance within the (predicted) budget.
+
+        Raises:
+            LatencyTargetError: the budget cannot be reached (states the best reachable).
+        """
+        budget = self.budget_ms(fraction) if budget_ms is None else budget_ms
+        plan = plan_latency(self.graph, scores, self.lat, budget, min_channels=self.cfg.min_channels)
+        self.table.save()
+        return plan.removed
+
+    def meets(self, removed: np.ndarray, fraction: float = 1.0) -> bool:
+        return self.lat.predict(removed) <= self.budget_ms(fraction) * (1 + 1e-9)
+
+    def finish(self, replan: Callable[[float], np.ndarray],
+               removed: np.ndarray) -> tuple[np.ndarray, LatencyResult]:
+        """Measure ``removed`` (built on a copy); while it misses, feed the measurement back
+        and ``replan(budget_ms)``. Returns the mask to cut and the model's latency record."""
+        tried = []
+        for attempt in range(MAX_ATTEMPTS):
+            trial = copy.deepcopy(self.model)
+            apply_plan(trial, self.inputs, removal_to_plan(self.graph, removed))
+            ms = self.measure(trial)
+            tried.append({"predicted_ms": self.lat.predict(removed), "measured_ms": ms})
+            if ms <= self.target * (1 + TOLERANCE) or attempt == MAX_ATTEMPTS - 1:
+                break
+            self.lat.observe(removed, frozenset(), ms)
+            removed = replan(self.target * self.lat.predict(removed) / ms)
+        info = {"runtime": self.measure.runtime.name, "runtime_version": self.measure.runtime.version(),
+                "threads": self.cfg.threads, "batch": _batch(self.inputs), "baseline_ms": self.baseline,
+                "target_ms": self.target, "predicted_ms": tried[-1]["predicted_ms"],
+                "measured_ms": tried[-1]["measured_ms"],
+                "met": tried[-1]["measured_ms"] <= self.target * (1 + TOLERANCE),
+                "attempts": tried, "probes": self.probes, "scale": list(self.lat.scale),
+                "origin_ms": self.baseline}
+        return removed, LatencyResult.from_dict(info)
