@@ -14,7 +14,8 @@ Derivation, per image (fixed, so the same CIFAR-10 files give the same bytes):
    (``torch.nn.functional.interpolate(mode="bilinear", antialias=True)``);
 3. rounded to the nearest integer and clipped to 0-255 (uint8).
 
-Labels, class names, order and split sizes are CIFAR-10's. The derived arrays
+Labels, class names, order and split sizes are CIFAR-10's, and so is the training
+augmentation (``crop_flip``: natural images, unlike digits, survive flips). The derived arrays
 are cached on disk (``edgeslim.data.cache``) next to CIFAR-10's decoded ones,
 keyed by the CIFAR-10 source file, so the derivation runs once per source.
 """
