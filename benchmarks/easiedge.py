@@ -2,6 +2,7 @@
 
     python benchmarks/easiedge.py --model lenet5 --data-dir ../shared/data                    # MNIST, 3 seeds (CPU)
     python benchmarks/easiedge.py --model lenet5 --dataset cifar10 --data-dir ../shared/data  # CIFAR-10, reduced
+    python benchmarks/easiedge.py --model lenet5 --dataset cifar10-gray28 --data-dir ../shared/data  # 28x28 grey CIFAR-10
     python benchmarks/easiedge.py --model lenet5 --data-dir D                                 # D/mnist/: any 28x28 IDX set
     python benchmarks/easiedge.py --data-dir /data --device cuda --amp                        # VGG-16 / CIFAR-10 (GPU)
 
@@ -85,8 +86,9 @@ DEFAULT_DATASET = {"lenet5": "mnist", "vgg16": "cifar10"}
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="vgg16", choices=sorted(DEFAULT_DATASET))
-    p.add_argument("--dataset", default=None, help="mnist, cifar10 or an image-folder path (default: the "
-                   "model's; other names use the model's default schedule)")
+    p.add_argument("--dataset", default=None, help="mnist, cifar10, cifar10-gray28 or an image-folder path "
+                   "(default: the model's; other names, cifar10-gray28 included, use the model's default "
+                   "schedule, for lenet5 MNIST's)")
     p.add_argument("--data-dir", default=None, help="folder with mnist/ and cifar10/ (else $EDGESLIM_DATA)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--width-mult", type=float, default=1.0, help="VGG width multiplier")

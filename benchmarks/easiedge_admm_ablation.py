@@ -39,7 +39,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seed", type=int, default=10)
     p.add_argument("--target-flops", type=float, default=0.4)
-    p.add_argument("--baselines", default="l1,taylor,fpgm")
+    p.add_argument("--baselines", default="l1,taylor,fpgm",
+                   help="criteria; a name ending in _importance_only ranks by importance alone (cost_aware=False)")
+    p.add_argument("--baseline-lrs", default="0.01", help="fine-tuning learning rates of the baselines (a "
+                   "comma list: each baseline runs at each; the first is the benchmark's)")
     p.add_argument("--variants", default="[]", help="JSON list of admm_prune keyword dicts with a 'name'")
     p.add_argument("--train-subset", type=int, default=30000)
     p.add_argument("--epochs", type=int, default=3)
@@ -91,13 +94,16 @@ def main() -> None:
     flops0 = count_flops(base, example)[0]
     log = Path(args.log) if args.log else Path(args.cache) / f"{args.dataset}_{args.seed}.jsonl"
     rows, match = [], args.target_flops
-    for criterion in [c for c in args.baselines.split(",") if c]:
-        model = prune(base, example, criterion=criterion, target_flops=args.target_flops, steps=2,
-                      finetune="plain", train_data=train, calib_data=calib, finetune_epochs=1,
-                      finetune_options=dict(device="cpu", lr=0.01, seed=args.seed))
-        rows.append({"method": criterion, "acc": evaluate(model, test)["accuracy"],
-                     "flops": count_flops(model, example)[0]})
-        match = rows[0]["flops"] / flops0
+    lrs = [float(v) for v in args.baseline_lrs.split(",")]
+    for lr in lrs:
+        for name in [c for c in args.baselines.split(",") if c]:
+            criterion = name.removesuffix("_importance_only")
+            model = prune(base, example, criterion=criterion, target_flops=args.target_flops, steps=2,
+                          finetune="plain", train_data=train, calib_data=calib, finetune_epochs=1,
+                          cost_aware=criterion == name, finetune_options=dict(device="cpu", lr=lr, seed=args.seed))
+            rows.append({"method": name if lr == lrs[0] else f"{name}@lr{lr}",
+                         "acc": evaluate(model, test)["accuracy"], "flops": count_flops(model, example)[0]})
+            match = rows[0]["flops"] / flops0
     rows += [run_variant(v, base, example, train, test, calib, match, args.seed) for v in json.loads(args.variants)]
     with log.open("a") as f:
         for row in rows:

@@ -756,3 +756,62 @@ def test_pickle_cannot_set_attributes_on_the_array_marker(tmp_path):
         RestrictedUnpickler(io.BytesIO(payload)).load()
     data, labels = write_batch(tmp_path / "data_batch_1", 2, seed=0)
     assert load_batch(tmp_path / "data_batch_1")[1].tolist() == labels
+
+
+# ---------------------------------------------------------------- cifar10-gray28 (derived)
+
+
+def _tiny_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int = 7) -> tuple[np.ndarray, list[int]]:
+    """A CIFAR-10 test split of ``n`` images (image 0 constant, 1 black, 2 white), caching in tmp."""
+    from edgeslim.data import cifar
+
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    data, labels = write_batch(tmp_path / "cifar-10-batches-py" / "test_batch", n, seed=3)
+    data[0] = np.repeat(np.array([10, 200, 30], np.uint8), 1024)
+    data[1], data[2] = 0, 255
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(
+        pickle.dumps({"batch_label": "synthetic", "data": data, "labels": labels}, protocol=4))
+    monkeypatch.setitem(cifar.CIFAR10_COUNTS, "test", n)
+    monkeypatch.setenv("EDGESLIM_CACHE", str(tmp_path / "cache"))
+    return data, labels
+
+
+def test_cifar10_gray28_is_cifar10_in_one_grey_channel_at_28x28(tmp_path, monkeypatch):
+    data, labels = _tiny_cifar(tmp_path, monkeypatch)
+    grey, rgb = load_dataset("cifar10-gray28", tmp_path, "test"), load_dataset("cifar10", tmp_path, "test")
+    assert grey.images.dtype == torch.uint8 and tuple(grey.images.shape) == (7, 1, 28, 28)
+    assert grey.input_shape == (1, 28, 28) and grey.name == "cifar10-gray28"
+    assert grey.labels.tolist() == labels == rgb.labels.tolist() and grey.classes == rgb.classes
+    # constant images stay constant: BT.601 luma of (10, 200, 30) is 123.81; black/white keep 0/255
+    assert grey.images[0].unique().tolist() == [124]
+    assert grey.images[1].max() == 0 and grey.images[2].min() == 255
+    x, y = next(iter(TensorLoader(grey, 4)))
+    assert x.shape == (4, 1, 28, 28) and x.dtype == torch.float32 and y.tolist() == labels[:4]
+
+
+def test_cifar10_gray28_is_deterministic_and_derived_once(tmp_path, monkeypatch):
+    from edgeslim.data import derived
+
+    _tiny_cifar(tmp_path, monkeypatch)
+    first = load_dataset("cifar10-gray28", tmp_path, "test")
+    assert len(list((tmp_path / "cache").glob("cifar10-gray28-*.npz"))) == 1
+
+    def fail(*args, **kwargs):
+        raise AssertionError("derived again despite the cache")
+
+    monkeypatch.setattr(derived, "load_cifar10", fail)
+    again = load_dataset("cifar10-gray28", tmp_path, "test")
+    assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
+    rgb = load_dataset("cifar10", tmp_path, "test").images
+    assert np.array_equal(derived.to_gray28(rgb), derived.to_gray28(rgb.clone()))
+    assert np.array_equal(derived.to_gray28(rgb), first.images.numpy())
+    with pytest.raises(ValueError, match=r"uint8 images \[N, 3, H, W\]"):
+        derived.to_gray28(rgb[:, :1])
+
+
+def test_cifar10_gray28_on_the_real_data(data_dir: Path) -> None:
+    for split, n in (("train", 50_000), ("test", 10_000)):
+        grey, rgb = load_dataset("cifar10-gray28", data_dir, split), load_dataset("cifar10", data_dir, split)
+        assert tuple(grey.images.shape) == (n, 1, 28, 28) and grey.images.dtype == torch.uint8
+        assert torch.equal(grey.labels, rgb.labels)
+        assert 0 < int(grey.images.min()) + 1 and int(grey.images.max()) <= 255

@@ -124,3 +124,50 @@ def test_each_stage_property_is_a_flag_of_its_command(schema: dict) -> None:
         flags = _flags(parser, kind)
         for prop in schema["$defs"][kind]["properties"]:
             assert "--" + prop.replace("_", "-") in flags, (kind, prop)
+
+
+@pytest.mark.parametrize("given, expected", [(None, "auto"), ("auto", "auto"), (0.3, 0.3), ("1e-3", 1e-3)])
+def test_easiedge_rho_defaults_to_auto_like_admm_prune_and_numbers_still_parse(given: object,
+                                                                              expected: object) -> None:
+    import inspect
+
+    from edgeslim.prune.admm import admm_prune
+
+    body = {"method": "easiedge", "remove_filters": 0.5} | ({} if given is None else {"rho": given})
+    assert parse_recipe(tiny_recipe(Path("d"), [{"prune": body}])).stages[0].config.rho == expected
+    assert PruneStage(remove_filters=0.5, method="easiedge").rho == inspect.signature(admm_prune).parameters["rho"].default
+
+
+@pytest.mark.parametrize("bad", ["fast", 0, -1.0, True, float("nan")])
+def test_easiedge_rho_rejects_what_is_neither_auto_nor_a_positive_number(bad: object) -> None:
+    with pytest.raises(ConfigError, match="rho"):
+        parse_recipe(tiny_recipe(Path("d"), [{"prune": {"method": "easiedge", "remove_filters": 0.5, "rho": bad}}]))
+
+
+@pytest.mark.parametrize("value, expected", [("auto", "auto"), ("0.25", 0.25)])
+def test_easiedge_rho_flag_takes_auto_or_a_number(value: str, expected: object) -> None:
+    from edgeslim.cli import _stage_config
+
+    args = build_parser().parse_args(["prune", "--method", "easiedge", "--remove-filters", "0.5", "--rho", value])
+    assert _stage_config("prune", args).rho == expected
+    default = build_parser().parse_args(["prune", "--method", "easiedge", "--remove-filters", "0.5"])
+    assert _stage_config("prune", default).rho == "auto"
+
+
+def test_easiedge_rho_schema_takes_auto_or_a_number(schema: dict) -> None:
+    for rho, ok in (("auto", True), (0.3, True), ("fast", False), (2e6, False)):
+        recipe = tiny_recipe(Path("d"), [{"prune": {"method": "easiedge", "remove_filters": 0.5, "rho": rho}}])
+        assert (errors(recipe, schema, schema) == []) is ok, rho
+
+
+def test_the_easiedge_stage_hands_rho_to_admm_prune(tiny_data: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeslim.prune.admm as admm
+
+    seen = []
+    monkeypatch.setattr(admm, "admm_prune", lambda model, *a, **kw: seen.append(kw["rho"]) or model)
+    for stage in ({}, {"rho": 0.5}):
+        body = {"method": "easiedge", "remove_filters": 0.5, "admm_epochs": 1} | stage
+        run_recipe(parse_recipe(tiny_recipe(tiny_data, [{"prune": body}])), tmp_path / str(len(seen)),
+                   progress=False)
+    assert seen == ["auto", 0.5]

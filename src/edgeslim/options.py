@@ -59,6 +59,11 @@ FRACTION_REMOVED = Check(lambda v: 0 <= v < 1, "a fraction removed in [0, 1)", m
 FILTERS_REMOVED = Check(lambda v: 0 < v <= 0.999, "a fraction removed in (0, 0.999]", maximum=0.999)
 SMOOTHING = Check(lambda v: 0 <= v < 1, "a number in [0, 1)", minimum=0)
 RHO = Check(_finite(0, 1e6), "a finite number in (0, 1e6] (typical: 1e-4 to 1e-1)", maximum=1e6)
+#: The ADMM penalty of ``edgeslim.prune.admm.admm_prune``: a number, or "auto" (scaled to the W-step).
+RHO_OR_AUTO = Check(lambda v: v == "auto" or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              and _finite(0, 1e6)(v)),
+                    "'auto' (one W-step contracts the cut filters by about e^-1) or a finite number in "
+                    "(0, 1e6]", maximum=1e6)
 OPSET = Check(lambda v: v >= 7, "an ONNX opset >= 7 (default 17)", minimum=7)
 SEED = Check(lambda v: 0 <= v < 2**31, "an integer in [0, 2**31) (each stage i is seeded with seed + i)",
              minimum=0, maximum=2**31 - 1)

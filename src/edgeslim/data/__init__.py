@@ -1,4 +1,5 @@
-"""Datasets (MNIST, CIFAR-10, class-per-folder images) and fast in-memory loaders.
+"""Datasets (MNIST, CIFAR-10, CIFAR-10 as 28x28 grey (``cifar10-gray28``), class-per-folder
+images) and fast in-memory loaders.
 
 Data is found through a ``data_dir`` argument, the CLI's ``--data-dir`` flag,
 or ``$EDGESLIM_DATA``; nothing is ever downloaded. ``verify_dataset_checksums``
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 # Importing the dataset modules registers them in DATASETS.
 from edgeslim.data import cifar as _cifar  # noqa: F401
+from edgeslim.data import derived as _derived  # noqa: F401
 from edgeslim.data import mnist as _mnist  # noqa: F401
 from edgeslim.data.augment import AUGMENTATIONS
 from edgeslim.data.base import DATASETS, ArrayDataset, resolve_data_dir

@@ -158,7 +158,7 @@ def _locate(name: str, data_dir: str | Path | None) -> tuple[list[_Location], Pa
     """The dataset's locations and the top folder whose ``SHA256SUMS`` count."""
     from edgeslim.data.loader import _folder_path, load_dataset
 
-    if name in ("mnist", "cifar10"):
+    if name in ("mnist", "cifar10", "cifar10-gray28"):  # cifar10-gray28 is derived from cifar10's files
         root = resolve_data_dir(data_dir)
         return (_mnist_locations if name == "mnist" else _cifar10_locations)(root), root
     path = resolve_data_dir(data_dir, allow_file=True) if name == "folder" else _folder_path(

@@ -11,11 +11,11 @@ fraction *removed* (``sparsity``: the fraction of weights zeroed).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional, Union
 
 from ..errors import ConfigError
 from ..options import (Check, FILTERS_REMOVED, FRACTION_KEPT, FRACTION_REMOVED, INT_GE0, INT_GE1, LR, NONNEG, OPSET,
-                       POSITIVE, RHO, SMOOTHING, TEMPERATURE, WEIGHT_DECAY, FieldError, opt, validate)
+                       POSITIVE, RHO_OR_AUTO, SMOOTHING, TEMPERATURE, WEIGHT_DECAY, FieldError, opt, validate)
 
 
 def _optimizers() -> list[str]:
@@ -205,7 +205,8 @@ class PruneStage(StageConfig):
     finetune_epochs: int = opt(1, "fine-tuning epochs per step", check=INT_GE0)
     finetune_lr: float = opt(0.01, "fine-tuning learning rate", check=LR)
     admm_epochs: int = opt(2, "easiedge: ADMM epochs", check=INT_GE0)
-    rho: float = opt(1e-3, "easiedge: ADMM penalty", check=RHO)
+    rho: Union[float, Literal["auto"]] = opt("auto", "easiedge: ADMM penalty weight, or auto (as admm_prune: "
+                                             "(1 - momentum) / (lr * steps of one W-step))", check=RHO_OR_AUTO)
 
     def check(self) -> None:
         targets = _TARGETS[self.method]
