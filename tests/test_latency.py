@@ -276,3 +276,35 @@ def test_a_blocked_layout_runtime_gets_widths_on_the_block():
     widths = [m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d)]
     assert widths[0] == 96 and all(w % 16 == 0 for w in widths) and min(widths[1:]) < 96
     assert edgeslim.info(pruned).latency.to_dict()["measured_ms"] <= edgeslim.info(pruned).latency.to_dict()["target_ms"] + 1e-9
+
+
+def test_a_replan_out_of_reach_keeps_the_best_model_measured_so_far(monkeypatch) -> None:
+    """The first plan misses; the corrected (lower) budget is beyond what the planner can
+    make: the search stops with the model it measured instead of failing the whole prune."""
+    import numpy as np
+
+    from edgeslim.prune import latency_prune as lp
+    from edgeslim.prune.latency_planner import LatencyPlan, LatencyTargetError
+
+    class Lat:
+        scale = (1.0, 1.0)
+
+        def observe(self, *a): pass
+
+        def predict(self, removed, dropped=frozenset()): return 1.0
+
+    budgets = []
+
+    def plan_for(budget):
+        budgets.append(budget)
+        if len(budgets) > 1:
+            raise LatencyTargetError("out of reach")
+        return LatencyPlan(np.zeros(1, dtype=bool), {}, 1.0)
+
+    monkeypatch.setattr(lp, "_build", lambda *a: None)
+    best, tried = lp._attempts(None, (), None, Lat(), plan_for, lambda m: 1.2, target=1.0)
+    assert len(tried) == 1 and best[1] == 1.2 and best[2] is False
+    assert budgets == [1.0, pytest.approx(1.0 / 1.2)]
+    with pytest.raises(LatencyTargetError):  # the target itself out of reach: still an error
+        lp._attempts(None, (), None, Lat(), lambda b: (_ for _ in ()).throw(LatencyTargetError("x")),
+                     lambda m: 1.0, target=1.0)

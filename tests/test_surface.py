@@ -165,7 +165,13 @@ def test_the_easiedge_stage_hands_rho_to_admm_prune(tiny_data: Path, tmp_path: P
     import edgeslim.prune.admm as admm
 
     seen = []
-    monkeypatch.setattr(admm, "admm_prune", lambda model, *a, **kw: seen.append(kw["rho"]) or model)
+    from edgeslim.stage_args import easiedge_keywords
+
+    def fake(model, example, train, config=None, **kw):  # the handler passes its stage config
+        seen.append(kw.get("rho", easiedge_keywords(config)["rho"] if config is not None else None))
+        return model
+
+    monkeypatch.setattr(admm, "admm_prune", fake)
     for stage in ({}, {"rho": 0.5}):
         body = {"method": "easiedge", "remove_filters": 0.5, "admm_epochs": 1} | stage
         run_recipe(parse_recipe(tiny_recipe(tiny_data, [{"prune": body}])), tmp_path / str(len(seen)),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -24,7 +25,7 @@ from ..profile.latency_table import LatencyModel, LatencyTable
 from ..profile.runtimes import get_runtime
 from .blocks import block_importance, find_residual_blocks, remove_blocks_
 from .importance import ImportanceContext, get_importance
-from .latency_planner import LatencyPlan, plan_latency, probe_plans
+from .latency_planner import LatencyPlan, LatencyTargetError, plan_latency, probe_plans
 from .planner import Constraints, apply_constraints
 from .surgery import apply_plan, prune_channels_, removal_to_plan
 
@@ -73,7 +74,12 @@ def _attempts(model, inputs, graph, lat: LatencyModel, plan_for: Callable[[float
     the fastest) and every attempt's record (``predicted_ms`` as planned, before the refit)."""
     budget, tried, best = target, [], None
     for _ in range(MAX_ATTEMPTS):
-        plan = plan_for(budget)
+        try:
+            plan = plan_for(budget)
+        except LatencyTargetError:
+            if best is None:
+                raise  # the first plan: the target itself is out of reach
+            break  # a corrected budget beyond reach: keep the best model measured so far
         ms = measure(_build(model, inputs, graph, plan))
         tried.append({"budget_ms": budget, "predicted_ms": plan.predicted_ms, "measured_ms": ms,
                       "scale": list(lat.scale)})
@@ -146,7 +152,15 @@ def prune_to_latency_(model: nn.Module, inputs: tuple, cfg: Any, calib_data: Any
         "predicted_ms": plan.predicted_ms, "measured_ms": measured, "met": bool(best[2]),
         "attempts": tried, "probes": probes, "scale": list(lat.scale), "removed_blocks": sorted(plan.blocks),
         "measured_entries": table.measured,
-        "per_layer_before_ms": lat.per_layer(), "per_layer_after_ms": lat.per_layer(plan.removed)}
+        "per_layer_before_ms": lat.per_layer(), "per_layer_after_ms": lat.per_layer(plan.removed)})
+    if not best[2]:
+        from .api import PruneWarning, _caller_level
+
+        warnings.warn(PruneWarning(
+            f"latency target {target:.4g} ms missed: the closest model measured {measured:.4g} ms on "
+            f"{measure.runtime.name} after {len(tried)} plans (the runtime is slower than its per-layer "
+            "tables predict there); it is returned. Measure again on a quiet machine, or ask for a "
+            "slightly lower target_speedup"), stacklevel=_caller_level())
     log.info("latency: %.3f -> %.3f ms measured (target %.3f, predicted %.3f) on %s",
              baseline, measured, target, plan.predicted_ms, measure.runtime.name)
     return result | {"removed": int(removed.sum()) + len(plan.blocks)}
