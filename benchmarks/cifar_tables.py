@@ -132,6 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale", default="cpu", choices=sorted(SCALES))
     p.add_argument("--smoke", action="store_true", help="tiny data, 1 epoch: a quick check of the code path")
     p.add_argument("--data-dir", default=None, help="folder with cifar10/ (else $EDGESLIM_DATA)")
+    p.add_argument("--dataset", default="cifar10", help="cifar10, or a class-per-folder image set of 32x32 "
+                   "RGB images with 10 classes (tests)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the scale's)")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/...)")
     p.add_argument("--work-dir", type=Path, default=None, help="trained models and checkpoints")
@@ -152,7 +154,7 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     cfg["device"] = args.device or cfg["device"]
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--scale gpu needs CUDA; for a CPU smoke test pass --smoke --device cpu")
-    cfg |= dict(scale=args.scale, smoke=args.smoke, seed=args.seed, latency_runs=args.latency_runs,
+    cfg |= dict(scale=args.scale, dataset=args.dataset, smoke=args.smoke, seed=args.seed, latency_runs=args.latency_runs,
                 calib_batches=args.calib_batches, test_subset=args.test_subset, epoch_mult=args.epoch_mult,
                 remove_filters=REMOVE, kd_losses=KD_LOSSES, multilevel_losses=MULTILEVEL, T=T, admm=ADMM)
     if args.budget_s is not None:
@@ -191,8 +193,8 @@ class Bench:
 
     def __init__(self, cfg: dict[str, Any], data_dir: str | None, work: Path) -> None:
         self.cfg, self.work, self.device = cfg, work, cfg["device"]
-        train = load_dataset("cifar10", data_dir, "train")
-        test = replace(load_dataset("cifar10", data_dir, "test"), mean=train.mean, std=train.std)
+        train = load_dataset(cfg["dataset"], data_dir, "train")
+        test = replace(load_dataset(cfg["dataset"], data_dir, "test"), mean=train.mean, std=train.std)
         if cfg["test_subset"]:
             test = test.subset(cfg["test_subset"], cfg["seed"])
         self._train_set, self._loaders = train, {}
