@@ -83,6 +83,15 @@ KD_LOSSES = "kd:0.9,ce:0.1"  # Hinton KD (tables b, c)
 MULTILEVEL = "noisy_kd:0.9,hint:1.0,ce:0.1"  # Chen et al. 2020 multi-level transfer (table c)
 T = 4.0
 
+PRUNE_ROWS = ("unpruned", "global_l1", "global_taylor", "easiedge")
+KT_ROWS = ("teacher", "student_multilevel", "student_multilevel_pruned")
+
+
+def _jobs(*groups: tuple[str, str, tuple[str, ...]]) -> list[tuple[str, str, str]]:
+    """``(table, model, rows)`` groups -> ``(table, model, row)`` jobs, in order."""
+    return [(table, model, r) for table, model, rows in groups for r in rows]
+
+
 # Per scale: the models (zoo name + kwargs, teacher schedule), the tables and their schedules.
 SCALES: dict[str, dict[str, Any]] = {
     "cpu": dict(
@@ -92,13 +101,10 @@ SCALES: dict[str, dict[str, Any]] = {
                 "resnet20": dict(arch="resnet20", kwargs={}, epochs=6, lr=0.05, train_subset=10000)},
         prune=dict(budget_epochs=4, steps=2, admm_epochs=2, admm_iterations=8, finetune_lr=0.01),
         kt=dict(epochs=10, lr=0.05, warmup_epochs=0.5, target_flops=0.5, steps=2, finetune_epochs=1),
-        # (table, model, row) in run order: the most wanted rows first
-        jobs=[("prune", "vgg16_w0.25", r) for r in ("unpruned", "global_l1", "global_taylor", "easiedge")]
-        + [("kd_finetune", "vgg16_w0.25", r) for r in ("plain", "kd")]
-        + [("knowledge_transfer", "vgg16_w0.25", r) for r in ("teacher", "student_multilevel",
-                                                               "student_multilevel_pruned")]
-        + [("prune", "resnet20", r) for r in ("unpruned", "global_l1", "global_taylor", "easiedge")]
-        + [("knowledge_transfer", "vgg16_w0.25", "student_ce")],
+        # (table, model, rows) in run order: the most wanted rows first
+        jobs=_jobs(("prune", "vgg16_w0.25", PRUNE_ROWS), ("kd_finetune", "vgg16_w0.25", ("plain", "kd")),
+                   ("knowledge_transfer", "vgg16_w0.25", KT_ROWS), ("prune", "resnet20", PRUNE_ROWS),
+                   ("knowledge_transfer", "vgg16_w0.25", ("student_ce",))),
     ),
     "gpu": dict(
         device="cuda", amp=True, channels_last=True, batch_size=256, threads=None, budget_s=570.0,
@@ -107,14 +113,11 @@ SCALES: dict[str, dict[str, Any]] = {
                 "resnet110": dict(arch="resnet110", kwargs={}, epochs=10, lr=0.1, train_subset=None)},
         prune=dict(budget_epochs=8, steps=2, admm_epochs=4, admm_iterations=10, finetune_lr=0.01),
         kt=dict(epochs=20, lr=0.05, warmup_epochs=1.0, target_flops=0.5, steps=2, finetune_epochs=2),
-        jobs=[("prune", "vgg16", r) for r in ("unpruned", "global_l1", "global_taylor", "easiedge")]
-        + [("kd_finetune", "vgg16", r) for r in ("plain", "kd")]
-        + [("knowledge_transfer", "vgg16", r) for r in ("teacher", "student_multilevel",
-                                                         "student_multilevel_pruned")]
-        + [("prune", "resnet56", r) for r in ("unpruned", "global_l1", "global_taylor", "easiedge")]
-        + [("kd_finetune", "resnet56", r) for r in ("plain", "kd")]
-        + [("kd_finetune", "resnet110", r) for r in ("unpruned", "plain", "kd")]
-        + [("knowledge_transfer", "vgg16", "student_ce")],
+        jobs=_jobs(("prune", "vgg16", PRUNE_ROWS), ("kd_finetune", "vgg16", ("plain", "kd")),
+                   ("knowledge_transfer", "vgg16", KT_ROWS), ("prune", "resnet56", PRUNE_ROWS),
+                   ("kd_finetune", "resnet56", ("plain", "kd")),
+                   ("kd_finetune", "resnet110", ("unpruned", "plain", "kd")),
+                   ("knowledge_transfer", "vgg16", ("student_ce",))),
     ),
 }
 # --smoke: tiny data and one epoch everywhere (the code path, not the numbers)
@@ -123,6 +126,8 @@ SMOKE = dict(train_subset=64, test_subset=64, epochs=1, budget_epochs=2, steps=2
 # Rows that are the same computation under two names (no second run).
 SAME_AS = {("kd_finetune", "plain"): ("prune", "global_l1"), ("kd_finetune", "unpruned"): ("prune", "unpruned"),
            ("knowledge_transfer", "teacher"): ("prune", "unpruned")}
+# Settings added after runs were started, with the value those runs had.
+ADDED_SETTINGS = {"dataset": "cifar10"}
 COLUMNS = ("model", "row", "accuracy", "params", "flops", "conv_filters", "onnx_latency_ms", "epochs", "wall_s")
 
 
@@ -373,6 +378,8 @@ def load_results(path: Path, cfg: dict[str, Any], fresh: bool) -> dict[str, Any]
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as stored
     if path.exists() and not fresh:
         old = json.loads(path.read_text())
+        for name, value in ADDED_SETTINGS.items():  # a run started before the setting existed
+            old.get("config", {}).setdefault(name, value)
         if old.get("config") != settings:
             raise SystemExit(f"{path} holds a run with other settings; pass another --out or --fresh")
         print(f"resuming {path}: {len(old['rows'])} rows done", flush=True)
@@ -410,7 +417,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         same = SAME_AS.get((table, name))
         if same and key(same[0], model, same[1]) in result["rows"]:
             result["rows"][k] = result["rows"][key(same[0], model, same[1])] | {"table": table, "row": name,
-                                                                               "same_as": key(*same[:1], model, same[1])}
+                                                                               "same_as": key(same[0], model, same[1])}
             atomic_write_json(out, result)
             continue
         elapsed = time.perf_counter() - start

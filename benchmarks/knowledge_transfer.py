@@ -55,6 +55,21 @@ and at lr 0.05 without warm-up the KD rows of that student diverged to NaN
 accuracy spread and whether row 5 beats row 3 for each seed (outside the
 timed default run).
 
+``--ablation-seeds N`` (issue 14, item 3) runs instead, for N seeds from
+``--seed`` (each with its own teacher, training subset, order and
+initialisation), rows 1, 3, 4, 5 and four variants of row 5 that the paper
+leaves open, one change each: hints only at the deeper half of the stage ends
+(``noisy_kd_hint_deep``) or only at the last one (``noisy_kd_hint_last``),
+the logit noise falling linearly to 0 over training (``..._noise_decay``),
+and the hint weight falling linearly to 0 (``..._weight_decay``). It reports
+each row's mean test accuracy with a two-sided 95% Student-t interval over
+the seeds, and each row minus row 3 (KD) paired by seed, with its t-interval
+and whether that interval excludes 0. Results go to
+``knowledge_transfer_<model>_<dataset>_seeds.json``, written after every
+student, so an interrupted run resumes.
+
+    python benchmarks/knowledge_transfer.py --data-dir ../shared/data --ablation-seeds 5 --student-heads gap_linear
+
 Columns: test accuracy on the full test set (unless ``--test-subset``),
 parameters, FLOPs (batch 1), CPU latency (eager PyTorch, 1 thread, batch 1,
 median) and onnxruntime CPU latency (1 thread, batch 1, median), compression
