@@ -370,6 +370,8 @@ def run_teacher(ctx: Context) -> dict[str, Any]:
     a = ctx.args
     torch.manual_seed(a.seed)
     width = {} if a.teacher_width == 1.0 else {"width_mult": a.teacher_width}
+    if a.model == "lenet5":  # 28x28 (MNIST) by default; 32x32 for CIFAR-10
+        width["input_size"] = ctx.example.shape[-1]
     teacher = edgeslim.create_model(a.model, num_classes=10, in_channels=ctx.example.shape[1], **width)
     start = time.perf_counter()
     history = _train_ce(ctx, teacher.to(ctx.example.device))
