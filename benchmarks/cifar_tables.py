@@ -50,7 +50,8 @@ Resumable: every finished row is written at once (atomically) to the JSON (``--o
 (``edgeslim.save``) in ``--work-dir`` (default ``runs/cifar_tables_<scale>``) and teachers
 checkpoint every epoch, so a rerun with the same ``--out`` skips finished rows and reuses them.
 A rerun whose settings differ from the JSON's is refused (pass another ``--out`` or ``--fresh``).
-``--smoke``: a few dozen images, 1 epoch, 2 ADMM iterations (checks the code path, not the numbers).
+``--smoke``: a few dozen images, 1 epoch, 2 ADMM iterations (checks the code path, not the numbers; its
+JSON goes to the work dir unless ``--out`` is given).
 """
 from __future__ import annotations
 
@@ -388,6 +389,21 @@ def load_results(path: Path, cfg: dict[str, Any], fresh: bool) -> dict[str, Any]
     return {"config": settings, "rows": {}, "sessions": []}
 
 
+def check_work_dir(work: Path, settings: dict[str, Any], fresh: bool) -> None:
+    """The cached models in ``work`` must come from these settings (``--fresh``: empty it if not)."""
+    import json
+    import shutil
+
+    marker = work / "settings.json"
+    if marker.exists() and json.loads(marker.read_text()) != settings:
+        if not fresh:
+            raise SystemExit(f"{work} holds models trained with other settings; pass another --work-dir "
+                             "or --fresh (which empties it)")
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(marker, settings)
+
+
 def key(table: str, model: str, name: str) -> str:
     return f"{table}/{model}/{name}"
 
@@ -399,10 +415,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if cfg["device"] == "cuda":
         torch.backends.cudnn.benchmark = True
     suffix = "_smoke" if args.smoke else ""
-    out = args.out or RESULTS / f"cifar_tables_{args.scale}{suffix}.json"
     work = args.work_dir or Path("runs") / f"cifar_tables_{args.scale}{suffix}"
-    work.mkdir(parents=True, exist_ok=True)
+    # a smoke run's numbers mean nothing: its JSON stays in the work dir unless --out says otherwise
+    out = args.out or (work / "results.json" if args.smoke else RESULTS / f"cifar_tables_{args.scale}.json")
     result = load_results(out, cfg, args.fresh)
+    check_work_dir(work, result["config"], args.fresh)
     start = time.perf_counter()
     bench = Bench(cfg, args.data_dir, work)
     print(f"data ready ({time.perf_counter() - start:.0f} s); device {bench.device}", flush=True)

@@ -63,4 +63,7 @@ def test_smoke_rows_resume_and_settings_check(bench, tmp_path, capsys):
     assert json.loads(out.read_text())["rows"] == rows
 
     with pytest.raises(SystemExit, match="other settings"):
-        bench.main(argv + ["--seed", "1"])
+        bench.main(argv + ["--seed", "1"])  # the JSON's rows are from seed 0
+    other = [a if a != str(out) else str(tmp_path / "other.json") for a in argv]
+    with pytest.raises(SystemExit, match="models trained with other settings"):
+        bench.main(other + ["--seed", "1"])  # so are the cached models in the work dir
