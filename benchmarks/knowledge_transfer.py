@@ -55,6 +55,21 @@ and at lr 0.05 without warm-up the KD rows of that student diverged to NaN
 accuracy spread and whether row 5 beats row 3 for each seed (outside the
 timed default run).
 
+``--ablation-seeds N`` (issue 14, item 3) runs instead, for N seeds from
+``--seed`` (each with its own teacher, training subset, order and
+initialisation), rows 1, 3, 4, 5 and four variants of row 5 that the paper
+leaves open, one change each: hints only at the deeper half of the stage ends
+(``noisy_kd_hint_deep``) or only at the last one (``noisy_kd_hint_last``),
+the logit noise falling linearly to 0 over training (``..._noise_decay``),
+and the hint weight falling linearly to 0 (``..._weight_decay``). It reports
+each row's mean test accuracy with a two-sided 95% Student-t interval over
+the seeds, and each row minus row 3 (KD) paired by seed, with its t-interval
+and whether that interval excludes 0. Results go to
+``knowledge_transfer_<model>_<dataset>_seeds.json``, written after every
+student, so an interrupted run resumes.
+
+    python benchmarks/knowledge_transfer.py --data-dir ../shared/data --ablation-seeds 5 --student-heads gap_linear
+
 Columns: test accuracy on the full test set (unless ``--test-subset``),
 parameters, FLOPs (batch 1), CPU latency (eager PyTorch, 1 thread, batch 1,
 median) and onnxruntime CPU latency (1 thread, batch 1, median), compression
@@ -85,7 +100,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import edgeslim
 from edgeslim.data import make_loaders
-from edgeslim.distill import distill, kd_finetune
+from edgeslim.distill import distill, kd_finetune, pair_layers
 from edgeslim.errors import ConfigError
 from edgeslim.export import export_onnx
 from edgeslim.io import atomic_write_json
@@ -209,6 +224,74 @@ STUDENT_ROWS = (("2", "ce_scratch"), ("2b", "ce_lighten_init"), ("3", "kd"), ("4
                 ("5", "noisy_kd_hint"))
 
 
+# ------------------------------------------------------------------ variants of row 5 (--ablation-seeds)
+# What Chen et al. 2020 leave open: where the hints go, how the logit noise evolves, whether the hint
+# weight stays. Each variant changes one thing of row 5 (noisy_kd:0.9,hint:1.0,ce:0.1).
+class DecayToZero:
+    """Trainer callback: a distillation setting falls linearly, per optimiser step, from its
+    initial value to 0 at the end of training: ``v_t = v_0 * (1 - t / total_steps)``.
+
+    ``what``: ``"hint_weight"`` (the Distiller's weight of ``hint``) or ``"noise_std"`` (the
+    relative noise of ``noisy_kd``'s teacher logits).
+    """
+
+    def __init__(self, what: str, total_steps: int) -> None:
+        self.what, self.total = what, max(1, total_steps)
+        self.initial: float | None = None
+
+    def _get_set(self, distiller: Any) -> tuple[float, Callable[[float], None]]:
+        if self.what == "hint_weight":
+            return distiller.weights["hint"], lambda v: distiller.weights.__setitem__("hint", v)
+        term = distiller.terms["noisy_kd"]
+        return term.noise_std, lambda v: setattr(term, "noise_std", v)
+
+    def on_step_end(self, trainer: Any) -> None:
+        value, set_value = self._get_set(trainer.loss_hook)
+        if self.initial is None:
+            self.initial = value
+        set_value(self.initial * max(0.0, 1.0 - trainer.step / self.total))
+
+
+def _hints_at(which: str) -> Callable[[Context, nn.Module], Any]:
+    """``hint_pairs`` for ``distill``: the deeper half (``"deep"``) or only the last (``"last"``) of
+    the automatically paired stage ends. (The shallow ones sit behind the first conv, which lighten
+    keeps as the teacher's, so their hints start near 0: for LeNet-5 the pairs are features.1/.2
+    (conv1 and its pool, 28x28 and 14x14) and features.4/.5 (conv2 and its pool).)"""
+    def pairs(ctx: Context, student: nn.Module) -> Any:
+        assert ctx.teacher is not None
+        auto = pair_layers(student, ctx.teacher, ctx.example)
+        return auto[len(auto) // 2:] if which == "deep" else auto[-1:]
+    return pairs
+
+
+def _variant(hint_pairs: Callable[[Context, nn.Module], Any] | None = None, decay: str | None = None,
+             doc: str = "") -> Callable[[Context, nn.Module], list[dict]]:
+    def run(ctx: Context, student: nn.Module) -> list[dict]:
+        assert ctx.teacher is not None
+        extra: dict[str, Any] = {}
+        if hint_pairs is not None:
+            extra["hint_pairs"] = hint_pairs(ctx, student)
+        if decay is not None:
+            extra["callbacks"] = [DecayToZero(decay, ctx.args.epochs * len(ctx.train))]
+        distill(student, ctx.teacher, ctx.train, losses=LOSSES["noisy_kd_hint"], epochs=ctx.args.epochs,
+                T=ctx.args.T, **extra, **ctx.train_options())
+        return student.edgeslim_distill_history
+
+    run.__doc__ = doc
+    return run
+
+
+VARIANTS = {
+    "noisy_kd_hint_deep": _variant(_hints_at("deep"), doc="row 5, hints only at the deeper half of the stage ends"),
+    "noisy_kd_hint_last": _variant(_hints_at("last"), doc="row 5, hints only at the last stage end"),
+    "noisy_kd_hint_noise_decay": _variant(decay="noise_std", doc="row 5, logit noise decaying to 0"),
+    "noisy_kd_hint_weight_decay": _variant(decay="hint_weight", doc="row 5, hint weight decaying to 0"),
+}
+for _name, _fn in VARIANTS.items():
+    STUDENT_METHODS.register(_name)(_fn)
+ABLATION_ROWS = ("kd", "kd_hint", "noisy_kd_hint", *VARIANTS)
+
+
 # ------------------------------------------------------------------ pruning rows
 FINETUNES: Registry[Callable[[Context, int], Callable[[nn.Module, int], None]]] = Registry("finetune")
 
@@ -287,6 +370,8 @@ def run_teacher(ctx: Context) -> dict[str, Any]:
     a = ctx.args
     torch.manual_seed(a.seed)
     width = {} if a.teacher_width == 1.0 else {"width_mult": a.teacher_width}
+    if a.model == "lenet5":  # 28x28 (MNIST) by default; 32x32 for CIFAR-10
+        width["input_size"] = ctx.example.shape[-1]
     teacher = edgeslim.create_model(a.model, num_classes=10, in_channels=ctx.example.shape[1], **width)
     start = time.perf_counter()
     history = _train_ce(ctx, teacher.to(ctx.example.device))
@@ -469,6 +554,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeat-seeds", default="", help="e.g. 1,2: rerun rows 1-5 with these seeds "
                    "(accuracy spread; not part of the timed default run)")
+    p.add_argument("--ablation-seeds", type=int, default=0,
+                   help="instead of the table: rows 1, 3-5 and the row-5 variants (hint placement, noise "
+                   "and hint-weight decay) for this many seeds from --seed, with 95%% t-intervals")
     p.add_argument("--out", type=Path, default=None)
     return apply_preset(p.parse_args(argv))
 
@@ -541,12 +629,104 @@ def run_repeats(args: argparse.Namespace, main_rows: list[dict[str, Any]]) -> di
             "row5_beats_row3_in": {head: f"{sum(g > 0 for g in gap)}/{len(gap)} seeds" for head, gap in gaps.items()}}
 
 
+# Two-sided 95% Student-t critical values t_{0.975, df}, df = 1..30 (no scipy here).
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042)
+
+
+def t_interval(values: list[float]) -> dict[str, Any]:
+    """Mean and two-sided 95% t-interval (``ci95`` = [low, high]) of ``values`` (n >= 2)."""
+    n, mean = len(values), statistics.fmean(values)
+    sd = statistics.stdev(values) if n > 1 else float("nan")
+    half = (T975[n - 2] if n - 1 <= len(T975) else 1.96) * sd / n ** 0.5 if n > 1 else float("nan")
+    return {"n": n, "mean": mean, "std": sd, "ci95": [mean - half, mean + half]}
+
+
+def ablation_summary(runs: dict[str, dict[str, Any]], heads: list[str], seeds: list[int]) -> dict[str, Any]:
+    """Per head: each row's accuracy (mean, 95% t-interval over seeds) and each row minus row 3
+    (``kd``) paired by seed, with whether the interval excludes 0."""
+    out: dict[str, Any] = {}
+    for head in heads:
+        acc = {m: [runs[f"{s}/{head}/{m}"]["accuracy"] for s in seeds] for m in ABLATION_ROWS}
+        rows = {m: t_interval(v) | {"accuracy": v} for m, v in acc.items()}
+        diffs = {}
+        for m in ABLATION_ROWS[1:]:
+            d = [a - b for a, b in zip(acc[m], acc["kd"])]
+            ci = t_interval(d)
+            diffs[m] = ci | {"per_seed": d, "better_in": f"{sum(x > 0 for x in d)}/{len(d)}",
+                             "interval_excludes_0": ci["ci95"][0] > 0 or ci["ci95"][1] < 0}
+        out[head] = {"accuracy": rows, "minus_kd": diffs}
+    return out
+
+
+def run_ablation(args: argparse.Namespace) -> dict[str, Any]:
+    """Rows 1 and 3-5 plus the row-5 variants for ``--ablation-seeds`` seeds from ``--seed``
+    (teacher, training subset, order and initialisation all follow the seed). Resumable: each
+    finished student is written to ``--out`` at once; a rerun skips it."""
+    import json
+
+    seeds = list(range(args.seed, args.seed + args.ablation_seeds))
+    out = args.out or RESULTS / f"knowledge_transfer_{args.model}_{args.dataset}_seeds.json"
+    config = json.loads(json.dumps(settings(args) | {"rows": list(ABLATION_ROWS), "seeds": seeds}))
+    result: dict[str, Any] = {"settings": config, "runs": {}}
+    if out.exists():
+        old = json.loads(out.read_text())
+        same = {k: v for k, v in old["settings"].items() if k not in ("seeds", "seed", "ablation_seeds")}
+        if same != {k: v for k, v in config.items() if k not in ("seeds", "seed", "ablation_seeds")}:
+            raise SystemExit(f"{out} holds an ablation with other settings; pass another --out")
+        result["runs"] = old["runs"]
+    start, before = time.perf_counter(), old.get("wall_time_s", 0.0) if out.exists() else 0.0
+    for seed in seeds:
+        todo = [(h, m) for h in args.heads for m in ABLATION_ROWS if f"{seed}/{h}/{m}" not in result["runs"]]
+        if not todo:
+            continue
+        print(f"seed {seed}", flush=True)
+        ctx = build_context(argparse.Namespace(**{**vars(args), "seed": seed}))
+        teacher = run_teacher(ctx)
+        for head, method in todo:
+            student = make_student(ctx, head)
+            began = time.perf_counter()
+            history = STUDENT_METHODS.get(method)(ctx, student)
+            rec = row_record(ctx, f"{head}/{method}", "-", method, student, history,
+                             time.perf_counter() - began, head=head)
+            result["runs"][f"{seed}/{head}/{method}"] = rec | {"seed": seed, "teacher_accuracy": teacher["accuracy"]}
+            result["wall_time_s"] = round(before + time.perf_counter() - start, 1)
+            atomic_write_json(out, result)
+        ctx.models.clear()
+    done = [s for s in seeds if all(f"{s}/{h}/{m}" in result["runs"] for h in args.heads for m in ABLATION_ROWS)]
+    if len(done) >= 2:
+        result["summary"] = ablation_summary(result["runs"], args.heads, done)
+        print_ablation(result["summary"])
+    result["wall_time_s"] = round(before + time.perf_counter() - start, 1)
+    print(f"ablation: {len(done)} seeds done, {time.perf_counter() - start:.0f} s this run")
+    atomic_write_json(out, result)
+    print(f"wrote {out}")
+    return result
+
+
+def print_ablation(summary: dict[str, Any]) -> None:
+    for head, entry in summary.items():
+        rows = []
+        for method, acc in entry["accuracy"].items():
+            d = entry["minus_kd"].get(method)
+            rows.append({"head": head, "method": method, "accuracy": f"{100 * acc['mean']:.2f}",
+                         "ci95": "[{:.2f}, {:.2f}]".format(*(100 * v for v in acc["ci95"])),
+                         "minus_kd": "-" if d is None else f"{100 * d['mean']:+.2f}",
+                         "minus_kd_ci95": "-" if d is None else "[{:+.2f}, {:+.2f}]".format(*(100 * v for v in d["ci95"])),
+                         "better_in": "-" if d is None else d["better_in"]})
+        print(format_table(rows))
+
+
 def _repeatable(args: argparse.Namespace) -> list[str]:
     return ["teacher"] + [f"{head}/{method}" for head in args.heads for _, method in STUDENT_ROWS]
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.ablation_seeds:
+        run_ablation(args)
+        return
     start = time.perf_counter()
     result = run(args)
     result["wall_time_s"] = round(time.perf_counter() - start, 1)
