@@ -146,7 +146,7 @@ def prune_to_latency_(model: nn.Module, inputs: tuple, cfg: Any, calib_data: Any
         "predicted_ms": plan.predicted_ms, "measured_ms": measured, "met": bool(best[2]),
         "attempts": tried, "probes": probes, "scale": list(lat.scale), "removed_blocks": sorted(plan.blocks),
         "measured_entries": table.measured,
-        "per_layer_before_ms": lat.per_layer(), "per_layer_after_ms": lat.per_layer(plan.removed)}
+        "per_layer_before_ms": lat.per_layer(), "per_layer_after_ms": lat.per_layer(plan.removed)})
     log.info("latency: %.3f -> %.3f ms measured (target %.3f, predicted %.3f) on %s",
              baseline, measured, target, plan.predicted_ms, measure.runtime.name)
     return result | {"removed": int(removed.sum()) + len(plan.blocks)}
