@@ -271,7 +271,8 @@ def _refill(lat: LatencyModel, st: _State, moves: list[_GroupMoves | None], budg
             mask = st.removed.copy()
             mask[gm.order[gm.size - s:gm.size - st.kept[gi]]] = False
             regained = float(gm.gains[gm.size - s:gm.size - st.kept[gi]].sum())
-            if lat.predict(mask, frozenset(st.dropped), st.merged) <= budget_ms and (best is None or regained > best[0]):
+            fits = lat.predict(mask, frozenset(st.dropped), st.merged) <= budget_ms
+            if fits and (best is None or regained > best[0]):
                 best = (regained, gi, s, mask)
         if best is None:
             return log
