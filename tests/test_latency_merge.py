@@ -75,6 +75,22 @@ def test_folds_are_not_taken_where_bn_costs_nothing():
     assert "folded_bn" not in info(pruned).plans[-1]
 
 
+class FusingRuntime(CostRuntime):
+    """A runtime whose graph optimiser folds BNs itself (as onnxruntime and OpenVINO do)."""
+
+    def folds_batchnorm(self) -> bool:
+        return True
+
+
+def test_no_folds_are_offered_on_a_runtime_that_folds_bns_itself():
+    from edgeslim.profile.runtimes import OnnxRuntime, OpenVinoRuntime
+
+    assert OnnxRuntime().folds_batchnorm() and OpenVinoRuntime().folds_batchnorm()
+    model, x = _chain()
+    pruned = edgeslim.prune(model, x, target_speedup=1.3, runtime=FusingRuntime(bn_cost))
+    assert info(pruned).latency.merges == [] and _bns(pruned) == 3
+
+
 def test_folding_keeps_more_flops_at_the_same_target():
     model, x = _chain()
     folded = edgeslim.prune(model, x, target_speedup=1.3, runtime=CostRuntime(bn_cost))

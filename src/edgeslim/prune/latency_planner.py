@@ -12,8 +12,8 @@ A knapsack over moves, solved greedily by importance lost per millisecond saved:
   move and is taken whenever it saves time: before the greedy pass, at once, for every
   conv whose folded unit (conv + ReLU) times at least ``FOLD_MIN_SAVING`` faster than
   its unit with the BN (``free_merges``). Eager PyTorch pays a kernel per BN; onnxruntime
-  and OpenVINO fuse Conv+BN themselves, so there the two units time alike and nothing
-  is folded. The folded layers are timed with their folded unit from then on, so the
+  and OpenVINO fuse Conv+BN themselves (``Runtime.folds_batchnorm``), so there no fold is
+  offered. The folded layers are timed with their folded unit from then on, so the
   channel moves and the prediction see the network as it will run.
 
 Value is in one unit for both (``value="flops"``, the default; ``flops_values``): the
