@@ -16,6 +16,12 @@ A knapsack over moves, solved greedily by importance lost per millisecond saved:
   offered. The folded layers are timed with their folded unit from then on, so the
   channel moves and the prediction see the network as it will run.
 
+  Not offered: exact linear-chain merges (``merge_linear_chains``: after folding, none of
+  the zoo's LeNet-5, ResNet-20, VGG-11, DenseNet, MobileNetV2 has a pair that merges
+  without more MACs), and the lossy conv->pool streamline merges (``streamline_merge``;
+  a move for them would need the merged conv's geometry in the tables and a trained
+  rebirth per block to measure the importance it loses).
+
 Value is in one unit for both (``value="flops"``, the default; ``flops_values``): the
 importance-weighted share of the network's MACs. A channel carries its group's MACs
 share times its fraction of the group's importance (its score over the group's total),
