@@ -156,3 +156,11 @@ def test_eager_torch_folds_batchnorms(monkeypatch):
     pruned = edgeslim.prune(model, x, target_speedup=1.05, runtime="torch", latency_runs=10)
     assert info(pruned).latency.merges, "eager PyTorch runs a BatchNorm as a kernel of its own"
     assert math.isfinite(info(pruned).latency.measured_ms)
+
+
+def test_two_steps_fold_once_and_reach_the_target():
+    model, x = _chain()
+    pruned = edgeslim.prune(model, x, target_speedup=1.3, steps=2, runtime=CostRuntime(bn_cost))
+    plans = info(pruned).plans
+    assert "folded_bn" in plans[0] and "folded_bn" not in plans[1] and _bns(pruned) == 0
+    assert info(pruned).latency.measured_ms <= info(pruned).latency.target_ms + 1e-9
