@@ -8,7 +8,7 @@ measured speed-up, FLOPs kept, the folds taken, predicted vs measured ms.
 
     EDGESLIM_LATENCY_CLOCK=thread OMP_NUM_THREADS=1 PYTHONPATH=src nice -n 10 \\
         /work/main/.venv/bin/python benchmarks/latency_merge.py --models lenet5 resnet20 \\
-        --runtime torch --speedup 2 --out benchmarks/results/latency_merge.json
+        --runtime torch --speedup 2 --runs 30 --rounds 15 --repeats 3 --out benchmarks/results/latency_merge.json
 """
 from __future__ import annotations
 
@@ -52,22 +52,23 @@ def main() -> None:
     ap.add_argument("--speedup", type=float, default=2.0)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=1, help="whole runs (plans differ by timing noise)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     rows = []
-    for name in args.models:
+    for repeat, name in ((r, n) for r in range(args.repeats) for n in args.models):
         size = (1, 28, 28) if name == "lenet5" else (3, 32, 32)
         x = torch.randn(1, *size)
         models, notes = _variants(name, x, args)
         ms = interleaved(models, x, args.runtime, 1, args.rounds, args.runs)
         flops0, macs0 = count_flops(models["unpruned"], x)
         for key, model in models.items():
-            row = {"model": name, "variant": key, "ms": ms[key], "speedup": ms["unpruned"] / ms[key],
+            row = {"model": name, "repeat": repeat, "variant": key, "ms": ms[key], "speedup": ms["unpruned"] / ms[key],
                    "flops_kept": count_flops(model, x)[0] / flops0, "macs_kept": count_flops(model, x)[1] / macs0,
                    **notes.get(key, {})}
             rows.append(row)
             print(json.dumps(row))
-        rows += [{"model": name, "variant": k, **v} for k, v in notes.items() if k not in models]
+        rows += [{"model": name, "repeat": repeat, "variant": k, **v} for k, v in notes.items() if k not in models]
     if args.out:
         args.out.write_text(json.dumps({"runtime": args.runtime, "batch": 1, "threads": 1,
                                         "target_speedup": args.speedup, "rows": rows}, indent=1))

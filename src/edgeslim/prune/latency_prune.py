@@ -169,15 +169,16 @@ def prune_to_latency_(model: nn.Module, inputs: tuple, cfg: Any, calib_data: Any
     removed = apply_constraints(graph, plan.removed, scores, Constraints(cfg.min_channels, 1))
     result = prune_channels_(model, graph, removed)
     remove_blocks_(model, plan.blocks)
-    fold_pairs_(model, _folded(plan, folds))
+    fold_pairs_(model, _folded(plan, folds))  # exact in eval mode: the BN's running statistics
     if plan.blocks:
         result["identity_blocks"] = dict(plan.blocks)
-    if plan.merged:
-        result["folded_bn"] = [[p.layer, p.bn] for p in _folded(plan, folds)]
+    folded = _folded(plan, folds)
+    if folded:
+        result["folded_bn"] = [[p.layer, p.bn] for p in folded]
     record(model).latency = LatencyResult.from_dict(info | {
         "predicted_ms": plan.predicted_ms, "measured_ms": measured, "met": bool(best[2]),
         "attempts": tried, "probes": probes, "scale": list(lat.scale), "removed_blocks": sorted(plan.blocks),
-        "measured_entries": table.measured, "merges": [f"fold_bn {p.bn} -> {p.layer}" for p in _folded(plan, folds)],
+        "measured_entries": table.measured, "merges": [f"fold_bn {p.bn} -> {p.layer}" for p in folded],
         "per_layer_before_ms": lat.per_layer(), "per_layer_after_ms": lat.per_layer(plan.removed, plan.merged)})
     log.info("latency: %.3f -> %.3f ms measured (target %.3f, predicted %.3f) on %s",
              baseline, measured, target, plan.predicted_ms, measure.runtime.name)
