@@ -1,6 +1,6 @@
 """Exact merges in the latency planner: the same target with and without BN folding moves.
 
-For each model: ``prune(target_speedup=...)`` with ``merge="exact"`` (BatchNorms folded where
+For each model: ``prune(target_latency=<unpruned ms / speedup>)`` with ``merge="exact"`` (BatchNorms folded where
 the runtime runs the folded conv faster, ``prune/latency_planner.py``) and ``merge="none"``,
 plus the unpruned model with every BN folded (``fold_batchnorm``: what folding alone gives).
 All are then timed interleaved (``latency_target.interleaved``) against the unpruned model:
@@ -30,9 +30,12 @@ def _variants(name: str, x: torch.Tensor, args) -> tuple[dict, dict]:
     torch.manual_seed(0)
     model = create_model(name).eval()
     models, notes = {"unpruned": model, "folded_only": fold_batchnorm(model, x)}, {}
+    # one target in ms for both (the unpruned latency timed over rounds): a target_speedup would
+    # divide each prune's own single baseline measurement, whose noise decides more than the folds
+    target = interleaved({"u": model}, x, args.runtime, 1, args.rounds, args.runs)["u"] / args.speedup
     for merge in ("exact", "none"):
         try:
-            pruned = edgeslim.prune(model, x, target_speedup=args.speedup, runtime=args.runtime,
+            pruned = edgeslim.prune(model, x, target_latency=target, runtime=args.runtime,
                                     merge=merge, latency_runs=args.runs)
         except LatencyTargetError as exc:
             notes[merge] = {"error": str(exc).split(". Fix")[0]}
