@@ -49,7 +49,8 @@ class LatencyResult:
     ``measured_ms`` the runtime's measurement of the result. The remaining fields are set when a
     plan was made (the target was below the baseline): ``attempts`` (predicted/measured per
     plan), ``probes`` (the calibration variants measured before planning) and ``scale`` (the
-    latency model's fitted channel and depth scales, ``profile/latency_table.py``).
+    latency model's fitted channel and depth scales, ``profile/latency_table.py``). ``merges``
+    lists the exact merges the planner took (``"fold_bn <bn> -> <conv>"``; ``merge="exact"``).
     """
 
     runtime: str
@@ -64,6 +65,7 @@ class LatencyResult:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     met: bool | None = None
     removed_blocks: list[str] = field(default_factory=list)
+    merges: list[str] = field(default_factory=list)
     measured_entries: int = 0
     probes: list[dict[str, Any]] = field(default_factory=list)
     scale: list[float] = field(default_factory=list)

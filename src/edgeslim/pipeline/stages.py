@@ -129,9 +129,10 @@ def _prune_structured(state: RunState, cfg: R.PruneStage) -> None:
     from ..prune import prune_
 
     tune = _finetune_callback(state, cfg.finetune, cfg.finetune_epochs, cfg.finetune_lr)
-    # the run's own fine-tuning callback (teacher, device, progress) replaces the config's mode
+    # the run's own fine-tuning callback (teacher, device, progress) replaces the config's mode;
+    # BNs stay (merge="none"): a later stage may train the model, and folding is the merge stage's
     prune_(state.model, state.example, replace(cfg, finetune="none"), finetune=tune,
-           calib_data=state.calib)
+           calib_data=state.calib, merge="none")
     plan = latency_plan(state.model)
     if plan is not None and (cfg.target_latency or cfg.target_speedup):  # not an earlier stage's plan
         state.stage_metrics["latency_plan"] = plan

@@ -70,7 +70,7 @@ def _conv_in_size(o: int, k: int, s: int, p: int, d: int) -> int:
 
 
 def _conv_unit(conv: nn.modules.conv._ConvNd, out_shape: tuple[int, ...],
-               in_shape: tuple[int, ...] = ()) -> LayerUnit | None:
+               in_shape: tuple[int, ...] = (), norm: bool = True) -> LayerUnit | None:
     dims = len(conv.kernel_size)
     if len(out_shape) != dims + 2 or isinstance(conv.padding, str) or dims > 3:
         return None
@@ -86,13 +86,13 @@ def _conv_unit(conv: nn.modules.conv._ConvNd, out_shape: tuple[int, ...],
                 dilation=conv.dilation)
     groups = "dw" if depthwise else conv.groups
     sig = f"conv{dims}d k{conv.kernel_size} {args['stride']} {args['padding']} {args['dilation']} " \
-          f"g{groups} in{tuple(spatial)} b{batch}"
+          f"g{groups} in{tuple(spatial)} b{batch}" + ("" if norm else " folded")
 
     def build(n_in: int, n_out: int):
         g = n_in if depthwise else conv.groups
         n_in, n_out = -(-n_in // g) * g, -(-n_out // g) * g  # grouped: whole groups
-        unit = nn.Sequential(conv_cls(n_in, n_out if not depthwise else n_in, groups=g, **args),
-                             norm_cls(n_out), nn.ReLU())
+        layers = [conv_cls(n_in, n_out if not depthwise else n_in, groups=g, **args)]
+        unit = nn.Sequential(*layers, *([norm_cls(n_out)] if norm else []), nn.ReLU())
         return unit, (torch.randn(batch, n_in, *spatial),)
 
     return LayerUnit(sig, build, depthwise)
@@ -108,10 +108,11 @@ def _linear_unit(out_shape: tuple[int, ...]) -> LayerUnit:
 
 
 def layer_unit(module: nn.Module, out_shape: tuple[int, ...],
-               in_shape: tuple[int, ...] = ()) -> LayerUnit | None:
-    """The unit that times ``module`` (None: a layer whose cost the tables do not model)."""
+               in_shape: tuple[int, ...] = (), norm: bool = True) -> LayerUnit | None:
+    """The unit that times ``module`` (None: a layer whose cost the tables do not model);
+    ``norm=False``: a convolution with its BatchNorm folded in (conv and ReLU only)."""
     if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
-        return _conv_unit(module, tuple(out_shape), tuple(in_shape))
+        return _conv_unit(module, tuple(out_shape), tuple(in_shape), norm)
     if isinstance(module, nn.Linear) and len(out_shape) >= 2:
         return _linear_unit(tuple(out_shape))
     return None
@@ -215,6 +216,7 @@ class LatencyModel:
                 else layer_unit(rec.module, rec.out_shape, getattr(rec, "in_shape", ()))
             if unit is not None:
                 self.layers.append(_Layer(path, unit, max(1, len(rec.call_shapes)), ic, oc))
+        self.folded_units: dict[int, LayerUnit] = {}  # layer -> its unit with the BN folded in
         full = np.zeros(len(graph.class_locked), dtype=bool)
         self.full_ms = [self.layer_ms(i, full) for i in range(len(self.layers))]
         self.scale = (1.0, 1.0)  # (channels, depth): see the module doc, "Calibration"
@@ -226,35 +228,57 @@ class LatencyModel:
         n_in = n_out if layer.unit.depthwise else int((~removed[layer.in_idx]).sum())
         return n_in, n_out
 
-    def layer_ms(self, i: int, removed: np.ndarray) -> float:
+    def offer_folds(self, layer_paths: list[str]) -> dict[int, str]:
+        """Register a folded unit (conv + ReLU, no BN) for each conv at ``layer_paths`` whose
+        BN can be folded; returns ``{layer index: path}`` of those the tables can time (a
+        Linear's unit has no BN: its fold is not offered)."""
+        wanted, offered = set(layer_paths), {}
+        for i, layer in enumerate(self.layers):
+            rec = self.graph.records[layer.path]
+            unit = layer_unit(rec.module, rec.out_shape, getattr(rec, "in_shape", ()), norm=False) \
+                if layer.path in wanted and layer.unit.signature.startswith("conv") else None
+            if unit is not None:
+                self.folded_units[i] = unit
+                offered[i] = layer.path
+        return offered
+
+    def layer_ms(self, i: int, removed: np.ndarray, merged: frozenset[int] = frozenset()) -> float:
+        """Table ms of layer ``i`` with ``removed`` cut (its folded unit when ``i in merged``)."""
         n_in, n_out = self.counts(i, removed)
         if n_in == 0 or n_out == 0:
             return 0.0
-        return self.layers[i].calls * self.table.get(self.layers[i].unit, n_in, n_out)
+        unit = self.folded_units[i] if i in merged else self.layers[i].unit
+        return self.layers[i].calls * self.table.get(unit, n_in, n_out)
 
-    def terms(self, removed: np.ndarray, dropped: frozenset[int] = frozenset()) -> tuple[float, float]:
-        """(channels, depth): table ms changed by cutting ``removed`` in the live layers, and
-        by dropping the layers ``dropped`` (their full latency, negated)."""
+    def terms(self, removed: np.ndarray, dropped: frozenset[int] = frozenset(),
+              merged: frozenset[int] = frozenset()) -> tuple[float, float]:
+        """(channels, depth): table ms changed by cutting ``removed`` (and folding the BNs of
+        ``merged``) in the live layers, and by dropping the layers ``dropped`` (their full
+        latency, negated). A fold is a per-layer change like a cut: the channel scale."""
         channels = depth = 0.0
         for i, full in enumerate(self.full_ms):
             if i in dropped:
                 depth -= full
             else:
-                channels += self.layer_ms(i, removed) - full
+                channels += self.layer_ms(i, removed, merged) - full
         return channels, depth
 
-    def predict(self, removed: np.ndarray, dropped: frozenset[int] = frozenset()) -> float:
-        """Predicted ms with ``removed`` channels cut and the layers ``dropped`` gone."""
-        channels, depth = self.terms(removed, dropped)
+    def predict(self, removed: np.ndarray, dropped: frozenset[int] = frozenset(),
+                merged: frozenset[int] = frozenset()) -> float:
+        """Predicted ms with ``removed`` channels cut, the layers ``dropped`` gone and the
+        BNs of the layers ``merged`` folded."""
+        channels, depth = self.terms(removed, dropped, merged)
         return self.baseline_ms + self.scale[0] * channels + self.scale[1] * depth
 
-    def observe(self, removed: np.ndarray, dropped: frozenset[int], measured_ms: float) -> None:
+    def observe(self, removed: np.ndarray, dropped: frozenset[int], measured_ms: float,
+                merged: frozenset[int] = frozenset()) -> None:
         """Record a whole-network measurement of a pruned variant and refit ``scale``."""
-        self.points.append((*self.terms(removed, dropped), float(measured_ms)))
+        self.points.append((*self.terms(removed, dropped, merged), float(measured_ms)))
         self.scale = fit_scales(self.points, self.baseline_ms)
 
-    def per_layer(self, removed: np.ndarray | None = None) -> dict[str, float]:
+    def per_layer(self, removed: np.ndarray | None = None,
+                  merged: frozenset[int] = frozenset()) -> dict[str, float]:
         """``{module path: predicted ms}`` of every modelled layer."""
         if removed is None:
             removed = np.zeros(len(self.graph.class_locked), dtype=bool)
-        return {layer.path: self.layer_ms(i, removed) for i, layer in enumerate(self.layers)}
+        return {layer.path: self.layer_ms(i, removed, merged) for i, layer in enumerate(self.layers)}

@@ -50,6 +50,12 @@ class Runtime:
         """The channel count multiple the runtime's fast kernels want (1: any count)."""
         return 1
 
+    def folds_batchnorm(self) -> bool:
+        """Whether the runtime's own graph optimiser folds a BatchNorm into the conv before
+        it (then folding it beforehand cannot save time, and the latency planner does not
+        offer it: a difference its tables measured would be noise)."""
+        return False
+
 
 def blocked_layout_multiple() -> int:
     """Channels per block of the blocked (NCHWc) layout that onnxruntime's MLAS and
@@ -112,6 +118,9 @@ class OnnxRuntime(Runtime):
     def channel_multiple(self) -> int:
         return blocked_layout_multiple()
 
+    def folds_batchnorm(self) -> bool:
+        return True  # full graph optimisation: Conv+BN(+ReLU) is one kernel
+
 
 def _openvino():  # -> the openvino module
     try:
@@ -144,6 +153,9 @@ class OpenVinoRuntime(Runtime):
 
     def channel_multiple(self) -> int:
         return blocked_layout_multiple()
+
+    def folds_batchnorm(self) -> bool:
+        return True  # full graph optimisation: Conv+BN(+ReLU) is one kernel
 
 
 class CostRuntime(Runtime):

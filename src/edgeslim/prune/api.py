@@ -70,6 +70,9 @@ class PruneConfig:
     on_unsupported: str = "error"
     calib_batches: int = 8
     depth: bool = True
+    # exact merges (BN folding) as free moves of the latency planner: "exact", "none", or "auto"
+    # (prune_: "exact" unless it fine-tunes, since a folded model has no BN left to train)
+    merge: str = "auto"
     latency_runs: int = 30
     # rank by importance per FLOP/parameter? Off by default for prune(): on LeNet-5 / MNIST and
     # CIFAR-10 the magnitude and Taylor baselines ranked by importance alone were as good or better
@@ -101,6 +104,9 @@ class PruneConfig:
         counts = {"steps": self.steps, "round_to": self.round_to, "min_channels": self.min_channels}
         if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in counts.values()):
             raise ConfigError(f"steps, round_to and min_channels must be integers >= 1; got {counts}")
+        if self.merge not in ("auto", "exact", "none"):
+            raise ConfigError(f"merge={self.merge!r}: use 'exact' (fold BNs where that is faster), 'none' "
+                              "or 'auto' ('exact' unless fine-tuning follows)")
         if self.on_unsupported not in ("error", "lock"):
             raise ConfigError(f"on_unsupported={self.on_unsupported!r}: use 'error' or 'lock'")
         # a str is one path, not a sequence of one-letter paths
@@ -160,7 +166,7 @@ def _example(model: nn.Module, example_inputs: Any) -> tuple:
     return tuple(t.to(device) if isinstance(t, torch.Tensor) and not t.is_meta else t for t in inputs)
 
 
-_OPTIONS = ("min_channels", "protect_first", "on_unsupported", "calib_batches", "depth", "latency_runs",
+_OPTIONS = ("min_channels", "protect_first", "on_unsupported", "calib_batches", "depth", "merge", "latency_runs",
             "cost_aware")  # PruneConfig's
 
 
@@ -260,6 +266,8 @@ def prune_(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plan
     teacher = copy.deepcopy(model) if finetune == "kd" else None
     tune = _resolve_finetune(finetune, teacher, train_data or calib_data, finetune_epochs,
                              finetune_options or {})
+    if cfg.merge == "auto":
+        cfg.merge = "none" if tune is not None else "exact"
     graph0 = _graph(model, inputs, cfg)
     # recorded by the trace's forward pass (a single output tensor), else measured now
     out_shape = graph0.output_shape or _output_shape(model, inputs)
@@ -322,7 +330,10 @@ def prune(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plann
         target_latency: milliseconds per inference at ``example_inputs``' batch size, measured
             in ``runtime`` with ``threads`` threads (see ``edgeslim.measure_latency``). The
             latency planner (``prune/latency_planner.py``) cuts channels to the sizes the
-            runtime is fast at and removes residual branches (``depth=False`` to not), then
+            runtime is fast at and removes residual branches (``depth=False`` to not), folds
+            each BatchNorm into its conv where the runtime runs the folded conv faster
+            (``merge="exact"``; ``"none"`` to not; the default ``"auto"`` is ``"exact"``
+            unless ``finetune`` is given: a folded model has no BN to fine-tune), then
             measures the result and re-plans if it misses; ``edgeslim.info(model).latency``
             (a :class:`~edgeslim.modelinfo.LatencyResult`) holds the baseline, target, predicted and measured latency. Before planning it times
             up to three probe variants to calibrate the per-layer tables to whole-network

@@ -6,7 +6,21 @@ A knapsack over moves, solved greedily by importance lost per millisecond saved:
   (the sizes at which the runtime is strictly faster than at every larger size: a size
   that is no faster than a larger one only loses channels), removing its least
   important channels;
-* *depth moves*: remove a residual block's branch (``blocks.py``).
+* *depth moves*: remove a residual block's branch (``blocks.py``);
+* *exact merges*: fold a convolution's BatchNorm into it (``transforms/fold.py``). A
+  fold loses nothing (importance lost 0), so at 0 per ms it ranks before every other
+  move and is taken whenever it saves time: before the greedy pass, at once, for every
+  conv whose folded unit (conv + ReLU) times at least ``FOLD_MIN_SAVING`` faster than
+  its unit with the BN (``free_merges``). Eager PyTorch pays a kernel per BN; onnxruntime
+  and OpenVINO fuse Conv+BN themselves (``Runtime.folds_batchnorm``), so there no fold is
+  offered. The folded layers are timed with their folded unit from then on, so the
+  channel moves and the prediction see the network as it will run.
+
+  Not offered: exact linear-chain merges (``merge_linear_chains``: after folding, none of
+  the zoo's LeNet-5, ResNet-20, VGG-11, DenseNet, MobileNetV2 has a pair that merges
+  without more MACs), and the lossy conv->pool streamline merges (``streamline_merge``;
+  a move for them would need the merged conv's geometry in the tables and a trained
+  rebirth per block to measure the importance it loses).
 
 Value is in one unit for both (``value="flops"``, the default; ``flops_values``): the
 importance-weighted share of the network's MACs. A channel carries its group's MACs
@@ -56,6 +70,20 @@ class LatencyPlan:
     lost: float = 0.0
     moves: list[str] = field(default_factory=list)
     dropped: frozenset[int] = frozenset()  # LatencyModel layers inside removed blocks
+    merged: frozenset[int] = frozenset()  # LatencyModel layers whose BN is folded (live ones)
+
+
+#: a fold is taken when its unit is at least this fraction faster (timing noise on a runtime
+#: that fuses Conv+BN itself must not decide it; an exact runtime's 0 saving never does)
+FOLD_MIN_SAVING = 0.02
+
+
+def free_merges(lat: LatencyModel, folds: dict[int, str] | None) -> frozenset[int]:
+    """The offered folds (``LatencyModel.offer_folds``) that save time at full width."""
+    full = np.zeros(len(lat.graph.class_locked), dtype=bool)
+    return frozenset(i for i in folds or {} if
+                     lat.layer_ms(i, full) - lat.layer_ms(i, full, frozenset([i]))
+                     > FOLD_MIN_SAVING * lat.layer_ms(i, full))
 
 
 def grid_sizes(size: int, lowest: int, points: int = 8, multiple: int = 1) -> list[int]:
@@ -90,13 +118,13 @@ def _removal(n: int, order: np.ndarray, cut: int) -> np.ndarray:
 
 
 def staircase(lat: LatencyModel, layers: list[int], order: np.ndarray, sizes: list[int],
-              size: int) -> list[int]:
+              size: int, merged: frozenset[int] = frozenset()) -> list[int]:
     """The sizes strictly faster than every larger one (the group alone shrunk)."""
     n = len(lat.graph.class_locked)
     kept, best = [], float("inf")
     for s in sizes:  # descending
         mask = _removal(n, order, size - s)
-        ms = sum(lat.layer_ms(i, mask) for i in layers)
+        ms = sum(lat.layer_ms(i, mask, merged) for i in layers)
         if ms < best:
             kept.append(s)
             best = ms
@@ -108,7 +136,8 @@ def _inside(path: str, prefix: str) -> bool:
 
 
 def group_moves(graph: DependencyGraph, scores: np.ndarray, lat: LatencyModel,
-                weights: dict[int, float], min_channels: int) -> list[_GroupMoves | None]:
+                weights: dict[int, float], min_channels: int,
+                merged: frozenset[int] = frozenset()) -> list[_GroupMoves | None]:
     """Per group: its removable channels in order, their normalised importance, its staircase."""
     out: list[_GroupMoves | None] = []
     for gi, g in enumerate(graph.groups):
@@ -125,7 +154,8 @@ def group_moves(graph: DependencyGraph, scores: np.ndarray, lat: LatencyModel,
         layers = _touching(lat, np.asarray(g.classes, dtype=np.int64))
         convs = any(lat.layers[i].unit.signature.startswith("conv") for i in layers)
         multiple = getattr(lat.table.runtime, "channel_multiple", lambda: 1)() if convs else 1
-        sizes = staircase(lat, layers, cls[order], grid_sizes(g.size, lowest, multiple=multiple), g.size)
+        sizes = staircase(lat, layers, cls[order], grid_sizes(g.size, lowest, multiple=multiple), g.size,
+                          merged)
         out.append(_GroupMoves(cls[order], gains, sizes, layers, g.size))
     return out
 
@@ -181,6 +211,7 @@ class _State:
     blocks: dict[str, str]
     dropped: set[int]  # LatencyModel layers inside removed blocks
     dead: set[int]  # groups that no longer exist (inside a removed block)
+    merged: frozenset[int] = frozenset()  # layers whose BN is folded
 
 
 def _channel_move(lat: LatencyModel, st: _State, gi: int, gm: _GroupMoves, s: int):
@@ -189,7 +220,7 @@ def _channel_move(lat: LatencyModel, st: _State, gi: int, gm: _GroupMoves, s: in
     mask = st.removed.copy()
     mask[gm.order[cur:cut]] = True
     live = [i for i in gm.layers if i not in st.dropped]
-    saved = sum(lat.layer_ms(i, st.removed) - lat.layer_ms(i, mask) for i in live)
+    saved = sum(lat.layer_ms(i, st.removed, st.merged) - lat.layer_ms(i, mask, st.merged) for i in live)
     return float(gm.gains[cur:cut].sum()), saved * lat.scale[0], mask
 
 
@@ -211,7 +242,8 @@ def _best_move(lat, st, moves, blocks, block_scores):
         if any(b.path == p or _inside(b.path, p) for p in st.blocks):
             continue
         layers = [i for i in _block_layers(lat, b) if i not in st.dropped]
-        saved = sum(lat.scale[1] * lat.full_ms[i] - lat.scale[0] * (lat.full_ms[i] - lat.layer_ms(i, st.removed))
+        saved = sum(lat.scale[1] * lat.full_ms[i]
+                    - lat.scale[0] * (lat.full_ms[i] - lat.layer_ms(i, st.removed, st.merged))
                     for i in layers)  # = what LatencyModel.predict gains when these layers go
         lost = block_scores.get(b.path, 1.0)
         if saved > 1e-9 and (best is None or lost / saved < best[0]):
@@ -245,7 +277,8 @@ def _refill(lat: LatencyModel, st: _State, moves: list[_GroupMoves | None], budg
             mask = st.removed.copy()
             mask[gm.order[gm.size - s:gm.size - st.kept[gi]]] = False
             regained = float(gm.gains[gm.size - s:gm.size - st.kept[gi]].sum())
-            if lat.predict(mask, frozenset(st.dropped)) <= budget_ms and (best is None or regained > best[0]):
+            fits = lat.predict(mask, frozenset(st.dropped), st.merged) <= budget_ms
+            if fits and (best is None or regained > best[0]):
                 best = (regained, gi, s, mask)
         if best is None:
             return log
@@ -256,11 +289,13 @@ def _refill(lat: LatencyModel, st: _State, moves: list[_GroupMoves | None], budg
 
 def plan_latency(graph: DependencyGraph, scores: np.ndarray, lat: LatencyModel, budget_ms: float,
                  blocks: list[ResidualBlock] = (), block_scores: dict[str, float] | None = None,
-                 min_channels: int = 1, value: str = "flops") -> LatencyPlan:
-    """Greedy knapsack: apply the cheapest move (value lost per ms saved) until the
-    predicted latency is within ``budget_ms``, then give back what still fits (``_refill``).
-    ``value="flops"``: importance-weighted MACs (``flops_values``); ``"importance"``: every
-    group worth 1, a block its importance.
+                 min_channels: int = 1, value: str = "flops",
+                 folds: dict[int, str] | None = None) -> LatencyPlan:
+    """Greedy knapsack: take the free merges among ``folds`` (``free_merges``), then apply
+    the cheapest move (value lost per ms saved) until the predicted latency is within
+    ``budget_ms``, then give back what still fits (``_refill``). ``value="flops"``:
+    importance-weighted MACs (``flops_values``); ``"importance"``: every group worth 1, a
+    block its importance.
 
     Raises:
         LatencyTargetError: no sequence of moves reaches the budget (states the best).
@@ -270,9 +305,12 @@ def plan_latency(graph: DependencyGraph, scores: np.ndarray, lat: LatencyModel, 
         weights, block_scores = flops_values(graph, list(blocks), block_scores)
     else:
         weights = group_weights(graph, list(blocks), block_scores)
-    moves = group_moves(graph, scores, lat, weights, min_channels)
-    st = _State(np.zeros(len(graph.class_locked), dtype=bool), [g.size for g in graph.groups], {}, set(), set())
-    pred, lost, log = lat.predict(st.removed), 0.0, []
+    merged = free_merges(lat, folds)
+    moves = group_moves(graph, scores, lat, weights, min_channels, merged)
+    st = _State(np.zeros(len(graph.class_locked), dtype=bool), [g.size for g in graph.groups], {}, set(), set(),
+                merged)
+    log = [f"fold the BN of {folds[i]}" for i in sorted(merged)]
+    pred, lost = lat.predict(st.removed, merged=merged), 0.0
     while pred > budget_ms:
         best = _best_move(lat, st, moves, list(blocks), block_scores)
         if best is None:
@@ -284,10 +322,11 @@ def plan_latency(graph: DependencyGraph, scores: np.ndarray, lat: LatencyModel, 
         _apply(st, best[3], graph)
         lost += best[0] * best[1]
         log.append(best[2])
-        pred = lat.predict(st.removed, frozenset(st.dropped))
+        pred = lat.predict(st.removed, frozenset(st.dropped), merged)
     log += _refill(lat, st, moves, budget_ms)
-    pred = lat.predict(st.removed, frozenset(st.dropped))
-    return LatencyPlan(st.removed, dict(st.blocks), pred, lost, log, frozenset(st.dropped))
+    dropped = frozenset(st.dropped)
+    pred = lat.predict(st.removed, dropped, merged)
+    return LatencyPlan(st.removed, dict(st.blocks), pred, lost, log, dropped, merged - dropped)
 
 
 def probe_plans(graph: DependencyGraph, scores: np.ndarray, lat: LatencyModel,

@@ -6,10 +6,19 @@ corrected latency model when the measurement misses the target (the tables canno
 everything a runtime does across layers). Before the first plan, two probe variants
 (channels cut, blocks removed) are measured to calibrate the model's two scales. The result records what was measured
 in ``edgeslim.info(model).latency``.
+
+Exact merges (``merge="exact"``): every BatchNorm that ``fold_batchnorm`` could fold into
+its convolution is offered to the planner as a free move (``latency_planner``,
+``free_merges``); the ones whose folded unit times faster are folded in every variant
+built and measured, and in the result (``LatencyResult.merges``; the plan's ``folded_bn``,
+which ``apply_plan`` replays). A folded model has no BatchNorm left to fine-tune, so
+``prune`` resolves ``merge="auto"`` to ``"none"`` when it fine-tunes (``finetune=``) and
+to ``"exact"`` otherwise.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import warnings
 from typing import Any, Callable
@@ -23,6 +32,7 @@ from ..modelinfo import info as record  # ``info`` is the measurement dict below
 from ..graph import DependencyGraph
 from ..profile.latency_table import LatencyModel, LatencyTable
 from ..profile.runtimes import get_runtime
+from ..transforms.fold import FoldedPair, fold_pairs_, foldable_pairs
 from .blocks import block_importance, find_residual_blocks, remove_blocks_
 from .importance import ImportanceContext, get_importance
 from .latency_planner import LatencyPlan, LatencyTargetError, plan_latency, probe_plans
@@ -55,10 +65,25 @@ class _Measurer:
                                runs=self.runs, warmup=max(3, self.runs // 5))
 
 
-def _build(model: nn.Module, inputs: tuple, graph: DependencyGraph, plan: LatencyPlan) -> nn.Module:
+def _build(model: nn.Module, inputs: tuple, graph: DependencyGraph, plan: LatencyPlan,
+           folds: dict[int, FoldedPair]) -> nn.Module:
     trial = copy.deepcopy(model)
     apply_plan(trial, inputs, removal_to_plan(graph, plan.removed))
-    return remove_blocks_(trial, plan.blocks)
+    return fold_pairs_(remove_blocks_(trial, plan.blocks), _folded(plan, folds))
+
+
+def _folded(plan: LatencyPlan, folds: dict[int, FoldedPair]) -> list[FoldedPair]:
+    return [folds[i] for i in sorted(plan.merged)]
+
+
+def _fold_moves(model: nn.Module, inputs: tuple, lat: LatencyModel, merge: str) -> dict[int, FoldedPair]:
+    """``{LatencyModel layer: (conv, bn)}`` of the folds offered to the planner: none unless
+    ``merge="exact"``, none on a runtime that folds BNs itself (``Runtime.folds_batchnorm``:
+    onnxruntime timed 4 of ResNet-20's 21 folded units >= 2% faster, by noise alone)."""
+    if merge != "exact" or getattr(lat.table.runtime, "folds_batchnorm", lambda: False)():
+        return {}
+    pairs = {p.layer: p for p in foldable_pairs(model, inputs)}
+    return {i: pairs[path] for i, path in lat.offer_folds(list(pairs)).items()}
 
 
 def _scores(graph: DependencyGraph, model: nn.Module, cfg: Any, calib_data: Any) -> np.ndarray:
@@ -66,8 +91,8 @@ def _scores(graph: DependencyGraph, model: nn.Module, cfg: Any, calib_data: Any)
     return np.asarray(get_importance(cfg.criterion)(graph, model, ctx), dtype=np.float64)
 
 
-def _attempts(model, inputs, graph, lat: LatencyModel, plan_for: Callable[[float], LatencyPlan],
-              measure, target):
+def _attempts(build: Callable[[LatencyPlan], nn.Module], lat: LatencyModel,
+              plan_for: Callable[[float], LatencyPlan], measure, target):
     """Plan, build, measure; feed the measurement back into the latency model (``observe``
     refits its scales) and plan again at the target, corrected by the miss the refitted
     model still cannot explain. Returns the feasible attempt with the largest budget (else
@@ -80,7 +105,7 @@ def _attempts(model, inputs, graph, lat: LatencyModel, plan_for: Callable[[float
             if best is None:
                 raise  # the first plan: the target itself is out of reach
             break  # a corrected budget beyond reach: keep the best model measured so far
-        ms = measure(_build(model, inputs, graph, plan))
+        ms = measure(build(plan))
         tried.append({"budget_ms": budget, "predicted_ms": plan.predicted_ms, "measured_ms": ms,
                       "scale": list(lat.scale)})
         ok = ms <= target * (1 + TOLERANCE)
@@ -90,16 +115,18 @@ def _attempts(model, inputs, graph, lat: LatencyModel, plan_for: Callable[[float
             best = (plan, ms, ok, budget)
         if ok and ms >= target * (1 - TOLERANCE):
             break  # met, and not needlessly fast
-        lat.observe(plan.removed, plan.dropped, ms)
-        budget = target * lat.predict(plan.removed, plan.dropped) / ms
+        lat.observe(plan.removed, plan.dropped, ms, plan.merged)
+        budget = target * lat.predict(plan.removed, plan.dropped, plan.merged) / ms
     return best, tried
 
 
-def _calibrate(model, inputs, graph, lat: LatencyModel, probes: list[LatencyPlan], measure) -> list[dict]:
-    """Measure the probe variants and fit the latency model's scales to them."""
+def _calibrate(build: Callable[[LatencyPlan], nn.Module], lat: LatencyModel, probes: list[LatencyPlan],
+               measure) -> list[dict]:
+    """Measure the probe variants (no folds: they calibrate channels and depth) and fit the
+    latency model's scales to them."""
     records = []
     for probe in probes:
-        ms = measure(_build(model, inputs, graph, probe))
+        ms = measure(build(probe))
         records.append({"predicted_ms": probe.predicted_ms, "measured_ms": ms,
                         "blocks": len(probe.blocks), "channels": int(probe.removed.sum())})
         lat.observe(probe.removed, probe.dropped, ms)
@@ -136,23 +163,29 @@ def prune_to_latency_(model: nn.Module, inputs: tuple, cfg: Any, calib_data: Any
     block_scores = block_importance(model, blocks, calib_data if calib_data is not None else inputs,
                                     cfg.calib_batches) if blocks else {}
     try:
-        probes = _calibrate(model, inputs, graph, lat,
-                            probe_plans(graph, scores, lat, blocks, cfg.min_channels), measure)
-        best, tried = _attempts(model, inputs, graph, lat, lambda b: plan_latency(
-            graph, scores, lat, b, blocks, block_scores, cfg.min_channels), measure, target)
+        folds = _fold_moves(model, inputs, lat, cfg.merge)
+        build = functools.partial(_build, model, inputs, graph, folds=folds)
+        probes = _calibrate(build, lat, probe_plans(graph, scores, lat, blocks, cfg.min_channels), measure)
+        best, tried = _attempts(build, lat, lambda b: plan_latency(
+            graph, scores, lat, b, blocks, block_scores, cfg.min_channels,
+            folds={i: p.layer for i, p in folds.items()}), measure, target)
     finally:
         table.save()
     plan, measured = best[0], best[1]
     removed = apply_constraints(graph, plan.removed, scores, Constraints(cfg.min_channels, 1))
     result = prune_channels_(model, graph, removed)
     remove_blocks_(model, plan.blocks)
+    fold_pairs_(model, _folded(plan, folds))  # exact in eval mode: the BN's running statistics
     if plan.blocks:
         result["identity_blocks"] = dict(plan.blocks)
+    folded = _folded(plan, folds)
+    if folded:
+        result["folded_bn"] = [[p.layer, p.bn] for p in folded]
     record(model).latency = LatencyResult.from_dict(info | {
         "predicted_ms": plan.predicted_ms, "measured_ms": measured, "met": bool(best[2]),
         "attempts": tried, "probes": probes, "scale": list(lat.scale), "removed_blocks": sorted(plan.blocks),
-        "measured_entries": table.measured,
-        "per_layer_before_ms": lat.per_layer(), "per_layer_after_ms": lat.per_layer(plan.removed)})
+        "measured_entries": table.measured, "merges": [f"fold_bn {p.bn} -> {p.layer}" for p in folded],
+        "per_layer_before_ms": lat.per_layer(), "per_layer_after_ms": lat.per_layer(plan.removed, plan.merged)})
     if not best[2]:
         from .api import PruneWarning, _caller_level
 
@@ -163,7 +196,7 @@ def prune_to_latency_(model: nn.Module, inputs: tuple, cfg: Any, calib_data: Any
             "slightly lower target_speedup"), stacklevel=_caller_level())
     log.info("latency: %.3f -> %.3f ms measured (target %.3f, predicted %.3f) on %s",
              baseline, measured, target, plan.predicted_ms, measure.runtime.name)
-    return result | {"removed": int(removed.sum()) + len(plan.blocks)}
+    return result | {"removed": int(removed.sum()) + len(plan.blocks) + len(plan.merged)}
 
 
 class LatencyBudget:
@@ -186,7 +219,7 @@ class LatencyBudget:
         # the probes need an order of the channels only: L1, no data
         scores = np.asarray(get_importance("l1")(graph, model, ImportanceContext()), dtype=np.float64)
         try:
-            self.probes = _calibrate(model, inputs, graph, self.lat,
+            self.probes = _calibrate(functools.partial(_build, model, inputs, graph, folds={}), self.lat,
                                      probe_plans(graph, scores, self.lat, [], cfg.min_channels), self.measure)
             self.plan(scores)  # LatencyTargetError now, before any training, if out of reach
         finally:

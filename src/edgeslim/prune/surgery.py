@@ -155,4 +155,18 @@ def apply_plan(model: nn.Module, example_inputs: Any, plan: Plan, **graph_option
         from .blocks import remove_blocks_
 
         remove_blocks_(model, plan["identity_blocks"])
+    if plan.get("folded_bn"):  # exact merges of the latency planner
+        _fold_(model, plan["folded_bn"])
     return model
+
+
+def _fold_(model: nn.Module, pairs: Any) -> None:
+    from ..transforms.fold import FoldedPair, fold_pairs_
+
+    if not (isinstance(pairs, list) and all(isinstance(p, list) and len(p) == 2
+                                            and all(isinstance(x, str) for x in p) for p in pairs)):
+        raise CheckpointError(f"pruning plan's folded_bn {str(pairs)[:80]} is malformed: need [[conv, bn], ...]")
+    try:
+        fold_pairs_(model, [FoldedPair(*p) for p in pairs])
+    except (AttributeError, EdgeslimError) as exc:
+        raise CheckpointError(f"pruning plan folds {str(pairs)[:80]}, which this model cannot: {exc}") from None

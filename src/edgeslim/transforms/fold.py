@@ -44,7 +44,7 @@ from edgeslim.transforms._fx_utils import (
     tied_parameter_owners,
 )
 
-__all__ = ["fold_batchnorm", "fold_bn_into_", "FoldedPair"]
+__all__ = ["fold_batchnorm", "fold_bn_into_", "fold_pairs_", "foldable_pairs", "FoldedPair"]
 
 
 @dataclass(frozen=True)
@@ -279,10 +279,29 @@ def fold_batchnorm(
     """
     folded = copy.deepcopy(model)
     pairs, skipped = _find_pairs(folded, as_input_tuple(example_inputs), strict)
-    for pair in pairs:
-        bn = folded.get_submodule(pair.bn)
-        assert isinstance(bn, _BatchNorm)
-        fold_bn_into_(folded.get_submodule(pair.layer), bn)
-        folded.set_submodule(pair.bn, nn.Identity())
+    fold_pairs_(folded, pairs)
     info(folded).fold = FoldReport(list(pairs), list(skipped))
     return folded
+
+
+def foldable_pairs(model: nn.Module, example_inputs: ExampleInputs) -> list[FoldedPair]:
+    """The (layer, bn) pairs :func:`fold_batchnorm` would fold, without folding them.
+
+    Why: the latency planner offers each pair as a move of its own (``prune/latency_planner.py``)
+    and folds only the ones that save time on the target runtime. Non-strict: a BN that
+    cannot be proven to follow its layer is simply not offered."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _find_pairs(model, as_input_tuple(example_inputs), strict=False)[0]
+
+
+def fold_pairs_(model: nn.Module, pairs: list[FoldedPair]) -> nn.Module:
+    """Fold each pair's (eval-mode) BN into its layer in place; the BN becomes ``nn.Identity``."""
+    for pair in pairs:
+        bn = model.get_submodule(pair.bn)
+        if not isinstance(bn, _BatchNorm):
+            raise UnsupportedModelError(f"fold: {pair.bn!r} is a {type(bn).__name__}, not a batch norm "
+                                        f"(already folded, or a plan made for another model)")
+        fold_bn_into_(model.get_submodule(pair.layer), bn)
+        model.set_submodule(pair.bn, nn.Identity())
+    return model
