@@ -123,7 +123,10 @@ def one(name: str, runtime: str, batch: int, speedup: float, threads: int, round
            "pred_error_first": abs(info["attempts"][0]["predicted_ms"] - info["attempts"][0]["measured_ms"])
            / info["attempts"][0]["measured_ms"],
            "pred_error": abs(info["predicted_ms"] - info["measured_ms"]) / info["measured_ms"],
-           "attempts": len(info["attempts"]), "torch_pruning": _tp_version()}
+           "attempts": len(info["attempts"]), "torch_pruning": _tp_version(),
+           "attempt_log": [{k: a[k] for k in ("budget_ms", "predicted_ms", "measured_ms")} for a in info["attempts"]],
+           "target_ms": info["target_ms"], "planner_baseline_ms": info["baseline_ms"], "met": info["met"],
+           "probes": info["probes"]}
     for k, m in models.items():
         if k != "base":
             row[k] = {"speedup": t["base"] / t[k], "ms": t[k], "flops_kept": count_flops(m, x)[0] / flops0,
