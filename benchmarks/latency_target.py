@@ -68,11 +68,16 @@ def torch_pruning(model: torch.nn.Module, x: torch.Tensor, ratio: float) -> torc
 def match_latency(build, lo: float, hi: float, goal_ms: float, measure, steps: int = 7, keep_grows: bool = True):
     """Bisect ``build(p)`` on ``p`` in [lo, hi] for a model measured within ``goal_ms`` that
     keeps the most (``keep_grows``: a larger ``p`` keeps more; else less). Returns ``(p,
-    model)``; the fastest one tried when none is fast enough."""
+    model)``; the fastest one tried when none is fast enough. A ``p`` that cannot be built
+    (``prune`` refuses a cut past what can be cut) counts as too much cut."""
     fast, slow = None, None
     for _ in range(steps):
         mid = (lo + hi) / 2
-        model = build(mid)
+        try:
+            model = build(mid)
+        except edgeslim.errors.EdgeslimError:  # a cut past what can be cut: keep more
+            lo, hi = (mid, hi) if keep_grows else (lo, mid)
+            continue
         ms = measure(model)
         if ms <= goal_ms:
             if fast is None or (mid > fast[0]) == keep_grows:
