@@ -68,11 +68,16 @@ def torch_pruning(model: torch.nn.Module, x: torch.Tensor, ratio: float) -> torc
 def match_latency(build, lo: float, hi: float, goal_ms: float, measure, steps: int = 7, keep_grows: bool = True):
     """Bisect ``build(p)`` on ``p`` in [lo, hi] for a model measured within ``goal_ms`` that
     keeps the most (``keep_grows``: a larger ``p`` keeps more; else less). Returns ``(p,
-    model)``; the fastest one tried when none is fast enough."""
+    model)``; the fastest one tried when none is fast enough. A ``p`` that cannot be built
+    (``prune`` refuses a cut past what can be cut) counts as too much cut."""
     fast, slow = None, None
     for _ in range(steps):
         mid = (lo + hi) / 2
-        model = build(mid)
+        try:
+            model = build(mid)
+        except edgeslim.errors.EdgeslimError:  # a cut past what can be cut: keep more
+            lo, hi = (mid, hi) if keep_grows else (lo, mid)
+            continue
         ms = measure(model)
         if ms <= goal_ms:
             if fast is None or (mid > fast[0]) == keep_grows:
@@ -123,7 +128,10 @@ def one(name: str, runtime: str, batch: int, speedup: float, threads: int, round
            "pred_error_first": abs(info["attempts"][0]["predicted_ms"] - info["attempts"][0]["measured_ms"])
            / info["attempts"][0]["measured_ms"],
            "pred_error": abs(info["predicted_ms"] - info["measured_ms"]) / info["measured_ms"],
-           "attempts": len(info["attempts"]), "torch_pruning": _tp_version()}
+           "attempts": len(info["attempts"]), "torch_pruning": _tp_version(),
+           "attempt_log": [{k: a[k] for k in ("budget_ms", "predicted_ms", "measured_ms")} for a in info["attempts"]],
+           "target_ms": info["target_ms"], "planner_baseline_ms": info["baseline_ms"], "met": info["met"],
+           "probes": info["probes"]}
     for k, m in models.items():
         if k != "base":
             row[k] = {"speedup": t["base"] / t[k], "ms": t[k], "flops_kept": count_flops(m, x)[0] / flops0,
