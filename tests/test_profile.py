@@ -128,3 +128,12 @@ def test_format_table() -> None:
     assert "1.235M" in lines[2] and "2 KiB" in lines[2] and "1.500" in lines[2]
     assert lines[3].split()[-2:] == ["-", "3G"]
     assert format_value("peak_memory_bytes", 3 * 1024**2) == "3 MiB"
+
+
+def test_format_table_leaves_structured_values_out() -> None:
+    from edgeslim.profile.summary import format_table
+
+    rows = [{"stage": "train", "accuracy": 0.98, "latency_setup": {"batch": 1}, "layer_latency_ms": {"a": 0.1}},
+            {"stage": "prune", "accuracy": 0.97, "moves": ["x"]}]
+    header = format_table(rows).splitlines()[0].split()
+    assert header == ["stage", "accuracy"]

@@ -129,9 +129,12 @@ def format_value(key: str, value: Any) -> str:
 
 
 def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Keys in first-seen order; structured values (a stage's ``latency_setup``, per-layer
+    timings, a latency plan) are not table cells, so a key holding only those is left out."""
     columns: list[str] = []
     for row in rows:
-        columns += [key for key in row if key not in columns]
+        columns += [key for key, value in row.items()
+                    if key not in columns and not isinstance(value, (dict, list, tuple))]
     return columns
 
 
