@@ -10,6 +10,8 @@ fraction *removed* (``sparsity``: the fraction of weights zeroed).
 """
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Optional, Union
 
@@ -18,40 +20,21 @@ from ..options import (Check, FILTERS_REMOVED, FRACTION_KEPT, FRACTION_REMOVED, 
                        POSITIVE, RHO_OR_AUTO, SMOOTHING, TEMPERATURE, WEIGHT_DECAY, FieldError, opt, validate)
 
 
-def _optimizers() -> list[str]:
-    from ..train.optim import OPTIMIZERS
+def _registry_names(module: str, registry: str) -> Callable[[], list[str]]:
+    """The valid names of ``edgeslim.<module>.<registry>``, read when asked (the registries
+    import torch; recipe parsing must not), so a registered name is never refused."""
+    def names() -> list[str]:
+        return getattr(importlib.import_module(f"edgeslim.{module}"), registry).names()
 
-    return OPTIMIZERS.names()
-
-
-def _schedules() -> list[str]:
-    from ..train.optim import SCHEDULES
-
-    return SCHEDULES.names()
+    return names
 
 
-def _planners() -> list[str]:
-    from ..prune.planner import ORDERINGS
-
-    return ORDERINGS.names()
-
-
-def _runtimes() -> list[str]:
-    from ..profile.runtimes import RUNTIMES
-
-    return RUNTIMES.names()
-
-
-def _activations() -> list[str]:
-    from ..transforms.lighten import ACTIVATIONS
-
-    return ACTIVATIONS.names()
-
-
-def _backends() -> list[str]:
-    from ..quant.api import QUANT_BACKENDS
-
-    return QUANT_BACKENDS.names()
+_optimizers = _registry_names("train.optim", "OPTIMIZERS")
+_schedules = _registry_names("train.optim", "SCHEDULES")
+_planners = _registry_names("prune.planner", "ORDERINGS")
+_runtimes = _registry_names("profile.runtimes", "RUNTIMES")
+_activations = _registry_names("transforms.lighten", "ACTIVATIONS")
+_backends = _registry_names("quant.api", "QUANT_BACKENDS")
 
 
 @dataclass
