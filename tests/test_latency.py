@@ -307,3 +307,38 @@ def test_a_replan_out_of_reach_keeps_the_best_model_measured_so_far() -> None:
     with pytest.raises(LatencyTargetError):  # the target itself out of reach: still an error
         lp._attempts(lambda plan: None, Lat(), lambda b: (_ for _ in ()).throw(LatencyTargetError("x")),
                      lambda m: 1.0, target=1.0)
+
+
+def test_admm_latency_finish_keeps_the_measured_mask_when_the_replan_is_out_of_reach(monkeypatch) -> None:
+    import numpy as np
+
+    from edgeslim.prune import latency_prune as lp
+    from edgeslim.prune.latency_planner import LatencyTargetError
+
+    class Lat:
+        scale = (1.0, 1.0)
+
+        def observe(self, *a): pass
+
+        def predict(self, *a): return 1.0
+
+    class Runtime:
+        name = "fake"
+
+        def version(self): return "0"
+
+    budget = object.__new__(lp.LatencyBudget)
+    budget.model, budget.inputs, budget.graph = torch.nn.Identity(), (torch.zeros(1),), None
+    budget.lat, budget.target, budget.baseline, budget.probes = Lat(), 1.0, 2.0, []
+    budget.cfg = type("Cfg", (), {"threads": 1})()
+    budget.measure = lambda m: 1.2
+    budget.measure.runtime = Runtime()
+    monkeypatch.setattr(lp, "apply_plan", lambda *a: None)
+    monkeypatch.setattr(lp, "removal_to_plan", lambda *a: None)
+    mask = np.array([True, False])
+
+    def replan(b):
+        raise LatencyTargetError("out of reach")
+
+    removed, result = budget.finish(replan, mask)
+    assert removed is mask and result.measured_ms == 1.2 and result.met is False and len(result.attempts) == 1

@@ -3,9 +3,10 @@
 Measure the unpruned model in the runtime, plan with the per-layer tables
 (``latency_planner``), build the pruned model, *measure it*, and re-plan with a
 corrected latency model when the measurement misses the target (the tables cannot see
-everything a runtime does across layers). Before the first plan, two probe variants
-(channels cut, blocks removed) are measured to calibrate the model's two scales. The result records what was measured
-in ``edgeslim.info(model).latency``.
+everything a runtime does across layers). Before the first plan, up to three probe variants
+(channels cut to 0.5 and 0.75 of each group, every other block removed) are measured to
+calibrate the model's two scales. The result records what was measured in
+``edgeslim.info(model).latency``.
 
 Exact merges (``merge="exact"``): every BatchNorm that ``fold_batchnorm`` could fold into
 its convolution is offered to the planner as a free move (``latency_planner``,
@@ -175,10 +176,10 @@ def prune_to_latency_(model: nn.Module, inputs: tuple, cfg: Any, calib_data: Any
     removed = apply_constraints(graph, plan.removed, scores, Constraints(cfg.min_channels, 1))
     result = prune_channels_(model, graph, removed)
     remove_blocks_(model, plan.blocks)
-    fold_pairs_(model, _folded(plan, folds))  # exact in eval mode: the BN's running statistics
+    folded = _folded(plan, folds)
+    fold_pairs_(model, folded)  # exact in eval mode: the BN's running statistics
     if plan.blocks:
         result["identity_blocks"] = dict(plan.blocks)
-    folded = _folded(plan, folds)
     if folded:
         result["folded_bn"] = [[p.layer, p.bn] for p in folded]
     record(model).latency = LatencyResult.from_dict(info | {
@@ -255,7 +256,10 @@ class LatencyBudget:
             if ms <= self.target * (1 + TOLERANCE) or attempt == MAX_ATTEMPTS - 1:
                 break
             self.lat.observe(removed, frozenset(), ms)
-            removed = replan(self.target * self.lat.predict(removed) / ms)
+            try:
+                removed = replan(self.target * self.lat.predict(removed) / ms)
+            except LatencyTargetError:
+                break  # the corrected budget is beyond reach: keep the mask just measured
         info = {"runtime": self.measure.runtime.name, "runtime_version": self.measure.runtime.version(),
                 "threads": self.cfg.threads, "batch": _batch(self.inputs), "baseline_ms": self.baseline,
                 "target_ms": self.target, "predicted_ms": tried[-1]["predicted_ms"],
