@@ -6,7 +6,7 @@
     # measure a finished run only
     python benchmarks/headline.py kt --run runs/kt_lenet5_mnist --no-compress
 
-``kt`` is ``recipes/kt_lenet5_mnist_headline.yaml`` (knowledge-transfer pipeline, Chen et al. 2020: more
+``kt`` is ``recipes/kt_lenet5_mnist.yaml``, the README's default job (knowledge-transfer pipeline, Chen et al. 2020: more
 than 49.5x fewer parameters, more than 3.2x faster, at most 1 point accuracy loss);
 ``prune_merge`` is ``recipes/prune_merge_lenet5_mnist.yaml`` (pruning + streamline merging, Xie et
 al.: 1/20 of the size, 8x faster, no accuracy loss; beyond it, ADMM weight pruning's 71x fewer
@@ -48,7 +48,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 RECIPES: dict[str, dict[str, Any]] = {
     "kt": {
-        "recipe": "recipes/kt_lenet5_mnist_headline.yaml",
+        "recipe": "recipes/kt_lenet5_mnist.yaml",
         "paper": "Chen et al., Computer Communications 163 (2020): knowledge-transfer compression",
         "goals": {"params_x": 49.5, "ort_speedup_b1": 3.2, "max_accuracy_loss_pts": 1.0, "max_wall_s": 300},
     },

@@ -232,3 +232,40 @@ def test_lighten_custom_heads() -> None:
     mean_student = lighten(_MeanHead(), x)
     assert info(mean_student).lighten.head["reason"].startswith("already")
     assert isinstance(mean_student.fc, nn.Linear)
+
+
+def test_lighten_student_builds_the_zoo_model_for_the_teachers_data() -> None:
+    """student=: a designed zoo student with the teacher's input channels, classes and input size."""
+    torch.manual_seed(0)
+    teacher = create_model("lenet5", num_classes=7, in_channels=3, input_size=32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    student = lighten(teacher, x, student="dsnet", width_mult=0.5)
+    arch = info(student).arch
+    assert arch.name == "dsnet"
+    assert (arch.kwargs["in_channels"], arch.kwargs["num_classes"], arch.kwargs["input_size"]) == (3, 7, 32)
+    assert arch.kwargs["width_mult"] == 0.5
+    assert student(x).shape == (2, 7)
+    rep = info(student).lighten
+    assert rep.head["student"] == "dsnet" and rep.converted == []
+    assert (rep.params_before, rep.params_after) == (count_params(teacher), count_params(student))
+    assert rep.params_after < rep.params_before
+    assert student.training == teacher.training and not any(p is q for p in student.parameters()
+                                                            for q in teacher.parameters())
+    # the recorded architecture rebuilds the same network
+    rebuilt = create_model(arch.name, **arch.kwargs)
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in student.parameters()]
+
+
+def test_lighten_student_errors_name_the_problem() -> None:
+    teacher, x = _zoo("lenet5")
+    with pytest.raises(Exception, match="lenet_5|valid|dsnet"):
+        lighten(teacher, x, student="lenet_5")
+    with pytest.raises(ConfigError, match="takes no width_mult"):
+        lighten(teacher, x, student="densenet_cifar", width_mult=0.5)
+
+    class Features(nn.Module):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return t  # 4-d feature map, not logits
+
+    with pytest.raises(ConfigError, match="logits"):
+        lighten(Features(), x, student="dsnet")

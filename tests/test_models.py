@@ -188,3 +188,32 @@ def test_densenet_concatenates_channels() -> None:
     x = torch.randn(1, 2 * growth, 8, 8)
     assert block(x).shape == (1, 2 * growth + layers * growth, 8, 8)
     assert torch.equal(block[0](x)[:, : 2 * growth], x)  # the input passes through the concat
+
+
+def test_dsnet_default_shape_and_folded_size() -> None:
+    """The default DSNet: 16-wide patch stem + two separable blocks; 1,194 parameters once BN folds."""
+    from edgeslim.transforms.fold import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = create_model("dsnet").eval()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 16, 16, 16, 16]
+    assert [c.stride[0] for c in convs] == [4, 1, 1, 2, 1]
+    x = torch.randn(3, 1, 28, 28)
+    folded = fold_batchnorm(model, x)
+    assert sum(p.numel() for p in folded.parameters()) == 1194
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+    rgb = create_model("dsnet", in_channels=3, input_size=32, num_classes=5).eval()
+    assert rgb(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    assert rgb.default_input_size == (3, 32, 32)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"widths": [16, 16], "strides": [1, 2]}, "one stride"),
+    ({"kernel_sizes": [3]}, "kernel size"),
+    ({"stem_stride": 0}, "stem_stride"),
+    ({"widths": [16, 0, 16]}, "positive"),
+])
+def test_dsnet_rejects_inconsistent_settings(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        create_model("dsnet", **kwargs)

@@ -78,7 +78,8 @@ def lighten_keywords(config: "LightenStage") -> dict[str, Any]:
     """``lighten`` keywords of a ``LightenStage``."""
     _check_type(config, "LightenStage", "lighten")
     return {"width_mult": config.width_mult, "keep_first_conv": config.keep_first_conv,
-            "head": config.head, "exclude": tuple(config.exclude), "activation": config.activation}
+            "head": config.head, "exclude": tuple(config.exclude), "activation": config.activation,
+            "student": config.student}
 
 
 def distill_keywords(config: "DistillStage") -> dict[str, Any]:

@@ -8,7 +8,7 @@ keyword arguments).
 from __future__ import annotations
 
 # Importing the family modules registers their models.
-from edgeslim.models import densenet, lenet, mobilenetv2, resnet, vgg  # noqa: F401
+from edgeslim.models import densenet, dsnet, lenet, mobilenetv2, resnet, vgg  # noqa: F401
 from edgeslim.models.densenet import DenseNetCifar
 from edgeslim.models.factory import MODELS, create_model, list_models, register_model
 from edgeslim.models.lenet import LeNet5

@@ -34,6 +34,7 @@ _schedules = _registry_names("train.optim", "SCHEDULES")
 _planners = _registry_names("prune.planner", "ORDERINGS")
 _runtimes = _registry_names("profile.runtimes", "RUNTIMES")
 _activations = _registry_names("transforms.lighten", "ACTIVATIONS")
+_models = _registry_names("models.factory", "MODELS")
 _backends = _registry_names("quant.api", "QUANT_BACKENDS")
 
 
@@ -119,6 +120,9 @@ class LightenStage(StageConfig):
     activation: str = opt("relu", "activation of the new depthwise-separable blocks (registry "
                           "edgeslim.transforms.lighten.ACTIVATIONS)", choices=_activations)
     exclude: list[str] = opt(help="module paths left as they are", factory=list)
+    student: Optional[str] = opt(None, "build this zoo model (e.g. dsnet) as the student, with the "
+                                 "teacher's input channels and classes, instead of converting the "
+                                 "teacher's convs", choices=_models)
 
 
 @dataclass

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeslim.errors import ConfigError, UnsupportedModelError
-from edgeslim._core import did_you_mean
+from edgeslim._core import did_you_mean, eval_mode
 from edgeslim.modelinfo import LightenReport, copy_info, info
 from edgeslim.registry import Registry
 from edgeslim.stage_args import lighten_keywords, takes_stage_config
@@ -91,6 +91,7 @@ class LightenOptions:
     exclude: tuple[str, ...] = ()
     activation: str = "relu"
     head: str = "gap_linear"
+    student: str | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.width_mult, (int, float)) and math.isfinite(self.width_mult)
@@ -483,6 +484,7 @@ def lighten(
     exclude: Sequence[str] = (),
     activation: str = "relu",
     head: HeadKind = "gap_linear",
+    student: str | None = None,
 ) -> nn.Module:
     """A new, lightweight student built from ``model`` (the teacher is not modified).
 
@@ -508,6 +510,13 @@ def lighten(
         head: ``"gap_linear"`` (global average pooling + one Linear),
             ``"conv"`` (1x1 conv to ``num_classes`` + global average pooling)
             or ``"keep"``.
+        student: instead of converting the teacher, build this zoo model (a
+            name from ``edgeslim.models.list_models()``, e.g. ``"dsnet"``) as
+            the student, with the teacher's input channels and number of
+            classes (read from ``example_inputs`` and the teacher's output)
+            and ``width_mult`` if its factory takes one; fresh weights.
+            ``keep_first_conv``, ``exclude``, ``activation`` and ``head`` do
+            not apply to it.
 
     Returns:
         The student: the teacher's class with converted convs, or a
@@ -524,8 +533,10 @@ def lighten(
             ``width_mult != 1`` on a model that cannot be rebuilt narrower.
     """
     exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
-    opts = LightenOptions(float(width_mult), bool(keep_first_conv), exclude, activation, head)
+    opts = LightenOptions(float(width_mult), bool(keep_first_conv), exclude, activation, head, student)
     inputs = as_input_tuple(example_inputs)
+    if opts.student is not None:
+        return _designed_student(model, inputs, opts)
     _check_exclude(model, opts.exclude)
     student = _base_copy(model, opts.width_mult)
     extra: dict[str, Any] = {}
@@ -543,6 +554,43 @@ def lighten(
         student = rewritten.train(model.training)
     _attach_report(model, student, inputs, opts, report, extra)
     return student
+
+
+def _designed_student(model: nn.Module, inputs: tuple[Any, ...], opts: LightenOptions) -> nn.Module:
+    """The zoo model ``opts.student`` sized for the teacher's inputs and classes (see ``lighten``)."""
+    from edgeslim.models import create_model
+    from edgeslim.models.factory import MODELS
+
+    factory = MODELS.get(opts.student)  # RegistryError naming the valid models
+    takes = inspect.signature(factory).parameters
+    if opts.width_mult != 1.0 and "width_mult" not in takes:
+        raise ConfigError(f"lighten: student {opts.student!r} takes no width_mult; use width_mult=1.0 "
+                          "or a zoo model whose factory takes one (dsnet, vgg, resnet*, mobilenetv2)")
+    with eval_mode(model), torch.no_grad():
+        out = model(*inputs)
+    if not (isinstance(out, torch.Tensor) and out.dim() == 2):
+        raise ConfigError(f"lighten: student= needs a teacher that returns (batch, classes) logits; "
+                          f"{type(model).__name__} returned {_shape_text(out)}")
+    x = inputs[0]
+    kwargs: dict[str, Any] = {}
+    if "in_channels" in takes:
+        kwargs["in_channels"] = int(x.shape[1])
+    if "input_size" in takes and x.dim() == 4 and x.shape[-1] == x.shape[-2]:
+        kwargs["input_size"] = int(x.shape[-1])
+    if "width_mult" in takes:
+        kwargs["width_mult"] = opts.width_mult
+    student = create_model(opts.student, num_classes=int(out.shape[1]), **kwargs)
+    student.to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
+    student.train(model.training)
+    report = _Report()
+    report.head = {"student": opts.student, "kwargs": dict(info(student).arch.kwargs)}
+    # the architecture record rebuilds the student; replaying lighten on it would build it again
+    _attach_report(model, student, inputs, opts, report, {})
+    return student
+
+
+def _shape_text(out: Any) -> str:
+    return f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
 
 
 def _attach_report(model: nn.Module, student: nn.Module, inputs: tuple[Any, ...],
