@@ -262,6 +262,10 @@ def test_lighten_student_errors_name_the_problem() -> None:
         lighten(teacher, x, student="lenet_5")
     with pytest.raises(ConfigError, match="takes no width_mult"):
         lighten(teacher, x, student="densenet_cifar", width_mult=0.5)
+    for option in ({"head": "keep"}, {"exclude": ["features"]}, {"keep_first_conv": False},
+                   {"activation": "relu6"}):
+        with pytest.raises(ConfigError, match=f"{next(iter(option))}.*do not apply"):
+            lighten(teacher, x, student="dsnet", **option)
 
     class Features(nn.Module):
         def forward(self, t: torch.Tensor) -> torch.Tensor:

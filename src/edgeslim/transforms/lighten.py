@@ -516,7 +516,7 @@ def lighten(
             classes (read from ``example_inputs`` and the teacher's output)
             and ``width_mult`` if its factory takes one; fresh weights.
             ``keep_first_conv``, ``exclude``, ``activation`` and ``head`` do
-            not apply to it.
+            not apply to it (ConfigError if one is set).
 
     Returns:
         The student: the teacher's class with converted convs, or a
@@ -562,6 +562,12 @@ def _designed_student(model: nn.Module, inputs: tuple[Any, ...], opts: LightenOp
     from edgeslim.models.factory import MODELS
 
     factory = MODELS.get(opts.student)  # RegistryError naming the valid models
+    conversion = {k: v for k, v in opts.to_dict().items() if k in ("keep_first_conv", "exclude", "activation", "head")}
+    given = sorted(k for k, v in conversion.items() if v != getattr(LightenOptions, k, None)
+                   and not (k == "exclude" and not v))
+    if given:
+        raise ConfigError(f"lighten: {', '.join(given)} convert the teacher's layers and do not apply to "
+                          f"a designed student (student={opts.student!r}); leave them at their defaults")
     takes = inspect.signature(factory).parameters
     if opts.width_mult != 1.0 and "width_mult" not in takes:
         raise ConfigError(f"lighten: student {opts.student!r} takes no width_mult; use width_mult=1.0 "
