@@ -31,7 +31,7 @@ from edgeslim.data import (
 )
 from edgeslim.data import cache as cache_mod
 from edgeslim.data import folder as folder_mod
-from edgeslim.data.augment import CROP_PADDING, random_crop, random_hflip
+from edgeslim.data.augment import CROP_PADDING, SHIFT_PIXELS, random_crop, random_hflip
 from edgeslim.data.cifar import (
     CIFAR10_CLASSES,
     RestrictedUnpickler,
@@ -620,6 +620,22 @@ def test_loader_augmentation_keeps_shape_and_changes_pixels():
     assert x.shape == (128, 3, 32, 32)
     changed = sum(not torch.equal(a, ds.images[int(i)]) for a, i in zip(to_uint8(x, ds), y))
     assert changed > 100  # 1/81 chance of the identity crop, then 1/2 of no flip
+
+
+def test_shift_policy_moves_images_at_most_one_pixel_and_never_flips():
+    ds = id_dataset(64)
+    loader = TensorLoader(ds, batch_size=64, shuffle=False, augment="shift", seed=0)
+    assert loader.augment == "shift"
+    x, _ = next(iter(loader))
+    p = SHIFT_PIXELS
+    padded = torch.nn.functional.pad(ds.images, (p, p, p, p))
+    offsets = set()
+    for i, out in enumerate(to_uint8(x, ds)):
+        hits = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)
+                if torch.equal(out, padded[i, :, dy:dy + 32, dx:dx + 32])]  # fmt: skip
+        assert len(hits) == 1  # a window of the padded image, never a mirror of one
+        offsets.add(hits[0])
+    assert len(offsets) == (2 * p + 1) ** 2  # every offset occurs: the shifts really are random
 
 
 def test_mnist_default_has_no_augmentation(tmp_path):

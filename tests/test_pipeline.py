@@ -200,6 +200,14 @@ def test_bad_data_and_model_sizes_fail_at_parse_time() -> None:
         parse_recipe(_tiny([{"train": {}}]) | {"model": {"name": "lenet5", "num_classes": 0}})
 
 
+def test_data_augment_takes_a_switch_or_a_policy_name() -> None:
+    for value in (True, False, "shift", "crop_flip"):
+        assert parse_recipe(_tiny([{"train": {}}]) | {"data": {"name": "mnist", "augment": value}}
+                            ).data.augment == value
+    with pytest.raises(ConfigError, match=r"augment='shfit' is invalid\. Did you mean 'shift'"):
+        parse_recipe(_tiny([{"train": {}}]) | {"data": {"name": "mnist", "augment": "shfit"}})
+
+
 def test_plain_names_and_usual_values_still_parse() -> None:
     recipe = parse_recipe(_tiny([{"train": {"lr": 1e-3, "warmup_epochs": 1}},
                                  {"prune": {"ratio": 0.5, "steps": 2, "round_to": 8}}]) | {"name": "kt-v1.2_x"})

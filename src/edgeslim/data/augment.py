@@ -24,6 +24,9 @@ from edgeslim.registry import Registry
 
 #: Zero padding of the random crop, in pixels (He et al. 2016 use 4 for 32x32).
 CROP_PADDING = 4
+#: Largest shift of the ``shift`` policy, in pixels (digits: a stroke moved by one pixel is the
+#: same digit, a flip or a 4-pixel crop can push it off a 28x28 image).
+SHIFT_PIXELS = 1
 
 
 class Augmentation(Protocol):
@@ -78,6 +81,14 @@ class Crop:
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return random_crop(x, gen)
+
+
+@AUGMENTATIONS.register("shift")
+class Shift:
+    """Random shift of up to ``SHIFT_PIXELS`` in each direction, zero-filled, no flip (digits)."""
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return random_crop(x, gen, padding=SHIFT_PIXELS)
 
 
 @AUGMENTATIONS.register("crop_flip")

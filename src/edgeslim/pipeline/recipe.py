@@ -22,7 +22,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from .. import yamlsafe
 from .._core import closest, did_you_mean
@@ -30,9 +30,10 @@ from ..config import from_dict, to_dict
 from ..errors import ConfigError
 from ..options import INT_GE1, MAX_LR, MAX_T, SEED, FieldError, opt, rename_deprecated, validate  # noqa: F401
 from .configs import (DistillStage, ExportStage, FinetuneStage, LightenStage, LoadStage,  # noqa: F401
-                      MergeStage, ProfileStage, PruneStage, QuantizeStage, StageConfig, TrainStage)
+                      MergeStage, ProfileStage, PruneStage, QuantizeStage, StageConfig, TrainStage,
+                      _registry_names)
 
-
+_augmentations = _registry_names("data.augment", "AUGMENTATIONS")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -66,7 +67,9 @@ class DataSpec:
     batch_size: int = opt(128, "images per batch", check=INT_GE1)
     train_subset: Optional[int] = opt(None, "train on N random images", check=INT_GE1)
     test_subset: Optional[int] = opt(None, "evaluate on N random images", check=INT_GE1)
-    augment: Optional[bool] = opt(None, "random crop + flip (default: on for CIFAR-like sets)")
+    augment: Optional[Union[bool, str]] = opt(
+        None, "true (the dataset's own policy: crop + flip for CIFAR-like sets, none for digits), "
+        "false, or a policy name (default: the dataset's own)", choices=_augmentations)
     calib_batches: int = opt(4, "training batches kept for calibration", check=INT_GE1)
 
     def __post_init__(self) -> None:
