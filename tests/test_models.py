@@ -191,17 +191,20 @@ def test_densenet_concatenates_channels() -> None:
 
 
 def test_dsnet_default_shape_and_folded_size() -> None:
-    """The default DSNet: 16-wide patch stem + two separable blocks; 1,194 parameters once BN folds."""
+    """The default DSNet: 16-wide 3x3 patch stem + two stride-1 separable blocks at 9x9; 1,162
+    parameters once BN folds (1/53.1 of LeNet-5)."""
     from edgeslim.transforms.fold import fold_batchnorm
 
     torch.manual_seed(0)
     model = create_model("dsnet").eval()
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert [c.out_channels for c in convs] == [16, 16, 16, 16, 16]
-    assert [c.stride[0] for c in convs] == [4, 1, 1, 2, 1]
+    assert [c.stride[0] for c in convs] == [3, 1, 1, 1, 1]
+    assert [c.kernel_size[0] for c in convs] == [3, 3, 1, 3, 1]
     x = torch.randn(3, 1, 28, 28)
     folded = fold_batchnorm(model, x)
-    assert sum(p.numel() for p in folded.parameters()) == 1194
+    assert model.features(torch.randn(1, 1, 28, 28)).shape == (1, 16, 9, 9)
+    assert sum(p.numel() for p in folded.parameters()) == 1162
     torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
     rgb = create_model("dsnet", in_channels=3, input_size=32, num_classes=5).eval()
     assert rgb(torch.randn(2, 3, 32, 32)).shape == (2, 5)
