@@ -62,12 +62,19 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def _compress(recipe: Path, run: Path, data_dir: str | None) -> float:
-    """Run the recipe with the edgeslim command in a fresh process; returns its wall seconds."""
+def _compress(recipe: Path, run: Path, data_dir: str | None, *, resume: bool = False,
+              progress: bool = True, threads: int | None = None) -> float:
+    """Run the recipe with the edgeslim command in a fresh process; returns its wall seconds.
+
+    ``resume`` continues an interrupted run (a finished one is a no-op); ``progress=False`` hides
+    the progress bars (runs side by side); ``threads`` sets the child's ``OMP_NUM_THREADS``."""
     cmd = [sys.executable, "-m", "edgeslim", "compress", str(recipe), "--out", str(run)]
     if data_dir:
         cmd += ["--data-dir", data_dir]
+    cmd += ["--resume"] * resume + ["--no-progress"] * (not progress)
     env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env=env)
