@@ -2,16 +2,13 @@
 a rerun skips them, and a rerun with other settings is refused."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchload import benchmark_module  # tests/ is on sys.path
 from PIL import Image
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "cifar_tables.py"
 
 
 def _synthetic_cifar(root: Path, n_train: int = 6, n_test: int = 3) -> Path:
@@ -29,14 +26,8 @@ def _synthetic_cifar(root: Path, n_train: int = 6, n_test: int = 3) -> Path:
 
 @pytest.fixture()
 def bench():
-    spec = importlib.util.spec_from_file_location("cifar_tables_under_test", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_module("cifar_tables") as module:
         yield module
-    finally:
-        sys.path.remove(str(BENCH.parent))
 
 
 def test_smoke_rows_resume_and_settings_check(bench, tmp_path, capsys):

@@ -1,28 +1,20 @@
 """benchmarks/kt_seeds.py: each variant of the recipe changes only its seed and dataset."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from benchload import benchmark_module  # tests/ is on sys.path
 
 from edgeslim.pipeline import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks" / "kt_seeds.py"
 
 
 @pytest.fixture()
 def bench():
-    spec = importlib.util.spec_from_file_location("kt_seeds_under_test", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_module("kt_seeds") as module:
         yield module
-    finally:
-        sys.path.remove(str(BENCH.parent))
 
 
 def test_variant_changes_only_seed_and_dataset(bench, tmp_path: Path) -> None:
