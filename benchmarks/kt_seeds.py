@@ -17,7 +17,6 @@ Writes ``benchmarks/results/kt_seeds.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,6 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+
+from edgeslim import yamlsafe
+from edgeslim.io import atomic_write_json, atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from headline import RESULTS, ROOT, _compress, _rows  # noqa: E402
@@ -36,7 +38,7 @@ OTHER_DATASET_GOAL = 1.5
 
 def _variant(recipe: Path, dataset: str, seed: int, root: Path) -> tuple[Path, Path]:
     """(recipe file, run directory) of the recipe with only its dataset and seed changed."""
-    body = yaml.safe_load(recipe.read_text())
+    body = yamlsafe.read(recipe, "recipe")
     body["seed"] = seed
     body["data"] = dict(body.get("data") or {}, name=dataset)
     tag = f"{dataset}_seed{seed}"
@@ -44,9 +46,7 @@ def _variant(recipe: Path, dataset: str, seed: int, root: Path) -> tuple[Path, P
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(body, sort_keys=False)
     if not path.exists() or path.read_text() != text:  # unchanged: a finished run stays valid
-        tmp = path.with_suffix(".yaml.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     return path, root / tag
 
 
@@ -101,9 +101,7 @@ def main() -> None:
            "runs": [{"dataset": d, "seed": s} | r for (d, s), r in results.items()], "summary": summary}
     path = Path(a.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, out, indent=1)
     print(f"-> {path}")
 
 
