@@ -112,17 +112,27 @@ def _distill(state: RunState, cfg: R.DistillStage) -> None:
 
 
 def _finetune_callback(state: RunState, mode: str, epochs: int, lr: float, T: float | None = None) -> Any:
+    """``finetune(model, step)`` on labels (plain) or taught by the run's teacher (kd); None for none.
+
+    A weight-pruned model stays sparse: its masks are restored if lost (a resumed run) and
+    enforced after every optimiser step, whatever the mode.
+    """
     if mode == "none" or epochs == 0:
         return None
-    opts = state.train_options(lr=lr)
-    if mode == "kd":
-        from ..distill import kd_finetune
+    if mode == "plain":
+        return _masked_retrain(state, epochs, lr)
+    from ..distill import kd_finetune
+    from ..prune.unstructured import MaskEnforcer, restore_masks_
 
-        state.ensure_teacher()
-        return kd_finetune(state.teacher, epochs, state.train, **opts, **({} if T is None else {"T": T}))
-    from ..prune import plain_finetune
+    state.ensure_teacher()
+    kd = kd_finetune(state.teacher, epochs, state.train, callbacks=[MaskEnforcer()],
+                     **state.train_options(lr=lr), **({} if T is None else {"T": T}))
 
-    return plain_finetune(epochs, state.train, **opts)
+    def run(model: nn.Module, step: int) -> None:
+        restore_masks_(model)
+        kd(model, step)
+
+    return run
 
 
 def _prune_structured(state: RunState, cfg: R.PruneStage) -> None:
@@ -157,12 +167,13 @@ def _prune_easiedge(state: RunState, cfg: R.PruneStage) -> None:
 
 
 def _masked_retrain(state: RunState, epochs: int, lr: float) -> Any:
-    """A ``retrain(model, step)`` callback that keeps pruned weights at zero."""
-    from ..prune.unstructured import MaskEnforcer
+    """A ``retrain(model, step)`` callback on labels that keeps pruned weights at zero."""
+    from ..prune.unstructured import MaskEnforcer, restore_masks_
     from ..train import TrainConfig, Trainer
 
     def retrain(model: nn.Module, step: int) -> None:
         if epochs > 0:
+            restore_masks_(model)
             opts = state.train_options(epochs=epochs, lr=lr)
             Trainer(model, TrainConfig(**opts), callbacks=[MaskEnforcer()]).fit(state.train)
 
@@ -173,9 +184,8 @@ def _prune_unstructured(state: RunState, cfg: R.PruneStage) -> None:
     """Han et al. 2015: magnitude pruning in ``steps`` rounds, masked retraining after each."""
     from ..prune.unstructured import iterative_prune_weights
 
-    epochs = 0 if cfg.finetune == "none" else cfg.finetune_epochs
-    state.model = iterative_prune_weights(state.model, cfg.sparsity, cfg.steps,
-                                          _masked_retrain(state, epochs, cfg.finetune_lr), scope=cfg.scope)
+    retrain = _finetune_callback(state, cfg.finetune, cfg.finetune_epochs, cfg.finetune_lr)
+    state.model = iterative_prune_weights(state.model, cfg.sparsity, cfg.steps, retrain, scope=cfg.scope)
 
 
 @stage(R.PruneStage)

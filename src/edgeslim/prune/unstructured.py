@@ -152,6 +152,34 @@ def prune_weights(
     return pruned
 
 
+@torch.no_grad()
+def restore_masks_(model: nn.Module, include: Sequence[type[nn.Module]] = DEFAULT_INCLUDE) -> int:
+    """Give a weight-pruned model back the masks that keep it sparse while it trains.
+
+    ``weight_mask`` buffers are not saved (:func:`prune_weights`), so a pruned model loaded
+    from disk, or one whose layers were sliced since, has none or stale ones. When more than
+    half of the included weights are zero, each included module without a mask of its
+    weight's shape gets ``weight_mask = weight != 0``; a dense model is left alone.
+    Returns how many modules got a new mask.
+    """
+    targets = [m for m in model.modules()
+               if isinstance(m, tuple(include)) and isinstance(getattr(m, "weight", None), Tensor)]
+    if not targets or weight_sparsity(model, include) <= 0.5:
+        return 0
+    n = 0
+    for module in targets:
+        mask = module._buffers.get(MASK)
+        if isinstance(mask, Tensor) and mask.shape == module.weight.shape:
+            continue
+        fresh = module.weight != 0
+        if MASK in module._buffers:
+            module._buffers[MASK] = fresh
+        else:
+            module.register_buffer(MASK, fresh, persistent=False)
+        n += 1
+    return n
+
+
 def weight_sparsity(model: nn.Module, include: Sequence[type[nn.Module]] = DEFAULT_INCLUDE) -> float:
     """Fraction of exactly-zero weights over the included layers."""
     weights = [m.weight for _, m in _targets(model, include)]
