@@ -309,6 +309,37 @@ def test_a_replan_out_of_reach_keeps_the_best_model_measured_so_far() -> None:
                      lambda m: 1.0, target=1.0)
 
 
+def test_a_target_predicted_out_of_reach_is_measured_before_it_is_refused() -> None:
+    """Per-layer tables timed on a busy machine can overstate the fastest model: the first plan
+    predicted out of reach, the fastest plan is measured; it goes on when that meets the target
+    and the error names the measurement when it does not."""
+    import numpy as np
+
+    from edgeslim.prune import latency_prune as lp
+    from edgeslim.prune.latency_planner import LatencyPlan, LatencyTargetError
+
+    class Lat:
+        scale = (1.0, 1.0)
+
+        def observe(self, *a): pass
+
+        def predict(self, *plan): return 1.4
+
+    fastest = LatencyPlan(np.ones(1, dtype=bool), {}, 1.4)
+
+    def plan_for(budget):
+        raise LatencyTargetError("the latency target is not reachable", fastest)
+
+    built = []
+    best, tried = lp._attempts(built.append, Lat(), plan_for, lambda m: 0.9, target=1.0)
+    assert best[0] is fastest and best[1] == 0.9 and best[2] is True and built[0] is fastest
+    with pytest.raises(LatencyTargetError, match=r"not reachable.*\(measured: 1.3 ms\)"):
+        lp._attempts(built.append, Lat(), plan_for, lambda m: 1.3, target=1.0)
+    with pytest.raises(LatencyTargetError, match="^x$"):  # no plan made at all: nothing to measure
+        lp._attempts(built.append, Lat(), lambda b: (_ for _ in ()).throw(LatencyTargetError("x")),
+                     lambda m: 0.5, target=1.0)
+
+
 def test_admm_latency_finish_keeps_the_measured_mask_when_the_replan_is_out_of_reach(monkeypatch) -> None:
     import numpy as np
 

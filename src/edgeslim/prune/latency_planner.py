@@ -50,7 +50,15 @@ from .blocks import ResidualBlock
 
 
 class LatencyTargetError(ConfigError):
-    """A latency target the planner cannot reach; the message states the best reachable."""
+    """A latency target the planner cannot reach; the message states the best reachable.
+
+    ``fastest`` is the fastest plan the planner made (None where none was made), so a caller
+    can measure it: the prediction is a model of the runtime, not the runtime.
+    """
+
+    def __init__(self, message: str, fastest: LatencyPlan | None = None) -> None:
+        super().__init__(message)
+        self.fastest = fastest
 
 
 @dataclass
@@ -318,7 +326,9 @@ def plan_latency(graph: DependencyGraph, scores: np.ndarray, lat: LatencyModel, 
                 f"the latency target {budget_ms:.4g} ms is not reachable: the fastest model the planner "
                 f"can make is predicted at {pred:.4g} ms (unpruned {lat.baseline_ms:.4g} ms). Fix: ask for "
                 f"target_latency >= {pred:.4g} or target_speedup <= {lat.baseline_ms / pred:.3g}, lower "
-                "min_channels, un-ignore layers, or protect_first=False")
+                "min_channels, un-ignore layers, or protect_first=False",
+                LatencyPlan(st.removed.copy(), dict(st.blocks), pred, lost, log, frozenset(st.dropped),
+                            merged - frozenset(st.dropped)))
         _apply(st, best[3], graph)
         lost += best[0] * best[1]
         log.append(best[2])
