@@ -45,7 +45,7 @@ def calibrate_bn_(model: nn.Module, x: torch.Tensor, seed: int = 0) -> None:
 
 
 def test_registry_lists_the_zoo() -> None:
-    expected = {"lenet5", "vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet32",
+    expected = {"lenet5", "lenet5_caffe", "vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet32",
                 "resnet56", "resnet110", "mobilenetv2", "densenet_cifar"}
     assert expected <= set(ALL_MODELS)
     assert list_models("resnet*") == ["resnet110", "resnet20", "resnet32", "resnet56"]
@@ -132,6 +132,19 @@ def test_lenet5_input_sizes(input_size: int) -> None:
     assert model(torch.randn(2, 1, input_size, input_size)).shape == (2, 10)
     assert count_params_of(model) == (25 * 6 + 6) + (6 * 25 * 16 + 16) + (400 * 120 + 120) \
         + (120 * 84 + 84) + (84 * 10 + 10)
+
+
+def test_lenet5_caffe_is_the_431k_network_of_the_pruning_papers() -> None:
+    model = create_model("lenet5_caffe")
+    assert [m.out_channels for m in _convs(model)] == [20, 50]
+    assert [m.out_features for m in model.modules() if isinstance(m, nn.Linear)] == [500, 10]
+    assert model.classifier[0].in_features == 50 * 4 * 4
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert count_params_of(model) == (25 * 20 + 20) + (20 * 25 * 50 + 50) + (800 * 500 + 500) \
+        + (500 * 10 + 10) == 431_080
+    assert [m.out_channels for m in _convs(create_model("lenet5_caffe", width_mult=0.5))] == [10, 25]
+    with pytest.raises(ValueError, match="input_size >= 16"):
+        create_model("lenet5_caffe", input_size=12)
 
 
 def test_lenet5_width_mult_scales_every_hidden_width() -> None:

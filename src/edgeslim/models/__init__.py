@@ -11,7 +11,7 @@ from __future__ import annotations
 from edgeslim.models import densenet, dsnet, lenet, mobilenetv2, resnet, vgg  # noqa: F401
 from edgeslim.models.densenet import DenseNetCifar
 from edgeslim.models.factory import MODELS, create_model, list_models, register_model
-from edgeslim.models.lenet import LeNet5
+from edgeslim.models.lenet import LeNet5, LeNet5Caffe
 from edgeslim.models.mobilenetv2 import MobileNetV2
 from edgeslim.models.resnet import BasicBlock, CifarResNet
 from edgeslim.models.vgg import VGG
@@ -23,6 +23,7 @@ __all__ = [
     "CifarResNet",
     "DenseNetCifar",
     "LeNet5",
+    "LeNet5Caffe",
     "MobileNetV2",
     "create_model",
     "list_models",

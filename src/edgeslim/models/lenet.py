@@ -61,3 +61,56 @@ def lenet5(num_classes: int = 10, in_channels: int = 1, input_size: int = 28,
     """LeNet-5 for 28x28 (MNIST, default) or 32x32 inputs; ``width_mult`` scales its widths."""
     return LeNet5(num_classes=num_classes, in_channels=in_channels, input_size=input_size,
                   width_mult=width_mult)
+
+
+class LeNet5Caffe(nn.Module):
+    """conv5x5(20)-ReLU-maxpool2-conv5x5(50)-ReLU-maxpool2-fc500-ReLU-fc: Caffe's MNIST LeNet.
+
+    The "LeNet-5" of the weight-pruning literature (Han et al. 2015: 431K weights, 12x;
+    Deep Compression; Dynamic Network Surgery; ADMM weight pruning): 431,080 parameters,
+    7x the classic :class:`LeNet5`. Caffe's ``examples/mnist`` prototxt has no activation
+    between a convolution and its pooling; like the PyTorch versions in the sparsity papers
+    (e.g. L0 regularisation, Louizos et al. 2018) this one puts a ReLU there, so that layer
+    merging, which turns each conv -> pool into one strided conv, leaves a non-linear
+    feature extractor (two merged convs with nothing between them would be one linear map).
+
+    Args:
+        num_classes: classifier outputs.
+        in_channels: input channels (1 for MNIST).
+        input_size: input height = width (28 for MNIST; 4 x 4 features per channel at 28).
+        width_mult: multiplies every hidden width (20, 50, 500; rounded, at least 1).
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28,
+                 width_mult: float = 1.0) -> None:
+        super().__init__()
+        c1, c2, f1 = (scale_channels(c, width_mult) for c in (20, 50, 500))
+        side = ((input_size - 4) // 2 - 4) // 2
+        if side < 1:
+            raise ValueError(f"LeNet5Caffe needs input_size >= 16, got {input_size}")
+        self.default_input_size = (in_channels, input_size, input_size)
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(c2 * side * side, f1),
+            nn.ReLU(),
+            nn.Linear(f1, num_classes),
+        )
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+@register_model("lenet5_caffe")
+def lenet5_caffe(num_classes: int = 10, in_channels: int = 1, input_size: int = 28,
+                 width_mult: float = 1.0) -> LeNet5Caffe:
+    """Caffe's MNIST LeNet (20-50-500, 431K parameters), the LeNet-5 of the pruning papers."""
+    return LeNet5Caffe(num_classes=num_classes, in_channels=in_channels, input_size=input_size,
+                       width_mult=width_mult)
