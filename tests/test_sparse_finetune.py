@@ -71,3 +71,7 @@ def test_restore_masks_rebuilds_lost_masks_from_the_zeros_of_a_pruned_model() ->
             assert torch.equal(a._buffers[MASK], b._buffers[MASK])
     assert restore_masks_(loaded) == 0  # masks of the right shape are kept
     assert restore_masks_(create_model("lenet5")) == 0  # a dense model gets none
+    conv = loaded.features[0]
+    conv.weight = nn.Parameter(conv.weight.detach()[:3].clone())  # sliced since it was masked
+    assert restore_masks_(loaded) == 1
+    assert torch.equal(conv._buffers[MASK], conv.weight != 0)

@@ -157,19 +157,20 @@ def restore_masks_(model: nn.Module, include: Sequence[type[nn.Module]] = DEFAUL
     """Give a weight-pruned model back the masks that keep it sparse while it trains.
 
     ``weight_mask`` buffers are not saved (:func:`prune_weights`), so a pruned model loaded
-    from disk, or one whose layers were sliced since, has none or stale ones. When more than
-    half of the included weights are zero, each included module without a mask of its
-    weight's shape gets ``weight_mask = weight != 0``; a dense model is left alone.
+    from disk has none, and one whose layers were sliced since has stale ones. A mask of
+    another shape than its weight becomes ``weight != 0``; when more than half of the
+    included weights are zero, so does each missing one (a dense model gets none).
     Returns how many modules got a new mask.
     """
     targets = [m for m in model.modules()
                if isinstance(m, tuple(include)) and isinstance(getattr(m, "weight", None), Tensor)]
-    if not targets or weight_sparsity(model, include) <= 0.5:
-        return 0
+    sparse = bool(targets) and weight_sparsity(model, include) > 0.5
     n = 0
     for module in targets:
         mask = module._buffers.get(MASK)
         if isinstance(mask, Tensor) and mask.shape == module.weight.shape:
+            continue
+        if mask is None and not sparse:
             continue
         fresh = module.weight != 0
         if MASK in module._buffers:
