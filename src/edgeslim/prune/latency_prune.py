@@ -102,11 +102,11 @@ def _attempts(build: Callable[[LatencyPlan], nn.Module], lat: LatencyModel,
     for _ in range(MAX_ATTEMPTS):
         try:
             plan = plan_for(budget)
+            ms = measure(build(plan))
         except LatencyTargetError as exc:
             if best is not None:
                 break  # a corrected budget beyond reach: keep the best model measured so far
-            plan = _fastest_if_fast_enough(exc, build, measure, target)  # or raises
-        ms = measure(build(plan))
+            plan, ms = _fastest_if_fast_enough(exc, build, measure, target)  # or raises
         tried.append({"budget_ms": budget, "predicted_ms": plan.predicted_ms, "measured_ms": ms,
                       "scale": list(lat.scale)})
         ok = ms <= target * (1 + TOLERANCE)
@@ -122,10 +122,10 @@ def _attempts(build: Callable[[LatencyPlan], nn.Module], lat: LatencyModel,
 
 
 def _fastest_if_fast_enough(exc: LatencyTargetError, build: Callable[[LatencyPlan], nn.Module], measure,
-                            target: float) -> LatencyPlan:
+                            target: float) -> tuple[LatencyPlan, float]:
     """The first plan is predicted out of reach: measure the fastest plan the planner made
-    (per-layer tables timed on a busy machine can overstate it) and go on from it if it
-    meets ``target``; otherwise raise ``exc`` with that measurement added."""
+    (per-layer tables timed on a busy machine can overstate it) and go on from it, with its
+    measurement, if it meets ``target``; otherwise raise ``exc`` with that measurement added."""
     if exc.fastest is None:
         raise exc
     ms = measure(build(exc.fastest))
@@ -133,7 +133,7 @@ def _fastest_if_fast_enough(exc: LatencyTargetError, build: Callable[[LatencyPla
         raise LatencyTargetError(f"{exc} (measured: {ms:.4g} ms)", exc.fastest) from None
     log.info("latency: the fastest plan was predicted at %.4g ms but measured %.4g ms (target %.4g)",
              exc.fastest.predicted_ms, ms, target)
-    return exc.fastest
+    return exc.fastest, ms
 
 
 def _calibrate(build: Callable[[LatencyPlan], nn.Module], lat: LatencyModel, probes: list[LatencyPlan],

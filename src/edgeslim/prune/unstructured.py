@@ -51,9 +51,13 @@ def _check_sparsity(sparsity: float, where: str) -> None:
         )
 
 
+def _layers(model: nn.Module, include: Sequence[type[nn.Module]]) -> list[tuple[str, nn.Module]]:
+    return [(p, m) for p, m in model.named_modules()
+            if isinstance(m, tuple(include)) and isinstance(getattr(m, "weight", None), Tensor)]
+
+
 def _targets(model: nn.Module, include: Sequence[type[nn.Module]]) -> list[tuple[str, nn.Module]]:
-    found = [(p, m) for p, m in model.named_modules()
-             if isinstance(m, tuple(include)) and isinstance(getattr(m, "weight", None), Tensor)]
+    found = _layers(model, include)
     if not found:
         names = ", ".join(t.__name__ for t in include)
         raise ConfigError(f"prune_weights: the model has no layers of type {names} with a weight; "
@@ -143,10 +147,7 @@ def prune_weights(
     targets = _targets(pruned, include)
     masks = SCOPES[scope]([m for _, m in targets], float(sparsity))
     for (_, module), mask in zip(targets, masks):
-        if MASK in module._buffers:
-            module._buffers[MASK] = mask
-        else:
-            module.register_buffer(MASK, mask, persistent=False)
+        _set_mask(module, mask)
     apply_masks_(pruned)
     info(pruned).sparsity = SparsityResult(float(sparsity), scope, [p for p, _ in targets])
     return pruned
@@ -162,23 +163,24 @@ def restore_masks_(model: nn.Module, include: Sequence[type[nn.Module]] = DEFAUL
     included weights are zero, so does each missing one (a dense model gets none).
     Returns how many modules got a new mask.
     """
-    targets = [m for m in model.modules()
-               if isinstance(m, tuple(include)) and isinstance(getattr(m, "weight", None), Tensor)]
-    sparse = bool(targets) and weight_sparsity(model, include) > 0.5
+    layers = _layers(model, include)
+    sparse = bool(layers) and weight_sparsity(model, include) > 0.5
     n = 0
-    for module in targets:
+    for _, module in layers:
         mask = module._buffers.get(MASK)
-        if isinstance(mask, Tensor) and mask.shape == module.weight.shape:
+        if (isinstance(mask, Tensor) and mask.shape == module.weight.shape) or (mask is None and not sparse):
             continue
-        if mask is None and not sparse:
-            continue
-        fresh = module.weight != 0
-        if MASK in module._buffers:
-            module._buffers[MASK] = fresh
-        else:
-            module.register_buffer(MASK, fresh, persistent=False)
+        _set_mask(module, module.weight != 0)
         n += 1
     return n
+
+
+def _set_mask(module: nn.Module, mask: Tensor) -> None:
+    """``module.weight_mask = mask``, a non-persistent buffer (not saved with the weights)."""
+    if MASK in module._buffers:
+        module._buffers[MASK] = mask
+    else:
+        module.register_buffer(MASK, mask, persistent=False)
 
 
 def weight_sparsity(model: nn.Module, include: Sequence[type[nn.Module]] = DEFAULT_INCLUDE) -> float:
