@@ -50,6 +50,17 @@ def test_matching_files_are_reported_ok(tmp_path):
     assert report.ok == files and not report.unlisted
 
 
+def test_fashion_mnist_checks_its_own_folder(tmp_path):
+    write_mnist(tmp_path / "FashionMNIST" / "raw", n_train=4, n_test=2, gz=False)
+    files = sorted((tmp_path / "FashionMNIST" / "raw").iterdir())
+    write_sums(tmp_path, files)
+    report = verify_dataset_checksums("fashion-mnist", tmp_path)
+    assert report.passed and report.ok == files
+    flip_last_byte(files[0])
+    with pytest.raises(DataError, match=str(files[0])):
+        verify_dataset_checksums("fashion-mnist", tmp_path)
+
+
 def test_mismatch_names_the_file_and_both_hashes(tmp_path):
     root, files = mnist_root(tmp_path)
     write_sums(root, files)

@@ -186,6 +186,42 @@ def test_mnist_reads_synthetic_idx_exactly(tmp_path, gz):
     assert torch.allclose(x[0], expected) and y == int(labels[3])
 
 
+@pytest.mark.parametrize("name, folder, mean, first_class", [
+    ("fashion-mnist", "fashion-mnist", 0.2860, "T-shirt/top"),
+    ("fashion-mnist", "FashionMNIST/raw", 0.2860, "T-shirt/top"),  # torchvision's layout
+    ("kmnist", "kmnist", 0.1918, "o"),
+    ("kmnist", "KMNIST/raw", 0.1918, "o"),
+])
+def test_mnist_drop_in_datasets_read_their_own_idx_files(tmp_path, name, folder, mean, first_class):
+    arrays = write_mnist(tmp_path / folder)
+    write_mnist(tmp_path / "mnist", n_train=5, n_test=5)  # MNIST beside it is never read instead
+    ds = load_dataset(name, tmp_path, "train")
+    images, labels = arrays["train"]
+    assert ds.name == name and ds.input_shape == (1, 28, 28) and ds.num_classes == 10
+    assert torch.equal(ds.images[:, 0], torch.from_numpy(images))
+    assert torch.equal(ds.labels, torch.from_numpy(labels.astype(np.int64)))
+    assert ds.classes[0] == first_class and ds.mean == (mean,)
+    assert len(load_dataset(name, tmp_path, "test")) == len(arrays["t10k"][0])
+
+
+def test_mnist_drop_in_dataset_missing_names_itself_not_mnist(tmp_path):
+    write_mnist(tmp_path / "mnist")
+    with pytest.raises(DataError) as info:
+        load_dataset("fashion-mnist", tmp_path, "train")
+    msg = str(info.value)
+    for needle in ["Fashion-MNIST (train split) not found", str(tmp_path / "fashion-mnist"),
+                   str(tmp_path / "FashionMNIST" / "raw"), "--data-dir"]:
+        assert needle in msg
+
+
+def test_kmnist_label_out_of_range_is_refused(tmp_path):
+    write_mnist(tmp_path / "kmnist")
+    write_idx(tmp_path / "kmnist" / "train-labels-idx1-ubyte", np.full(20, 10, np.uint8),
+              LABELS_MAGIC, True)
+    with pytest.raises(DataError, match="Kuzushiji-MNIST file .* has label 10; labels must be 0-9"):
+        load_dataset("kmnist", tmp_path, "train")
+
+
 def test_mnist_missing_folder_lists_files_and_places(tmp_path):
     with pytest.raises(DataError) as info:
         load_dataset("mnist", tmp_path, "train")

@@ -33,8 +33,8 @@ def command(name: str) -> Callable[[Command], Command]:
 
 # ---------------------------------------------------------------------------- shared options
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="mnist", help="mnist, cifar10, cifar10-gray28 (derived), or an "
-                   "image-folder path")
+    p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist, kmnist, cifar10, "
+                   "cifar10-gray28 (derived), or an image-folder path")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $EDGESLIM_DATA)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--train-subset", type=int, default=None, help="train on N random images")

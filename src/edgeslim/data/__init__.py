@@ -1,5 +1,5 @@
-"""Datasets (MNIST, CIFAR-10, CIFAR-10 as 28x28 grey (``cifar10-gray28``), class-per-folder
-images) and fast in-memory loaders.
+"""Datasets (MNIST, Fashion-MNIST, Kuzushiji-MNIST, CIFAR-10, CIFAR-10 as 28x28 grey
+(``cifar10-gray28``), class-per-folder images) and fast in-memory loaders.
 
 Data is found through a ``data_dir`` argument, the CLI's ``--data-dir`` flag,
 or ``$EDGESLIM_DATA``; nothing is ever downloaded. ``verify_dataset_checksums``

@@ -137,10 +137,10 @@ class _Location:
         return self.folder if self.folder is not None else self.files[0].parent
 
 
-def _mnist_locations(root: Path) -> list[_Location]:
-    from edgeslim.data.mnist import find_mnist_files
+def _idx_locations(name: str, root: Path) -> list[_Location]:
+    from edgeslim.data.mnist import IDX_FAMILY
 
-    found = [find_mnist_files(root, split) for split in ("train", "test")]
+    found = [IDX_FAMILY[name].find(root, split) for split in ("train", "test")]
     return [_Location(f[0].parent if f[0].parent != root else None, f) for f in found]
 
 
@@ -157,10 +157,14 @@ def _cifar10_locations(root: Path) -> list[_Location]:
 def _locate(name: str, data_dir: str | Path | None) -> tuple[list[_Location], Path]:
     """The dataset's locations and the top folder whose ``SHA256SUMS`` count."""
     from edgeslim.data.loader import _folder_path, load_dataset
+    from edgeslim.data.mnist import IDX_FAMILY
 
-    if name in ("mnist", "cifar10", "cifar10-gray28"):  # cifar10-gray28 is derived from cifar10's files
+    if name in IDX_FAMILY:
         root = resolve_data_dir(data_dir)
-        return (_mnist_locations if name == "mnist" else _cifar10_locations)(root), root
+        return _idx_locations(name, root), root
+    if name in ("cifar10", "cifar10-gray28"):  # cifar10-gray28 is derived from cifar10's files
+        root = resolve_data_dir(data_dir)
+        return _cifar10_locations(root), root
     path = resolve_data_dir(data_dir, allow_file=True) if name == "folder" else _folder_path(
         name, data_dir)
     if path is None:  # neither a dataset nor a path: the loader raises its "unknown" error

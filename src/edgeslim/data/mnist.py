@@ -1,10 +1,12 @@
-"""MNIST from the four standard IDX files (gzipped or not).
+"""MNIST, Fashion-MNIST and Kuzushiji-MNIST from their four standard IDX files (gzipped or not).
 
-Y. LeCun, L. Bottou, Y. Bengio, P. Haffner, "Gradient-based learning applied
+MNIST: Y. LeCun, L. Bottou, Y. Bengio, P. Haffner, "Gradient-based learning applied
 to document recognition", Proc. IEEE 86(11), 1998. File format: the IDX
 format described on the MNIST page — a big-endian header (magic number whose
 third byte is the element type, 0x08 = uint8, and fourth byte the number of
 dimensions, then one uint32 per dimension) followed by the raw array.
+Fashion-MNIST: H. Xiao, K. Rasul, R. Vollgraf, arXiv:1708.07747, 2017. Kuzushiji-MNIST:
+T. Clanuwat et al., arXiv:1812.01718, 2018. Both ship the same four file names and format.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import os
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -45,7 +48,7 @@ READ_CHUNK = 1 << 20
 
 def _corrupt(path: Path, exc: BaseException) -> DataError:
     return DataError(
-        f"MNIST file {path} is corrupt or truncated ({type(exc).__name__}: {exc}). "
+        f"IDX file {path} is corrupt or truncated ({type(exc).__name__}: {exc}). "
         "Replace it with a fresh copy of the canonical file (see the data README)"
     )
 
@@ -68,14 +71,14 @@ def _read_header(f: IO[bytes], path: Path, magic: int) -> tuple[int, ...]:
     if found != magic:
         shown = "none (file under 4 bytes)" if found is None else f"0x{found:08x}"
         raise DataError(
-            f"MNIST file {path} has magic number {shown}, expected 0x{magic:08x}; "
+            f"IDX file {path} has magic number {shown}, expected 0x{magic:08x}; "
             "it is not the IDX file its name says (images and labels swapped?)"
         )
     ndim = magic & 0xFF
     raw = _read_up_to(f, 4 * ndim)
     if len(raw) < 4 * ndim:
         raise DataError(
-            f"MNIST file {path} is {4 + len(raw)} bytes, too short for its {4 + 4 * ndim}-byte "
+            f"IDX file {path} is {4 + len(raw)} bytes, too short for its {4 + 4 * ndim}-byte "
             "IDX header; the file is truncated or corrupt, replace it"
         )
     return struct.unpack(f">{ndim}I", raw)
@@ -90,7 +93,7 @@ def _payload_bound(path: Path, f: IO[bytes], header: int) -> int:
 
 def _size_error(path: Path, dims: tuple[int, ...], need: int, held: str) -> DataError:
     return DataError(
-        f"MNIST file {path} holds {held} bytes of pixels/labels but its IDX header declares "
+        f"IDX file {path} holds {held} bytes of pixels/labels but its IDX header declares "
         f"dimensions {dims}, which need {need:,} bytes; the file is truncated or corrupt "
         "(or its header is), replace it with a fresh copy"
     )
@@ -133,43 +136,86 @@ def _find(root: Path, base: str) -> Path | None:
     return None
 
 
+@dataclass(frozen=True)
+class IdxFamily:
+    """A 28x28 grey 10-class dataset shipped as MNIST's four IDX files (same names, same format).
+
+    Fashion-MNIST (Xiao et al. 2017) and Kuzushiji-MNIST (Clanuwat et al. 2018) were made as
+    drop-in replacements for MNIST, so one reader serves all three; only the folder searched,
+    the normalisation and the class names differ.
+    """
+
+    name: str
+    title: str
+    subdirs: tuple[str, ...]  # searched in order under the data folder ("" = the folder itself)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...]
+
+    def find(self, data_dir: Path, split: str) -> tuple[Path, Path]:
+        """The (images, labels) files of ``split``, searched in ``subdirs``."""
+        names = MNIST_FILES[split]
+        searched = [data_dir / sub if sub else data_dir for sub in self.subdirs]
+        for folder in searched:
+            images, labels = (_find(folder, n) for n in names)
+            if images is not None and labels is not None:
+                return images, labels
+        raise missing_data_error(
+            f"{self.title} ({split} split)",
+            [f"{n}.gz (or un-gzipped {n})" for n in names],
+            searched,
+        )
+
+    def load(self, data_dir: Path, split: str = "train") -> ArrayDataset:
+        """One split as uint8 images ``[N, 1, 28, 28]`` and int64 labels."""
+        check_split(self.name, split)
+        images_path, labels_path = self.find(data_dir, split)
+        images = read_idx(images_path, IMAGES_MAGIC)
+        labels = read_idx(labels_path, LABELS_MAGIC)
+        if images.shape[1:] != (28, 28):
+            raise DataError(f"{self.title} file {images_path} holds images of {images.shape[1:]}, "
+                            "not 28x28")
+        if len(images) != len(labels):
+            raise DataError(
+                f"{self.title} {split}: {images_path.name} holds {len(images)} images but "
+                f"{labels_path.name} holds {len(labels)} labels; the pair does not match"
+            )
+        if labels.size and labels.max() >= len(self.classes):
+            raise DataError(f"{self.title} file {labels_path} has label {labels.max()}; labels "
+                            f"must be 0-{len(self.classes) - 1}")
+        return ArrayDataset(
+            images=torch.from_numpy(images.copy()).unsqueeze(1),
+            labels=torch.from_numpy(labels.astype(np.int64)),
+            classes=list(self.classes),
+            mean=self.mean,
+            std=self.std,
+            name=self.name,
+            augment="none",
+        )
+
+
+#: ``MNIST/raw`` (and the others' ``<Name>/raw``) is where torchvision keeps the same files.
+MNIST = IdxFamily("mnist", "MNIST", MNIST_SUBDIRS, MNIST_MEAN, MNIST_STD,
+                  tuple(str(d) for d in range(10)))
+FASHION_MNIST = IdxFamily(
+    "fashion-mnist", "Fashion-MNIST",
+    ("fashion-mnist", "fashion_mnist", "FashionMNIST/raw", "FashionMNIST", ""),
+    (0.2860,), (0.3530,),
+    ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+     "Ankle boot"))
+KMNIST = IdxFamily(
+    "kmnist", "Kuzushiji-MNIST", ("kmnist", "KMNIST/raw", "KMNIST", ""), (0.1918,), (0.3483,),
+    ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"))
+IDX_FAMILY = {d.name: d for d in (MNIST, FASHION_MNIST, KMNIST)}
+for _family in IDX_FAMILY.values():
+    DATASETS.register(_family.name)(_family.load)
+
+
 def find_mnist_files(data_dir: Path, split: str) -> tuple[Path, Path]:
-    """The (images, labels) files of ``split``, searched in ``MNIST_SUBDIRS``."""
-    names = MNIST_FILES[split]
-    searched = [data_dir / sub if sub else data_dir for sub in MNIST_SUBDIRS]
-    for folder in searched:
-        images, labels = (_find(folder, n) for n in names)
-        if images is not None and labels is not None:
-            return images, labels
-    raise missing_data_error(
-        f"MNIST ({split} split)",
-        [f"{n}.gz (or un-gzipped {n})" for n in names],
-        searched,
-    )
+    """The (images, labels) files of MNIST's ``split``, searched in ``MNIST_SUBDIRS``."""
+    return MNIST.find(data_dir, split)
 
 
-@DATASETS.register("mnist")
 def load_mnist(data_dir: Path, split: str = "train") -> ArrayDataset:
     """Load one MNIST split as uint8 images ``[N, 1, 28, 28]`` and int64 labels."""
-    check_split("mnist", split)
-    images_path, labels_path = find_mnist_files(data_dir, split)
-    images = read_idx(images_path, IMAGES_MAGIC)
-    labels = read_idx(labels_path, LABELS_MAGIC)
-    if images.shape[1:] != (28, 28):
-        raise DataError(f"MNIST file {images_path} holds images of {images.shape[1:]}, not 28x28")
-    if len(images) != len(labels):
-        raise DataError(
-            f"MNIST {split}: {images_path.name} holds {len(images)} images but "
-            f"{labels_path.name} holds {len(labels)} labels; the pair does not match"
-        )
-    if labels.size and labels.max() > 9:
-        raise DataError(f"MNIST file {labels_path} has label {labels.max()}; labels must be 0-9")
-    return ArrayDataset(
-        images=torch.from_numpy(images.copy()).unsqueeze(1),
-        labels=torch.from_numpy(labels.astype(np.int64)),
-        classes=[str(d) for d in range(10)],
-        mean=MNIST_MEAN,
-        std=MNIST_STD,
-        name="mnist",
-        augment="none",
-    )
+    return MNIST.load(data_dir, split)

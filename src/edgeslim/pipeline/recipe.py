@@ -61,9 +61,10 @@ class ModelSpec:
 
 @dataclass
 class DataSpec:
-    """The dataset and how it is batched (``name``: mnist, cifar10, cifar10-gray28 or a folder path)."""
+    """The dataset and how it is batched (``name``: a registered dataset or a folder path)."""
 
-    name: str = opt("mnist", "mnist, cifar10, cifar10-gray28, or an image-folder path")
+    name: str = opt("mnist", "mnist, fashion-mnist, kmnist, cifar10, cifar10-gray28, or an "
+                    "image-folder path")
     batch_size: int = opt(128, "images per batch", check=INT_GE1)
     train_subset: Optional[int] = opt(None, "train on N random images", check=INT_GE1)
     test_subset: Optional[int] = opt(None, "evaluate on N random images", check=INT_GE1)
