@@ -674,6 +674,30 @@ def test_shift_policy_moves_images_at_most_one_pixel_and_never_flips():
     assert len(offsets) == (2 * p + 1) ** 2  # every offset occurs: the shifts really are random
 
 
+def test_with_augment_changes_the_policy_of_a_copy_only(tmp_path):
+    from edgeslim.data import with_augment
+
+    write_mnist(tmp_path, n_train=40, n_test=10)
+    train, _ = make_loaders("mnist", tmp_path, batch_size=16, seed=0)
+    shifted = with_augment(train, "shift")
+    assert shifted.augment == "shift" and train.augment == "none"
+    assert shifted._images is train._images  # the data is shared, not copied
+    assert with_augment(train, True).augment == "none"  # the dataset's own (none for digits)
+    assert with_augment(train, None) is train
+
+    def epoch0(loader):
+        loader.set_epoch(0)
+        return [x for x, _ in loader]
+
+    plain, moved = epoch0(train), epoch0(shifted)
+    assert not all(torch.equal(a, b) for a, b in zip(plain, moved))
+    assert all(torch.equal(a, b) for a, b in zip(plain, epoch0(train)))  # the original: no shifts
+    with pytest.raises(ConfigError, match="unknown augmentation 'rotate'"):
+        with_augment(train, "rotate")
+    with pytest.raises(ConfigError, match="needs edgeslim's TensorLoader"):
+        with_augment([(torch.zeros(1, 1, 28, 28), torch.zeros(1, dtype=torch.long))], "shift")
+
+
 def test_mnist_default_has_no_augmentation(tmp_path):
     write_mnist(tmp_path, n_train=40, n_test=10)
     train, test = make_loaders("mnist", tmp_path, batch_size=16, seed=0)

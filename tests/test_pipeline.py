@@ -208,6 +208,15 @@ def test_data_augment_takes_a_switch_or_a_policy_name() -> None:
         parse_recipe(_tiny([{"train": {}}]) | {"data": {"name": "mnist", "augment": "shfit"}})
 
 
+def test_training_stages_take_their_own_augment() -> None:
+    recipe = parse_recipe(_tiny([{"train": {"augment": "shift"}}, {"lighten": {}},
+                                 {"distill": {"augment": False}}]))
+    assert recipe.stages[0].config.augment == "shift" and recipe.stages[2].config.augment is False
+    assert recipe.data.augment is None  # the data's own is untouched
+    with pytest.raises(ConfigError, match=r"augment='shfit' is invalid\. Did you mean 'shift'"):
+        parse_recipe(_tiny([{"train": {"augment": "shfit"}}]))
+
+
 def test_plain_names_and_usual_values_still_parse() -> None:
     recipe = parse_recipe(_tiny([{"train": {"lr": 1e-3, "warmup_epochs": 1}},
                                  {"prune": {"ratio": 0.5, "steps": 2, "round_to": 8}}]) | {"name": "kt-v1.2_x"})
@@ -235,6 +244,28 @@ def _copy_run(finished_run: Path, tmp_path: Path) -> Path:
 
 def _files(run: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_a_stage_augment_applies_to_that_stage_only(tiny_data: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeslim.train import Trainer
+
+    seen: list[str] = []
+    fit = Trainer.fit
+
+    def spy(self, train_loader, val_loader=None):
+        seen.append(train_loader.augment)
+        return fit(self, train_loader, val_loader)
+
+    monkeypatch.setattr(Trainer, "fit", spy)
+    stages = [{"train": {"epochs": 1, "augment": "shift"}},
+              {"prune": {"remove_channels": 0.3, "finetune": "none"}},
+              {"distill": {"epochs": 1, "losses": "ce:1.0", "augment": "crop"}},
+              {"finetune": {"epochs": 1}}]
+    recipe = parse_recipe(tiny_recipe(tiny_data, stages) | {"data": {
+        "name": str(tiny_data), "batch_size": 8, "calib_batches": 1, "augment": "flip"}})
+    run_recipe(recipe, tmp_path / "run", progress=False)
+    assert seen == ["shift", "crop", "flip"]  # train, distill, then the data's own again
 
 
 def test_second_run_into_a_busy_run_dir_is_refused_and_changes_nothing(tiny_data: Path,

@@ -88,7 +88,7 @@ def distill_keywords(config: "DistillStage") -> dict[str, Any]:
     _check_type(config, "DistillStage", "distill")
     return {"losses": config.losses, "epochs": config.epochs, "T": config.T, "lr": config.lr,
             "optimizer": config.optimizer, "weight_decay": config.weight_decay,
-            "warmup_epochs": config.warmup_epochs}
+            "warmup_epochs": config.warmup_epochs, "augment": config.augment}
 
 
 def streamline_keywords(config: "MergeStage") -> dict[str, Any]:

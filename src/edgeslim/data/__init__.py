@@ -22,7 +22,7 @@ from edgeslim.data.base import DATASETS, ArrayDataset, resolve_data_dir
 from edgeslim.data.cache import cache_dir
 from edgeslim.data.checksums import ChecksumReport, sha256_file, verify_dataset_checksums
 from edgeslim.data.folder import load_image_folder
-from edgeslim.data.loader import TensorLoader, as_loader, load_dataset, make_loaders
+from edgeslim.data.loader import TensorLoader, as_loader, load_dataset, make_loaders, with_augment
 from edgeslim.errors import DataError
 
 __all__ = [
@@ -40,4 +40,5 @@ __all__ = [
     "resolve_data_dir",
     "sha256_file",
     "verify_dataset_checksums",
+    "with_augment",
 ]

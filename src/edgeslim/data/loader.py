@@ -10,6 +10,7 @@ worker processes, and, with all random draws from a generator seeded from
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -120,11 +121,7 @@ class TensorLoader:
         self.seed = seed
         self.epoch = 0
         self.device = torch.device(device)
-        self.augment = self._policy(augment, dataset)
-        try:
-            self._augment = AUGMENTATIONS.get(self.augment)()
-        except RegistryError as exc:  # the message lists the valid names
-            raise ConfigError(f"augment: {exc}") from None
+        self._set_augment(augment)
         self._images = dataset.images.to(self.device)
         self._labels = dataset.labels.to(self.device)
         stats = torch.tensor([dataset.mean, dataset.std], dtype=torch.float32, device=self.device)
@@ -136,6 +133,20 @@ class TensorLoader:
         if isinstance(augment, bool):
             return dataset.augment if augment else "none"
         return augment
+
+    def _set_augment(self, augment: bool | str) -> None:
+        self.augment = self._policy(augment, self.dataset)
+        try:
+            self._augment = AUGMENTATIONS.get(self.augment)()
+        except RegistryError as exc:  # the message lists the valid names
+            raise ConfigError(f"augment: {exc}") from None
+
+    def with_augment(self, augment: bool | str) -> TensorLoader:
+        """The same loader (data, batches, seed, epoch; the tensors are shared, not copied)
+        with another augmentation policy (``augment`` as in the constructor)."""
+        other = copy.copy(self)
+        other._set_augment(augment)
+        return other
 
     def set_epoch(self, epoch: int) -> None:
         """Use ``epoch`` for the next pass (shuffle order and augmentation draws)."""
@@ -166,6 +177,22 @@ class TensorLoader:
             f"TensorLoader({ds.name}, n={len(ds)}, batch_size={self.batch_size}, "
             f"shuffle={self.shuffle}, augment={self.augment!r}, device={self.device})"
         )
+
+
+def with_augment(loader: Any, augment: bool | str | None) -> Any:
+    """``loader`` with augmentation ``augment`` (None: ``loader`` unchanged).
+
+    Only edgeslim's :class:`TensorLoader` (what ``make_loaders`` and recipes build) has a
+    policy to change; any other loader with ``augment`` set raises ``ConfigError``.
+    """
+    if augment is None:
+        return loader
+    if not isinstance(loader, TensorLoader):
+        raise ConfigError(
+            f"augment={augment!r} needs edgeslim's TensorLoader (edgeslim.data.make_loaders), got "
+            f"{type(loader).__name__}; augment your own data in its dataset instead, or leave "
+            "augment unset")
+    return loader.with_augment(augment)
 
 
 def make_loaders(

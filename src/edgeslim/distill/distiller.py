@@ -277,6 +277,7 @@ def distill(
     epochs: int = 10,
     T: float = 4.0,
     val_data: Any = None,
+    augment: bool | str | None = None,
     hint_pairs: HintPairs = None,
     loss_options: Mapping[str, Mapping[str, Any]] | None = None,
     callbacks: Sequence[Any] = (),
@@ -297,6 +298,9 @@ def distill(
         epochs: training epochs.
         T: temperature of the soft targets.
         val_data: optional validation data, evaluated every epoch.
+        augment: the student's augmentation policy instead of the training data's own (a
+            :class:`~edgeslim.data.TensorLoader`'s): True, False or a policy name
+            (``edgeslim.data.AUGMENTATIONS``); None keeps the data's.
         hint_pairs: see :class:`Distiller` (automatic by default).
         loss_options: per-loss options, e.g. ``{"hint": {"bn": True}}``.
         callbacks: Trainer callbacks.
@@ -309,11 +313,11 @@ def distill(
     Raises:
         ConfigError: an unknown trainer option, loss name or loss option.
     """
-    from edgeslim.data import as_loader
+    from edgeslim.data import as_loader, with_augment
     from edgeslim.train import Trainer
 
     cfg = _train_config(epochs, trainer_options)
-    train_loader = as_loader(train_data, batch_size=cfg.batch_size)
+    train_loader = with_augment(as_loader(train_data, batch_size=cfg.batch_size), augment)
     val_loader = as_loader(val_data, batch_size=cfg.batch_size) if val_data is not None else None
     needs_features = any(LOSSES.get(n).needs_features for n in parse_loss_spec(losses))
     example = _example_batch(train_loader, student) if needs_features else None
@@ -325,7 +329,7 @@ def distill(
     return student
 
 
-_DISTILL_KEYS = ("losses", "T", "val_data", "hint_pairs", "loss_options", "callbacks")
+_DISTILL_KEYS = ("losses", "T", "val_data", "augment", "hint_pairs", "loss_options", "callbacks")
 
 
 def kd_finetune(teacher: nn.Module, epochs: int, train_data: Any, **opts: Any) -> Callable[[nn.Module, int], None]:
@@ -341,7 +345,7 @@ def kd_finetune(teacher: nn.Module, epochs: int, train_data: Any, **opts: Any) -
             the same object in place later does not change the teacher.
         epochs: distillation epochs after each pruning step.
         train_data: anything ``edgeslim.data.as_loader`` accepts.
-        **opts: :func:`distill` options (``losses``, ``T``, ``val_data``,
+        **opts: :func:`distill` options (``losses``, ``T``, ``val_data``, ``augment``,
             ``hint_pairs``, ``loss_options``, ``callbacks``) and ``TrainConfig``
             fields. With ``out_dir``, step ``k`` writes to ``out_dir/finetune_step{k}``.
 

@@ -36,6 +36,13 @@ _runtimes = _registry_names("profile.runtimes", "RUNTIMES")
 _activations = _registry_names("transforms.lighten", "ACTIVATIONS")
 _models = _registry_names("models.factory", "MODELS")
 _backends = _registry_names("quant.api", "QUANT_BACKENDS")
+_augmentations = _registry_names("data.augment", "AUGMENTATIONS")
+
+
+def _stage_augment() -> Any:
+    """The ``augment`` field of a training stage: its own policy instead of ``data.augment``."""
+    return opt(None, "this stage's augmentation instead of data.augment: true (the dataset's own), "
+               "false, or a policy name (default: data.augment)", choices=_augmentations)
 
 
 @dataclass
@@ -89,6 +96,7 @@ class TrainStage(StageConfig):
     schedule: str = opt("cosine", "learning-rate schedule, applied per iteration", choices=_schedules)
     warmup_epochs: float = opt(0.0, "linear learning-rate warm-up, in epochs", check=NONNEG)
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy", check=SMOOTHING)
+    augment: Optional[Union[bool, str]] = _stage_augment()
 
     def check(self) -> None:
         _warmup_fits(self)
@@ -140,6 +148,7 @@ class DistillStage(StageConfig):
     weight_decay: float = opt(5e-4, "L2 penalty / decoupled weight decay", check=WEIGHT_DECAY)
     # a fresh student's first logits can be huge: ramp the lr up
     warmup_epochs: float = opt(0.5, "linear learning-rate warm-up, in epochs", check=NONNEG)
+    augment: Optional[Union[bool, str]] = _stage_augment()
 
     @property
     def needs_teacher(self) -> bool:

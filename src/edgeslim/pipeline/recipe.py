@@ -31,9 +31,8 @@ from ..errors import ConfigError
 from ..options import INT_GE1, MAX_LR, MAX_T, SEED, FieldError, opt, rename_deprecated, validate  # noqa: F401
 from .configs import (DistillStage, ExportStage, FinetuneStage, LightenStage, LoadStage,  # noqa: F401
                       MergeStage, ProfileStage, PruneStage, QuantizeStage, StageConfig, TrainStage,
-                      _registry_names)
+                      _augmentations)
 
-_augmentations = _registry_names("data.augment", "AUGMENTATIONS")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 

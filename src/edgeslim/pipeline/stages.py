@@ -82,10 +82,13 @@ def stage(config: type[R.StageConfig]) -> Callable[[Handler], Handler]:
 @stage(R.TrainStage)
 def _train(state: RunState, cfg: R.TrainStage) -> None:
     from ..config import to_dict
+    from ..data import with_augment
     from ..train import TrainConfig, Trainer
 
-    opts = state.train_options(out_dir=str(state.stage_dir / "train"), resume=True, **to_dict(cfg))
-    Trainer(state.model, TrainConfig(**opts)).fit(state.train, state.test)
+    fields = to_dict(cfg)
+    augment = fields.pop("augment")
+    opts = state.train_options(out_dir=str(state.stage_dir / "train"), resume=True, **fields)
+    Trainer(state.model, TrainConfig(**opts)).fit(with_augment(state.train, augment), state.test)
 
 
 @stage(R.LoadStage)
