@@ -204,24 +204,67 @@ def test_densenet_concatenates_channels() -> None:
 
 
 def test_dsnet_default_shape_and_folded_size() -> None:
-    """The default DSNet: 16-wide 3x3 patch stem + two stride-1 separable blocks at 9x9; 1,162
-    parameters once BN folds (1/53.1 of LeNet-5)."""
+    """The default DSNet: 16-wide 3x3 patch stem + two stride-1 separable blocks at 9x9 + a 2x2
+    grid head; 1,226 parameters once BN folds (1/50.3 of LeNet-5)."""
     from edgeslim.transforms.fold import fold_batchnorm
 
     torch.manual_seed(0)
     model = create_model("dsnet").eval()
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    assert [c.out_channels for c in convs] == [16, 16, 16, 16, 16]
-    assert [c.stride[0] for c in convs] == [3, 1, 1, 1, 1]
-    assert [c.kernel_size[0] for c in convs] == [3, 3, 1, 3, 1]
+    assert [c.out_channels for c in convs] == [16] * 6
+    assert [c.stride[0] for c in convs] == [3, 1, 1, 1, 1, 1]
+    assert [c.kernel_size[0] for c in convs] == [3, 3, 1, 3, 1, 2]
     x = torch.randn(3, 1, 28, 28)
     folded = fold_batchnorm(model, x)
     assert model.features(torch.randn(1, 1, 28, 28)).shape == (1, 16, 9, 9)
-    assert sum(p.numel() for p in folded.parameters()) == 1162
+    assert sum(p.numel() for p in folded.parameters()) == 1226
     torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
     rgb = create_model("dsnet", in_channels=3, input_size=32, num_classes=5).eval()
     assert rgb(torch.randn(2, 3, 32, 32)).shape == (2, 5)
     assert rgb.default_input_size == (3, 32, 32)
+    gap = fold_batchnorm(create_model("dsnet", head="gap").eval(), x)
+    assert sum(p.numel() for p in gap.parameters()) == 1162
+
+
+@pytest.mark.parametrize("size, stem, grid, cells", [
+    (28, 3, 2, [(0, 5), (4, 9)]),   # 9x9 map: two overlapping 5-wide windows
+    (28, 3, 3, [(0, 3), (3, 6), (6, 9)]),
+    (32, 3, 2, [(0, 5), (5, 10)]),  # 10x10: it divides
+    (28, 4, 2, [(0, 4), (3, 7)]),   # 7x7
+])
+def test_dsnet_grid_head_pools_the_cells_adaptive_pooling_would(size, stem, grid, cells) -> None:
+    """The gdconv head averages exactly the cells of AdaptiveAvgPool2d(grid), then weighs each
+    cell per channel; here with one-hot weights, so every output is one cell's mean."""
+    torch.manual_seed(0)
+    model = create_model("dsnet", input_size=size, stem_stride=stem, head_grid=grid).eval()
+    pool, weigh = model.pool
+    feats = torch.randn(2, 16, size // stem, size // stem)
+    pooled = pool(feats)
+    assert pooled.shape == (2, 16, grid, grid)
+    for i, (a, b) in enumerate(cells):
+        for j, (c, d) in enumerate(cells):
+            torch.testing.assert_close(pooled[:, :, i, j], feats[:, :, a:b, c:d].mean((2, 3)))
+    torch.testing.assert_close(pooled, nn.AdaptiveAvgPool2d(grid)(feats))
+    with torch.no_grad():
+        weigh.weight.zero_()
+        weigh.weight[:, 0, grid - 1, 0] = 1.0  # bottom-left cell
+    torch.testing.assert_close(weigh(pooled)[:, :, 0, 0], pooled[:, :, grid - 1, 0])
+
+
+def test_dsnet_grid_head_exports_to_plain_onnx_pooling(tmp_path) -> None:
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from edgeslim.export import export_onnx
+
+    torch.manual_seed(0)
+    model = create_model("dsnet").eval()
+    x = torch.randn(1, 1, 28, 28)
+    export_onnx(model, x, tmp_path / "m.onnx")
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    assert "AveragePool" in ops and "GatherND" not in ops
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(out), model(x), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -229,6 +272,8 @@ def test_dsnet_default_shape_and_folded_size() -> None:
     ({"kernel_sizes": [3]}, "kernel size"),
     ({"stem_stride": 0}, "stem_stride"),
     ({"widths": [16, 0, 16]}, "positive"),
+    ({"head": "gmp"}, "head must be 'gap' or 'gdconv'"),
+    ({"head_grid": 10}, r"head_grid must be in \[1, 9\]"),
 ])
 def test_dsnet_rejects_inconsistent_settings(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
