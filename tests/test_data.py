@@ -206,6 +206,7 @@ def test_mnist_drop_in_datasets_read_their_own_idx_files(tmp_path, name, folder,
 
 def test_mnist_drop_in_dataset_missing_names_itself_not_mnist(tmp_path):
     write_mnist(tmp_path / "mnist")
+    write_mnist(tmp_path)  # MNIST files in the data folder itself are not taken for it either
     with pytest.raises(DataError) as info:
         load_dataset("fashion-mnist", tmp_path, "train")
     msg = str(info.value)

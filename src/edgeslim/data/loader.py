@@ -49,9 +49,9 @@ def load_dataset(
     """Load one split of a dataset into memory.
 
     Args:
-        name: a registered dataset (``mnist``, ``fashion-mnist``, ``kmnist``, ``cifar10``, ``cifar10-gray28``, ``folder``) or a path
-            to a class-per-folder image folder / tar archive. For ``folder``,
-            ``data_dir`` is the image folder itself.
+        name: a registered dataset (``mnist``, ``fashion-mnist``, ``kmnist``, ``cifar10``,
+            ``cifar10-gray28``, ``folder``) or a path to a class-per-folder image folder / tar
+            archive. For ``folder``, ``data_dir`` is the image folder itself.
         data_dir: the data folder; default ``$EDGESLIM_DATA``.
         split: ``"train"`` or ``"test"``.
 

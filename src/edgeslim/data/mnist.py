@@ -194,17 +194,18 @@ class IdxFamily:
         )
 
 
-#: ``MNIST/raw`` (and the others' ``<Name>/raw``) is where torchvision keeps the same files.
+#: ``MNIST/raw`` (and the others' ``<Name>/raw``) is where torchvision keeps the same files. Only
+#: MNIST is also read from the data folder itself: files there are never taken for another set.
 MNIST = IdxFamily("mnist", "MNIST", MNIST_SUBDIRS, MNIST_MEAN, MNIST_STD,
                   tuple(str(d) for d in range(10)))
 FASHION_MNIST = IdxFamily(
     "fashion-mnist", "Fashion-MNIST",
-    ("fashion-mnist", "fashion_mnist", "FashionMNIST/raw", "FashionMNIST", ""),
+    ("fashion-mnist", "fashion_mnist", "FashionMNIST/raw", "FashionMNIST"),
     (0.2860,), (0.3530,),
     ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
      "Ankle boot"))
 KMNIST = IdxFamily(
-    "kmnist", "Kuzushiji-MNIST", ("kmnist", "KMNIST/raw", "KMNIST", ""), (0.1918,), (0.3483,),
+    "kmnist", "Kuzushiji-MNIST", ("kmnist", "KMNIST/raw", "KMNIST"), (0.1918,), (0.3483,),
     ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"))
 IDX_FAMILY = {d.name: d for d in (MNIST, FASHION_MNIST, KMNIST)}
 for _family in IDX_FAMILY.values():
