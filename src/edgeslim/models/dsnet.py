@@ -12,9 +12,10 @@ several times that.
 
     stem: conv k x k, stride k (in -> c0) - BN - ReLU
     block i: depthwise 3x3 (stride s_i) - pointwise 1x1 (-> c_i) - BN - ReLU
-    head ("gdconv", the default): average pooling to a head_grid x head_grid grid - a per-channel learned
-        weighting of the grid cells (depthwise conv, kernel head_grid: MobileFaceNet's global
-        depthwise conv, Chen et al. 2018, on a pooled grid) - Linear(c_last, num_classes)
+    head ("gdconv", the default): average pooling to a head_grid x head_grid grid - a
+        per-channel learned weighting of the grid cells (depthwise conv, kernel head_grid:
+        MobileFaceNet's global depthwise conv, Chen et al. 2018, on a pooled grid) -
+        Linear(c_last, num_classes)
     head ("gap"): global average pooling - Linear(c_last, num_classes)
 
 Global average pooling forgets *where* a feature was, which matters on centred inputs
