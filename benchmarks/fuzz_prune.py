@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import nets  # noqa: E402  (tests/nets.py: the shared architecture space)
 
 import edgeslim  # noqa: E402
+from edgeslim.io import atomic_write_json  # noqa: E402
 from edgeslim.errors import EdgeslimError  # noqa: E402
 from edgeslim.graph import build_dependency_graph  # noqa: E402
 from edgeslim.models.utils import flatten_outputs  # noqa: E402
@@ -165,7 +166,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     result = fuzz(args.nets, args.seed, args.sample)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result, indent=2)
     print(json.dumps({k: result[k] for k in ("nets", "runs", "mode", "outcomes", "seconds")}, indent=2))
     for crash in result["first_crashes"]:
         print("\nCRASH", json.dumps(crash, indent=1)[:2000])

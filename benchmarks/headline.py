@@ -45,6 +45,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeslim.io import atomic_write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -200,7 +202,7 @@ def main() -> None:
                "wall_s")} for r in state["completed"]]}
     path = Path(a.out or RESULTS / f"headline_{a.kind}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1) + "\n")
+    atomic_write_json(path, out, indent=1)
     for b, v in lat.items():
         print(f"{b}: onnxruntime teacher {v['onnxruntime_ms']['teacher'] * 1e3:.1f} us, final "
               f"{v['onnxruntime_ms']['final'] * 1e3:.1f} us, empty graph {v['onnxruntime_ms']['empty'] * 1e3:.1f} us"

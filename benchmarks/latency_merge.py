@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import edgeslim
+from edgeslim.io import atomic_write_json
 from edgeslim.models import create_model
 from edgeslim.profile import count_flops
 from edgeslim.prune.latency_planner import LatencyTargetError
@@ -73,8 +74,8 @@ def main() -> None:
             print(json.dumps(row))
         rows += [{"model": name, "repeat": repeat, "variant": k, **v} for k, v in notes.items() if k not in models]
     if args.out:
-        args.out.write_text(json.dumps({"runtime": args.runtime, "batch": 1, "threads": 1,
-                                        "target_speedup": args.speedup, "rows": rows}, indent=1))
+        atomic_write_json(args.out, {"runtime": args.runtime, "batch": 1, "threads": 1,
+                                     "target_speedup": args.speedup, "rows": rows}, indent=1)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 import edgeslim
+from edgeslim.io import atomic_write_json
 from edgeslim.models import create_model
 from edgeslim.profile import count_flops, count_params
 from edgeslim.profile.latency import latency_clock
@@ -178,7 +179,7 @@ def _save(path: str, row: dict) -> None:
     key = lambda r: (r["model"], r["runtime"], r["batch"], r["target"])  # noqa: E731
     data["rows"] = [r for r in data["rows"] if key(r) != key(row)] + [row]
     data["machine"] = "shared 2-core machine (other processes at nice 19); torch " + torch.__version__
-    Path(path).write_text(json.dumps(data, indent=1))
+    atomic_write_json(path, data, indent=1)
 
 
 if __name__ == "__main__":
