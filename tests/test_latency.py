@@ -338,6 +338,27 @@ def test_a_target_predicted_out_of_reach_is_measured_before_it_is_refused() -> N
     with pytest.raises(LatencyTargetError, match="^x$"):  # no plan made at all: nothing to measure
         lp._attempts(built.append, Lat(), lambda b: (_ for _ in ()).throw(LatencyTargetError("x")),
                      lambda m: 0.5, target=1.0)
+    # on_unreachable="fastest": the fastest model measured is kept, recorded as missing the target
+    best, tried = lp._attempts(built.append, Lat(), plan_for, lambda m: 1.3, target=1.0, keep_fastest=True)
+    assert best[0] is fastest and best[1] == 1.3 and best[2] is False
+    assert tried[0]["measured_ms"] == 1.3
+    with pytest.raises(LatencyTargetError, match="^x$"):  # still nothing to keep without a plan
+        lp._attempts(built.append, Lat(), lambda b: (_ for _ in ()).throw(LatencyTargetError("x")),
+                     lambda m: 0.5, target=1.0, keep_fastest=True)
+
+
+def test_on_unreachable_is_one_option_from_yaml_to_prune() -> None:
+    from edgeslim.errors import ConfigError
+    from edgeslim.pipeline.configs import PruneStage
+    from edgeslim.prune.api import PruneConfig
+    from edgeslim.stage_args import structured_keywords
+
+    stage = PruneStage(target_speedup=6.0, on_unreachable="fastest")
+    assert structured_keywords(stage)["on_unreachable"] == "fastest"
+    assert structured_keywords(PruneStage(target_speedup=6.0))["on_unreachable"] == "error"
+    assert PruneConfig(target_speedup=6.0, on_unreachable="fastest").on_unreachable == "fastest"
+    with pytest.raises(ConfigError, match="on_unreachable='closest'.*'error'.*'fastest'"):
+        PruneConfig(target_speedup=6.0, on_unreachable="closest")
 
 
 def test_admm_latency_finish_keeps_the_measured_mask_when_the_replan_is_out_of_reach(monkeypatch) -> None:

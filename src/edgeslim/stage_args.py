@@ -56,6 +56,7 @@ def structured_keywords(config: "PruneStage") -> dict[str, Any]:
         "runtime": config.runtime, "threads": config.threads, "steps": config.steps,
         "round_to": config.round_to, "ignore": tuple(config.ignore), "min_channels": config.min_channels,
         "protect_first": config.protect_first, "on_unsupported": config.on_unsupported,
+        "on_unreachable": config.on_unreachable,
         "finetune_epochs": config.finetune_epochs, "finetune_options": {"lr": config.finetune_lr}}
     if config.finetune != "none":
         keywords["finetune"] = config.finetune

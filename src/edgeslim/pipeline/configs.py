@@ -197,6 +197,9 @@ class PruneStage(StageConfig):
     protect_first: bool = opt(True, "structured: never prune the input layer's channels")
     on_unsupported: Literal["error", "lock"] = opt("error", "structured: an op the graph cannot "
                                                    "prune through fails, or locks its channels")
+    on_unreachable: Literal["error", "fastest"] = opt(
+        "error", "latency targets: when even the fastest model measured misses the target, fail, or "
+        "keep that model with a warning (its measured latency is recorded)")
     finetune: Literal["none", "plain", "kd"] = opt("plain", "fine-tuning after each step")
     finetune_epochs: int = opt(1, "fine-tuning epochs per step", check=INT_GE0)
     finetune_lr: float = opt(0.01, "fine-tuning learning rate", check=LR)

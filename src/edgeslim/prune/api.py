@@ -68,6 +68,8 @@ class PruneConfig:
     min_channels: int = 1
     protect_first: bool = True
     on_unsupported: str = "error"
+    # a latency target that even the fastest model measured misses: "error", or "fastest" (keep it)
+    on_unreachable: str = "error"
     calib_batches: int = 8
     depth: bool = True
     # exact merges (BN folding) as free moves of the latency planner: "exact", "none", or "auto"
@@ -109,6 +111,9 @@ class PruneConfig:
                               "or 'auto' ('exact' unless fine-tuning follows)")
         if self.on_unsupported not in ("error", "lock"):
             raise ConfigError(f"on_unsupported={self.on_unsupported!r}: use 'error' or 'lock'")
+        if self.on_unreachable not in ("error", "fastest"):
+            raise ConfigError(f"on_unreachable={self.on_unreachable!r}: use 'error' (fail when the "
+                              "latency target is out of reach) or 'fastest' (keep the fastest model)")
         # a str is one path, not a sequence of one-letter paths
         self.ignore = (self.ignore,) if isinstance(self.ignore, str) else tuple(self.ignore)
 
@@ -166,8 +171,8 @@ def _example(model: nn.Module, example_inputs: Any) -> tuple:
     return tuple(t.to(device) if isinstance(t, torch.Tensor) and not t.is_meta else t for t in inputs)
 
 
-_OPTIONS = ("min_channels", "protect_first", "on_unsupported", "calib_batches", "depth", "merge", "latency_runs",
-            "cost_aware")  # PruneConfig's
+_OPTIONS = ("min_channels", "protect_first", "on_unsupported", "on_unreachable", "calib_batches", "depth",
+            "merge", "latency_runs", "cost_aware")  # PruneConfig's
 
 
 def _check_options(options: dict) -> None:
@@ -353,6 +358,9 @@ def prune(model: nn.Module, example_inputs: Any, *, criterion: Any = "l1", plann
         **options: ``train_data``, ``finetune_epochs``, ``finetune_options`` (TrainConfig
             fields), ``min_channels``, ``protect_first`` (default True: the first conv
             keeps its channels), ``on_unsupported`` (``"error"``/``"lock"``),
+            ``on_unreachable`` (latency targets: ``"error"``, the default, fails when even the
+            fastest model measured misses the target; ``"fastest"`` keeps that model, with a
+            ``PruneWarning``, its latency in ``edgeslim.info(model).latency``),
             ``calib_batches``, ``cost_aware`` (default False: rank channels by importance
             alone; True, with ``target_flops``/``target_params``: by importance per
             FLOP/parameter they cost, see ``edgeslim.prune.planner``); any other keyword
