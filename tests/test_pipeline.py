@@ -456,3 +456,28 @@ def test_onnx_latency_is_none_with_a_warning_when_the_model_does_not_export(
     with caplog.at_level("WARNING", logger="edgeslim.pipeline.runner"):
         assert runner._onnx_latency(model, state) is None
     assert "onnxruntime latency not measured" in caplog.text and "unsupported op" in caplog.text
+
+
+@pytest.mark.parametrize("kind, before, after, classes, warned", [
+    ("prune", 0.995, 0.101, 10, True),     # fine-tuning killed every ReLU: a constant prediction
+    ("distill", 0.98, 0.09, 10, True),
+    ("lighten", 0.99, 0.11, 10, False),    # a fresh student is untrained by design
+    ("distill", 0.14, 0.11, 10, False),    # the stage after lighten starts at chance
+    ("prune", 0.995, 0.90, 10, False),     # a loss, not a collapse
+    ("train", 0.95, 0.52, 2, True),        # binary: chance is 0.5
+    ("train", 0.70, 0.52, 2, False),
+])
+def test_a_stage_that_takes_the_model_to_chance_accuracy_is_named_in_a_warning(
+        kind: str, before: float, after: float, classes: int, warned: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from edgeslim.models import create_model
+    from edgeslim.pipeline import runner
+
+    model = create_model("lenet5", num_classes=classes).train()
+    state = SimpleNamespace(model=model, example=torch.randn(1, 1, 28, 28), device="cpu")
+    with caplog.at_level("WARNING", logger="edgeslim.pipeline.runner"):
+        runner._warn_if_collapsed(state, 2, kind, before, after)
+    assert ("stage 3 (%s) left the model at chance accuracy" % kind in caplog.text) is warned
+    assert model.training  # the check ran the model in eval mode and put it back

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import torch
 
-from .._core import take_batches
+from .._core import eval_mode, take_batches
 from ..errors import ConfigError, EdgeslimDeprecationWarning, RunDirError
 from ..io import atomic_write_json, atomic_write_text, atomic_write_with
 from ..registry import RegistryError
@@ -343,10 +343,50 @@ def _run_stages(recipe: Recipe, run_dir: Path, saved: dict, data_dir: Any, devic
             save(state.teacher, run_dir / TEACHER)
             saved["teacher"] = {"sha256": file_sha256(run_dir / TEACHER), "stage": i}
         metrics = measure(state) | state.stage_metrics
+        _warn_if_collapsed(state, i, stage.kind, saved["completed"][-1]["metrics"]["accuracy"],
+                           metrics["accuracy"])
         saved["completed"].append(_record(state, i, stage.kind, metrics, time.perf_counter() - t0))
         atomic_write_json(run_dir / STATE, saved)
         if on_stage:
             on_stage(i, stage.kind, saved["completed"][-1]["metrics"])
+
+
+#: stages that may leave a model at chance accuracy by design (a fresh, untrained student)
+_UNTRAINED_BY_DESIGN = frozenset({"lighten"})
+
+
+def _warn_if_collapsed(state: RunState, index: int, kind: str, before: float | None,
+                       after: float | None) -> None:
+    """Warn when a stage takes a model that was well above chance down to chance.
+
+    Training that diverges without a NaN (every ReLU dead after a too-large step, a
+    fine-tuning learning rate or distillation loss scaled too high for a network without
+    BN) ends at 1/classes: the run goes on, so the warning says which stage did it.
+    """
+    if kind in _UNTRAINED_BY_DESIGN or before is None or after is None:
+        return
+    classes = _num_classes(state)
+    if classes is None or classes < 2:
+        return
+    chance = 1.0 / classes  # a collapsed model predicts one class: about 1/classes on balanced data
+    low, high = min(1.5 * chance, chance + 0.1), min(3 * chance, chance + 0.5 * (1 - chance))
+    if before >= high and after <= low:
+        log.warning("stage %d (%s) left the model at chance accuracy (%.2f%%, from %.2f%%; %d classes): "
+                    "its training collapsed (a learning rate too high for this model, e.g. lr / "
+                    "finetune_lr) or it removed too much at once (prune less per step); later stages "
+                    "start from this model", index + 1, kind, 100 * after, 100 * before, classes)
+
+
+def _num_classes(state: RunState) -> int | None:
+    """The model's number of outputs on the example input (None: not a [N, classes] tensor)."""
+    param = next(state.model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    with eval_mode(state.model, no_grad=True) as model:
+        try:
+            out = model(state.example.to(device))
+        except Exception:  # a model the stage's metrics ran but this call cannot: no warning then
+            return None
+    return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
 
 
 def _write_final(run_dir: Path, saved: dict) -> None:
