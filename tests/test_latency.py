@@ -10,6 +10,7 @@ import copy
 import importlib.util
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -403,3 +404,36 @@ def test_admm_latency_finish_keeps_the_measured_mask_when_the_replan_is_out_of_r
 
     removed, result = budget.finish(replan, mask)
     assert removed is mask and result.measured_ms == 1.2 and result.met is False and len(result.attempts) == 1
+
+
+_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: {model}
+model name\t: Intel(R) Xeon(R) Processor
+stepping\t: 1
+flags\t\t: fpu sse2 avx2 {flags}
+
+processor\t: 1
+model name\t: another block, not read
+"""
+
+
+def test_the_latency_cache_tells_apart_cpus_that_share_a_generic_model_name(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Cloud VMs call AVX2, AVX-512 and AMX Xeons alike: the key holds model ids and vector ISA."""
+    from edgeslim.profile import latency_table, runtimes
+
+    avx2 = runtimes.parse_cpuinfo(_CPUINFO.format(model=85, flags="fma"))
+    amx = runtimes.parse_cpuinfo(_CPUINFO.format(model=143, flags="avx512f avx512_vnni amx_tile"))
+    assert avx2["model name"] == amx["model name"] == "Intel(R) Xeon(R) Processor"
+    assert runtimes.describe_cpu(avx2) == "Intel(R) Xeon(R) Processor (cpu family 6, model 85, stepping 1; avx2)"
+    assert runtimes.describe_cpu(amx).endswith("model 143, stepping 1; avx2 avx512f avx512_vnni amx_tile)")
+    assert runtimes.describe_cpu({}) != ""  # no /proc/cpuinfo: the platform's name
+
+    monkeypatch.setenv("EDGESLIM_CACHE", str(tmp_path))
+    paths = []
+    for fields in (avx2, amx):
+        monkeypatch.setattr(latency_table, "cpu_model", lambda f=fields: runtimes.describe_cpu(f))
+        paths.append(latency_table.LatencyTable(runtimes.OnnxRuntime()).path)
+    assert paths[0] != paths[1] and paths[0].parent == paths[1].parent

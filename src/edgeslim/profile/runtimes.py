@@ -68,11 +68,7 @@ def blocked_layout_multiple() -> int:
     (12/24/48 channels, 56% of the FLOPs) ran at the unpruned latency, 1.89 vs 1.90 ms,
     where the tables predicted 1.54 ms; at 1/2 (8/16/32) it ran at 1.13 ms.
     """
-    try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), "").split()
-    except OSError:
-        return 1
+    flags = _cpuinfo().get("flags", "").split()
     return 16 if "avx512f" in flags else 8 if "avx2" in flags else 1
 
 
@@ -199,16 +195,53 @@ def get_runtime(runtime: str | Runtime) -> Runtime:
     return runtime_obj
 
 
+#: the instruction sets that change which kernels a runtime runs (and so its latency)
+_ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        return parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return {}
+
+
+def parse_cpuinfo(text: str) -> dict[str, str]:
+    """``key: value`` fields of the first processor block of a ``/proc/cpuinfo`` text."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def describe_cpu(fields: dict[str, str]) -> str:
+    """Model name, family / model / stepping and vector ISA, from ``parse_cpuinfo`` fields.
+
+    The model name alone does not tell CPUs apart: cloud VMs report a generic one
+    ("Intel(R) Xeon(R) Processor") for generations with and without AVX-512 or AMX, whose
+    latencies differ by up to 2x, so the latency cache key and every benchmark's "cpu" hold
+    all three.
+    """
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown-cpu"
+    ids = [f"{k} {fields[k]}" for k in ("cpu family", "model", "stepping") if fields.get(k)]
+    flags = set(fields.get("flags", "").split())
+    isa = [f for f in _ISA_FLAGS if f in flags]
+    extra = "; ".join(x for x in (", ".join(ids), " ".join(isa)) if x)
+    return f"{name} ({extra})" if extra else name
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
-    """The CPU's model name (part of the latency cache key)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown-cpu"
+    """This CPU, as ``describe_cpu`` writes it (part of the latency cache key)."""
+    return describe_cpu(_cpuinfo())
 
 
 def measure_latency(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], *,
