@@ -363,7 +363,7 @@ def _warn_if_collapsed(state: RunState, index: int, kind: str, before: float | N
     fine-tuning learning rate or distillation loss scaled too high for a network without
     BN) ends at 1/classes: the run goes on, so the warning says which stage did it.
     """
-    if kind in _UNTRAINED_BY_DESIGN or before is None or after is None:
+    if kind in _UNTRAINED_BY_DESIGN or before is None or after is None or after >= before:
         return
     classes = _num_classes(state)
     if classes is None or classes < 2:

@@ -11,8 +11,9 @@ real network.
 Entries are measured on demand (only the channel counts a planner asks about) and
 kept in ``$EDGESLIM_CACHE/latency/<runtime>-<version>-<cpu>-t<threads>.json``
 (default ``~/.cache/edgeslim``; ``<cpu>`` hashes the model name, family / model / stepping
-and vector ISA, ``runtimes.cpu_model``, since VMs of different generations share a name), keyed by the layer signature and ``"n_in,n_out"``,
-so a second prune of the same architecture measures nothing. Writes are atomic.
+and vector ISA, ``runtimes.cpu_model``, since VMs of different generations share a name),
+keyed by the layer signature and ``"n_in,n_out"``, so a second prune of the same
+architecture measures nothing. Writes are atomic.
 
 ``LatencyModel`` predicts a pruned network's latency as the measured latency of the
 unpruned network plus, for each layer, its table latency at the kept channel
