@@ -477,7 +477,35 @@ def test_a_stage_that_takes_the_model_to_chance_accuracy_is_named_in_a_warning(
 
     model = create_model("lenet5", num_classes=classes).train()
     state = SimpleNamespace(model=model, example=torch.randn(1, 1, 28, 28), device="cpu")
-    with caplog.at_level("WARNING", logger="edgeslim.pipeline.runner"):
-        runner._warn_if_collapsed(state, 2, kind, before, after)
-    assert ("stage 3 (%s) left the model at chance accuracy" % kind in caplog.text) is warned
+    message = runner._collapse_warning(state, 2, kind, before, after)
+    assert (message is not None and message.startswith(f"stage 3 ({kind}) left the model at chance")) is warned
     assert model.training  # the check ran the model in eval mode and put it back
+
+
+def test_a_collapsed_stage_is_logged_recorded_and_shown_in_the_report(
+        tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A fine-tune that kills the network (here: the classifier zeroed, a constant prediction)
+    is named in the log, in state.json and in report.md; the run still finishes."""
+    from edgeslim.pipeline import stages as stage_mod
+
+    get = stage_mod.STAGES.get
+    real = get("finetune")
+
+    def collapse(state, cfg):
+        real(state, cfg)
+        head = [m for m in state.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        torch.nn.init.zeros_(head.weight), torch.nn.init.zeros_(head.bias)
+
+    monkeypatch.setattr(stage_mod.STAGES, "get", lambda kind: stage_mod.StageType(real.config, collapse)
+                        if kind == "finetune" else get(kind))
+    recipe = parse_recipe(tiny_recipe(tiny_data, stages=[{"train": {"epochs": 3, "lr": 0.05}},
+                                                          {"finetune": {"epochs": 1}}]))
+    with caplog.at_level("WARNING", logger="edgeslim.pipeline.runner"):
+        state = run_recipe(recipe, tmp_path / "run", progress=False)
+    before, after = (r["metrics"] for r in state["completed"][1:3])
+    assert before["accuracy"] >= 0.75 and after["accuracy"] <= 0.6, (before["accuracy"], after["accuracy"])
+    assert "warnings" not in before and after["warnings"][0].startswith("stage 2 (finetune) left the model")
+    assert after["warnings"][0] in caplog.text
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Warnings" in report and after["warnings"][0] in report

@@ -343,8 +343,11 @@ def _run_stages(recipe: Recipe, run_dir: Path, saved: dict, data_dir: Any, devic
             save(state.teacher, run_dir / TEACHER)
             saved["teacher"] = {"sha256": file_sha256(run_dir / TEACHER), "stage": i}
         metrics = measure(state) | state.stage_metrics
-        _warn_if_collapsed(state, i, stage.kind, saved["completed"][-1]["metrics"]["accuracy"],
-                           metrics["accuracy"])
+        collapsed = _collapse_warning(state, i, stage.kind, saved["completed"][-1]["metrics"]["accuracy"],
+                                      metrics["accuracy"])
+        if collapsed is not None:
+            log.warning("%s", collapsed)
+            metrics["warnings"] = [collapsed]  # the report shows them too
         saved["completed"].append(_record(state, i, stage.kind, metrics, time.perf_counter() - t0))
         atomic_write_json(run_dir / STATE, saved)
         if on_stage:
@@ -355,26 +358,27 @@ def _run_stages(recipe: Recipe, run_dir: Path, saved: dict, data_dir: Any, devic
 _UNTRAINED_BY_DESIGN = frozenset({"lighten"})
 
 
-def _warn_if_collapsed(state: RunState, index: int, kind: str, before: float | None,
-                       after: float | None) -> None:
-    """Warn when a stage takes a model that was well above chance down to chance.
+def _collapse_warning(state: RunState, index: int, kind: str, before: float | None,
+                      after: float | None) -> str | None:
+    """The warning for a stage that took a model from well above chance down to chance (else None).
 
     Training that diverges without a NaN (every ReLU dead after a too-large step, a
     fine-tuning learning rate or distillation loss scaled too high for a network without
     BN) ends at 1/classes: the run goes on, so the warning says which stage did it.
     """
     if kind in _UNTRAINED_BY_DESIGN or before is None or after is None or after >= before:
-        return
+        return None
     classes = _num_classes(state)
     if classes is None or classes < 2:
-        return
+        return None
     chance = 1.0 / classes  # a collapsed model predicts one class: about 1/classes on balanced data
     low, high = min(1.5 * chance, chance + 0.1), min(3 * chance, chance + 0.5 * (1 - chance))
-    if before >= high and after <= low:
-        log.warning("stage %d (%s) left the model at chance accuracy (%.2f%%, from %.2f%%; %d classes): "
-                    "its training collapsed (a learning rate too high for this model, e.g. lr / "
-                    "finetune_lr) or it removed too much at once (prune less per step); later stages "
-                    "start from this model", index + 1, kind, 100 * after, 100 * before, classes)
+    if before < high or after > low:
+        return None
+    return (f"stage {index + 1} ({kind}) left the model at chance accuracy ({100 * after:.2f}%, from "
+            f"{100 * before:.2f}%; {classes} classes): its training collapsed (a learning rate too high "
+            "for this model, e.g. lr / finetune_lr) or it removed too much at once (prune less per "
+            "step); later stages start from this model")
 
 
 def _num_classes(state: RunState) -> int | None:

@@ -75,6 +75,9 @@ Block = tuple[str, Any]
 def _blocks(stages: Sequence[Row], plots: Sequence[Plot]) -> list[Block]:
     by_name = {p.name: p for p in plots}
     blocks: list[Block] = [("h2", "Stages"), ("table", (*table_cells(stages), 1)), ("p", RATIO_NOTE)]
+    warnings = [w for s in stages for w in s.get("warnings") or ()]
+    if warnings:
+        blocks += [("h2", "Warnings")] + [("p", w) for w in warnings]
     shown: list[Plot] = []
     if has_latency(stages):
         shown += [by_name[n] for n in ("accuracy_vs_latency_and_size",) if n in by_name]
@@ -152,7 +155,8 @@ def write_report(run_dir: str | os.PathLike[str], stages: list[dict[str, Any]], 
             ``int8_latency_ms``, ``wall_s``, and for the latency section
             ``trained`` (False: drawn apart as untrained), ``latency_setup``,
             ``latency_plan`` (a latency planner's record) and ``layer_latency_ms``
-            (see :mod:`edgeslim.report.latency`). Ratios compare with the first stage.
+            (see :mod:`edgeslim.report.latency`), and ``warnings`` (strings, listed in a
+            Warnings section after the stage table). Ratios compare with the first stage.
         title: the report's heading.
         channels_before: ``channels_per_layer`` of the model before pruning.
         channels_after: ``channels_per_layer`` after pruning.
