@@ -468,8 +468,7 @@ def test_onnx_latency_is_none_with_a_warning_when_the_model_does_not_export(
     ("train", 0.70, 0.52, 2, False),
 ])
 def test_a_stage_that_takes_the_model_to_chance_accuracy_is_named_in_a_warning(
-        kind: str, before: float, after: float, classes: int, warned: bool,
-        caplog: pytest.LogCaptureFixture) -> None:
+        kind: str, before: float, after: float, classes: int, warned: bool) -> None:
     from types import SimpleNamespace
 
     from edgeslim.models import create_model
@@ -495,7 +494,8 @@ def test_a_collapsed_stage_is_logged_recorded_and_shown_in_the_report(
     def collapse(state, cfg):
         real(state, cfg)
         head = [m for m in state.model.modules() if isinstance(m, torch.nn.Linear)][-1]
-        torch.nn.init.zeros_(head.weight), torch.nn.init.zeros_(head.bias)
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
 
     monkeypatch.setattr(stage_mod.STAGES, "get", lambda kind: stage_mod.StageType(real.config, collapse)
                         if kind == "finetune" else get(kind))

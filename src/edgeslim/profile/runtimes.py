@@ -238,7 +238,6 @@ def describe_cpu(fields: dict[str, str]) -> str:
     return f"{name} ({extra})" if extra else name
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
     """This CPU, as ``describe_cpu`` writes it (part of the latency cache key)."""
     return describe_cpu(_cpuinfo())
