@@ -26,6 +26,10 @@ rounds, each timing teacher, final model and an empty graph (the per-call floor 
 hits all three alike; the reported latency is the median over rounds and the speed-up is the ratio
 of the medians. The same for eager PyTorch, for reference.
 
+For runs that record it (``vs_baseline`` in ``state.json``), the accuracy loss comes with its 95%
+interval on the same test images (paired), the images lost and gained and McNemar's p: whether the
+loss is larger than the 10,000 test images can tell from noise.
+
 Writes ``benchmarks/results/headline_<recipe>.json``.
 """
 from __future__ import annotations
@@ -134,7 +138,35 @@ def latency(models: dict[str, nn.Module], shape: tuple[int, ...], batches: list[
     return out
 
 
-def verdict(kind: str, t: dict, f: dict, lat: dict, wall: float | None) -> dict[str, Any]:
+def paired_change(run: Path, t: dict, f: dict, state: dict, data_dir: str | None) -> dict | None:
+    """The final model's accuracy change against the teacher on the same test images: the run's own
+    record (``vs_baseline``), else computed from the saved models (runs made before it was recorded;
+    needs the data), else None."""
+    paired = f["metrics"].get("vs_baseline")
+    if paired and paired.get("index") == t["index"]:
+        return paired
+    import edgeslim
+    from edgeslim.data import make_loaders
+    from edgeslim.errors import DataError
+    from edgeslim.train import correct_mask, paired_accuracy_change
+
+    d = state["recipe"]["data"]
+    try:
+        _, test = make_loaders(d["name"], data_dir, batch_size=256, test_subset=d.get("test_subset"),
+                               seed=state["recipe"]["seed"])
+    except DataError as exc:
+        print(f"no paired accuracy comparison ({exc})", file=sys.stderr)
+        return None
+    masks = [correct_mask(edgeslim.load(run / name), test) for name in ("teacher.safetensors", "model.safetensors")]
+    for mask, row in zip(masks, (t, f)):
+        if abs(float(mask.double().mean()) - row["metrics"]["accuracy"]) > 1e-9:
+            raise SystemExit(f"{run}: the saved {row['stage']} model scores {float(mask.double().mean()):.4f} on "
+                             f"this test set, its run recorded {row['metrics']['accuracy']:.4f}: other data?")
+    return paired_accuracy_change(*masks)
+
+
+def verdict(kind: str, t: dict, f: dict, lat: dict, wall: float | None,
+            paired: dict | None = None) -> dict[str, Any]:
     goals = RECIPES[kind]["goals"]
     tm, fm = t["metrics"], f["metrics"]
     loss = 100 * (tm["accuracy"] - fm["accuracy"])
@@ -147,6 +179,10 @@ def verdict(kind: str, t: dict, f: dict, lat: dict, wall: float | None) -> dict[
                                if tm.get("onnx_latency_ms") and fm.get("onnx_latency_ms") else None),
         "wall_s": wall, "accuracy_met": loss <= goals["max_accuracy_loss_pts"] + 1e-9,
     }
+    if paired:
+        res["accuracy_loss_ci95_pts"] = [-paired["ci_pts"][1], -paired["ci_pts"][0]]
+        res["test_images_lost_gained"] = [paired["lost"], paired["gained"]]
+        res["mcnemar_p"] = paired["p_value"]
     if kind == "kt":
         res["params_met"] = res["params_x"] >= goals["params_x"]
         res["speed_met"] = lat["batch1"]["onnxruntime_speedup"] >= goals["ort_speedup_b1"]
@@ -187,7 +223,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgeslim-headline-") as tmp:
         lat = latency({"teacher": teacher, "final": final, "empty": _Empty()}, shape, a.batch or [1, 64],
                       a.threads, a.rounds, a.runs, Path(tmp))
-    res = verdict(a.kind, t, f, lat, wall)
+    res = verdict(a.kind, t, f, lat, wall, paired_change(run, t, f, state, a.data_dir))
     settings = {"recipe": str(recipe.relative_to(ROOT) if recipe.is_relative_to(ROOT) else recipe),
                 "run": str(run), "threads": a.threads, "rounds": a.rounds, "runs": a.runs,
                 "batches": a.batch or [1, 64], "torch": torch.__version__,

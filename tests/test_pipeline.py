@@ -78,7 +78,16 @@ def test_tiny_recipe_end_to_end_and_rerun_is_noop(data_dir: Path, tmp_path: Path
     assert rows[2]["metrics"]["params"] < rows[1]["metrics"]["params"]
     assert rows[2]["metrics"]["flops"] < rows[1]["metrics"]["flops"]
     assert all(r["metrics"]["onnx_latency_ms"] > 0 for r in rows)  # onnxruntime, 1 thread, batch 1
+    # the paired accuracy change against the trained model (the report's baseline), after it only
+    assert "vs_baseline" not in rows[0]["metrics"] and "vs_baseline" not in rows[1]["metrics"]
+    for r in rows[2:]:
+        v, acc = r["metrics"]["vs_baseline"], r["metrics"]["accuracy"]
+        assert (v["stage"], v["index"], v["n"]) == ("train", 0, 256)
+        assert v["change_pts"] == pytest.approx(100 * (acc - rows[1]["metrics"]["accuracy"]), abs=1e-9)
+        assert v["change_pts"] == pytest.approx(100 * (v["gained"] - v["lost"]) / 256, abs=1e-9)
+        assert v["ci_pts"][0] <= v["change_pts"] <= v["ci_pts"][1]
     report = (out / "report.md").read_text()
+    assert "## Accuracy against the baseline" in report and "McNemar p" in report
     assert "onnxruntime ms" in report and "onnxruntime ×" in report and "1 thread, batch 1" in report
     for name in ("model.safetensors", "model.onnx", "report.md", "report.html", "deploy.md",
                  "state.json", "recipe.yaml", "teacher.safetensors"):
@@ -89,6 +98,33 @@ def test_tiny_recipe_end_to_end_and_rerun_is_noop(data_dir: Path, tmp_path: Path
     again = run_recipe(recipe, out, data_dir=data_dir, progress=False)  # finished: only re-reports
     assert again == json.loads((out / "state.json").read_text())
     assert (out / "state.json").stat().st_mtime_ns == stamp
+
+
+def test_a_run_resumed_after_its_baseline_compares_with_the_saved_baseline(
+        data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupted in the prune stage, the resumed process gets the baseline's per-image
+    correctness from the saved trained model: the same paired comparison as a straight run."""
+    from edgeslim.train.engine import Trainer
+
+    recipe = parse_recipe(_tiny(STAGES))
+    straight = run_recipe(recipe, tmp_path / "a", data_dir=data_dir, progress=False)
+    original, calls = Trainer._optimise, {"n": 0}
+
+    def crash_in_prune_finetune(self, loss):
+        calls["n"] += 1
+        if calls["n"] == 10:  # the train stage takes 8 steps; then the prune stage's fine-tuning
+            raise KeyboardInterrupt
+        return original(self, loss)
+
+    monkeypatch.setattr(Trainer, "_optimise", crash_in_prune_finetune)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, tmp_path / "b", data_dir=data_dir, progress=False)
+    monkeypatch.setattr(Trainer, "_optimise", original)
+    assert [r["stage"] for r in json.loads((tmp_path / "b" / "state.json").read_text())["completed"]] == [
+        "input", "train"]
+    resumed = run_recipe(recipe, tmp_path / "b", data_dir=data_dir, resume=True, progress=False)
+    for a, b in zip(straight["completed"][2:], resumed["completed"][2:], strict=True):
+        assert b["metrics"]["vs_baseline"] == a["metrics"]["vs_baseline"]
 
 
 def test_interrupted_run_resumes_to_the_same_result(data_dir: Path, tmp_path: Path,

@@ -187,3 +187,23 @@ def test_channels_plot_from_one_dict(tmp_path) -> None:
     paths = write_report(tmp_path, [{"stage": "a"}], channels_after={"conv": 8, "fc": 10})
     assert set(paths) == {"markdown", "html", "channels_per_layer"}
     assert _md_images(paths["markdown"].read_text()) == ["plots/channels_per_layer.png"]
+
+
+def test_accuracy_against_the_baseline_section(tmp_path: Path) -> None:
+    from edgeslim.train import paired_accuracy_change
+
+    ref = torch.tensor([True] * 980 + [False] * 20)
+    new = ref.clone()
+    new[:12] = False  # 12 lost
+    new[980:985] = True  # 5 gained
+    change = {"stage": "train"} | paired_accuracy_change(ref, new)
+    stages = [{"stage": "train", "accuracy": 0.98}, {"stage": "prune", "accuracy": 0.973, "vs_baseline": change}]
+    md = write_report(tmp_path, stages)["markdown"].read_text()
+    section = md.split("## Accuracy against the baseline", 1)[1]
+    row = _md_table_rows(section)[0]
+    assert [c.strip() for c in row[:3]] == ["1", "prune", "-0.70"]
+    assert [c.strip() for c in row[4:6]] == ["12", "5"]
+    lo, hi = change["ci_pts"]
+    assert row[3].strip() == f"[{lo:+.2f}, {hi:+.2f}]" and lo < 0 < hi  # 7 net of 1,000: not resolved
+    assert "baseline (train) on the same 1,000 test images" in section
+    assert "Accuracy against the baseline" not in write_report(tmp_path / "b", STAGES)["markdown"].read_text()

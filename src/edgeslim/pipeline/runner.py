@@ -76,12 +76,16 @@ def measure(state: RunState) -> dict:
     PyTorch and ``onnx_latency_ms`` in onnxruntime (CPU execution provider, full graph
     optimisation; None, with a warning, when the model does not export to ONNX);
     ``layer_latency_ms`` per leaf module in eager PyTorch; ``latency_setup`` says how.
+    After the run's baseline (see :func:`_baseline_row`), ``vs_baseline`` is the accuracy
+    change against it on the same test images, with a confidence interval and McNemar's p
+    (:func:`edgeslim.train.paired_accuracy_change`).
     """
     from ..profile import profile
-    from ..train import evaluate
+    from ..train import correct_mask, paired_accuracy_change
 
     model = state.model
-    acc = evaluate(model.to(state.device), state.test)["accuracy"]
+    state.correct = correct_mask(model.to(state.device), state.test)
+    acc = int(state.correct.sum()) / state.correct.numel()
     prof = profile(model.cpu().eval(), state.example.cpu(), latency=True, threads=1,
                    runs=state.recipe.latency_runs, warmup=5)
     row = {"accuracy": acc} | {k: prof[k] for k in ("params", "nonzero_params", "flops", "macs",
@@ -93,6 +97,8 @@ def measure(state: RunState) -> dict:
     if state.quantized is not None:
         row["int8_accuracy"] = state.quantized.evaluate(state.test)
         row["int8_latency_ms"] = state.quantized.latency(threads=1)
+    if state.baseline_correct is not None:
+        row["vs_baseline"] = state.baseline | paired_accuracy_change(state.baseline_correct, state.correct)
     return row
 
 
@@ -313,8 +319,39 @@ def _start(recipe: Recipe, run_dir: Path, saved: dict, data_dir: Any, device: st
     if not saved["completed"]:
         saved["completed"].append(_record(state, -1, "input", measure(state), 0.0))
         atomic_write_json(run_dir / STATE, saved)
+    _restore_baseline(state, saved)
     _restore_quantized(state, saved)
     return state
+
+
+def _baseline_row(recipe: Recipe) -> int:
+    """The row of ``state.json``'s completed list the report's ratios start at: the trained model
+    when the recipe starts by training (an untrained input is no baseline), else the input."""
+    return 1 if recipe.stages and recipe.stages[0].kind == "train" else 0
+
+
+def _set_baseline(state: RunState, saved: dict) -> None:
+    """After the baseline row is recorded: its correctness mask is the reference of later rows."""
+    if len(saved["completed"]) - 1 == _baseline_row(state.recipe):
+        state.baseline_correct, state.baseline = state.correct, _baseline_id(saved["completed"][-1])
+
+
+def _restore_baseline(state: RunState, saved: dict) -> None:
+    """The baseline's mask on a resumed run: from the model just measured, or its saved file."""
+    from ..export import load
+    from ..train import correct_mask
+
+    row = _baseline_row(state.recipe)
+    if row == len(saved["completed"]) - 1 and state.correct is not None:
+        _set_baseline(state, saved)
+    elif row < len(saved["completed"]):
+        entry = saved["completed"][row]
+        model = load(state.run_dir / entry["model"]).to(state.device)
+        state.baseline_correct, state.baseline = correct_mask(model, state.test), _baseline_id(entry)
+
+
+def _baseline_id(entry: dict) -> dict:
+    return {"stage": entry["stage"], "index": entry["index"]}
 
 
 def _has_teacher(run_dir: Path, saved: dict) -> bool:
@@ -350,6 +387,7 @@ def _run_stages(recipe: Recipe, run_dir: Path, saved: dict, data_dir: Any, devic
             metrics["warnings"] = [collapsed]  # the report shows them too
         saved["completed"].append(_record(state, i, stage.kind, metrics, time.perf_counter() - t0))
         atomic_write_json(run_dir / STATE, saved)
+        _set_baseline(state, saved)
         if on_stage:
             on_stage(i, stage.kind, saved["completed"][-1]["metrics"])
 

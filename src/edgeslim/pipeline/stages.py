@@ -41,6 +41,11 @@ class RunState:
     progress: bool = True
     #: metrics the running stage reports about itself (reset before each stage, merged into its record)
     stage_metrics: dict = field(default_factory=dict)
+    #: per-test-sample correctness of the model last measured, and of the run's baseline (the trained
+    #: model the report's ratios start at), for the paired accuracy change (``vs_baseline``)
+    correct: Optional[torch.Tensor] = None
+    baseline_correct: Optional[torch.Tensor] = None
+    baseline: dict = field(default_factory=dict)  # {"stage": kind, "index": its state.json index}
 
     def train_options(self, **extra: Any) -> dict:
         """TrainConfig fields shared by every training stage."""

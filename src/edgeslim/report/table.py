@@ -115,6 +115,26 @@ def table_cells(stages: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
+def accuracy_change_cells(stages: Sequence[Row]) -> tuple[str, list[str], list[list[str]]] | None:
+    """``(note, headers, rows)`` of the stages' paired accuracy change against the run's baseline
+    (``vs_baseline``, see :func:`edgeslim.train.paired_accuracy_change`); None when no stage has one."""
+    found = [(i, r) for i, r in enumerate(stages) if isinstance(r.get("vs_baseline"), dict)]
+    if not found:
+        return None
+    first = found[0][1]["vs_baseline"]
+    level = f"{100 * first['confidence']:.0f}%"
+    headers = ["#", "stage", "change (pts)", f"{level} interval", "lost", "gained", "McNemar p"]
+    rows = [[str(i), stage_name(r, i), f"{v['change_pts']:+.2f}",
+             f"[{v['ci_pts'][0]:+.2f}, {v['ci_pts'][1]:+.2f}]", str(v["lost"]), str(v["gained"]),
+             f"{v['p_value']:.3g}"] for i, r in found for v in [r["vs_baseline"]]]
+    note = (f"Each stage's model against the baseline ({first['stage']}) on the same {first['n']:,} test "
+            "images: lost = right before and wrong now, gained = the reverse; the change in accuracy is "
+            f"(gained − lost) / n. The {level} interval (Wald, paired) and McNemar's exact p say whether "
+            "a change is larger than this test set can tell from noise: an interval that contains 0 "
+            "(p ≥ 0.05) does not show a loss, nor a gain.")
+    return note, headers, rows
+
+
 def markdown_grid(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
     """A GitHub-flavoured markdown table of display strings (``|`` escaped); column
     ``left`` is left-aligned, the others right-aligned (numbers)."""

@@ -16,7 +16,7 @@ from edgeslim.report.latency import (REALISATION_NOTE, has_latency, latency_cell
                                      layer_comparison, setup_text, short_setup)
 from edgeslim.report.plots import (TRADE_OFFS, accuracy_latency_size_plot, channels_plot,
                                    layer_before_after_plot, layer_latency_plot)
-from edgeslim.report.table import RATIO_NOTE, Row, markdown_grid, table_cells
+from edgeslim.report.table import RATIO_NOTE, Row, accuracy_change_cells, markdown_grid, table_cells
 
 PLOT_DIR = "plots"
 
@@ -78,6 +78,10 @@ def _blocks(stages: Sequence[Row], plots: Sequence[Plot]) -> list[Block]:
     warnings = [w for s in stages for w in s.get("warnings") or ()]
     if warnings:
         blocks += [("h2", "Warnings")] + [("p", w) for w in warnings]
+    change = accuracy_change_cells(stages)
+    if change is not None:
+        note, headers, rows = change
+        blocks += [("h2", "Accuracy against the baseline"), ("table", (headers, rows, 1)), ("p", note)]
     shown: list[Plot] = []
     if has_latency(stages):
         shown += [by_name[n] for n in ("accuracy_vs_latency_and_size",) if n in by_name]
@@ -155,8 +159,10 @@ def write_report(run_dir: str | os.PathLike[str], stages: list[dict[str, Any]], 
             ``int8_latency_ms``, ``wall_s``, and for the latency section
             ``trained`` (False: drawn apart as untrained), ``latency_setup``,
             ``latency_plan`` (a latency planner's record) and ``layer_latency_ms``
-            (see :mod:`edgeslim.report.latency`), and ``warnings`` (strings, listed in a
-            Warnings section after the stage table). Ratios compare with the first stage.
+            (see :mod:`edgeslim.report.latency`), ``warnings`` (strings, listed in a
+            Warnings section after the stage table) and ``vs_baseline`` (a
+            :func:`edgeslim.train.paired_accuracy_change` dict with the baseline's ``stage``:
+            an "Accuracy against the baseline" table). Ratios compare with the first stage.
         title: the report's heading.
         channels_before: ``channels_per_layer`` of the model before pruning.
         channels_after: ``channels_per_layer`` after pruning.

@@ -1,6 +1,9 @@
-"""Loss/accuracy bookkeeping: ``evaluate`` and the Trainer's running statistics."""
+"""Loss/accuracy bookkeeping: ``evaluate``, paired comparisons of two models on one test set
+(``correct_mask``, ``paired_accuracy_change``) and the Trainer's running statistics."""
 from __future__ import annotations
 
+import math
+from statistics import NormalDist
 from typing import Any, Iterable
 
 import torch
@@ -65,6 +68,84 @@ def evaluate(
     if n == 0:
         raise DataError("evaluate(): the loader yielded no samples; check the dataset/subset size")
     return {"accuracy": correct / n, "loss": loss_sum / n, "n": int(n)}
+
+
+def correct_mask(model: nn.Module, loader: Iterable[Any], device: str | torch.device | None = None) -> torch.Tensor:
+    """Whether ``model``'s top-1 prediction is right, per sample, in the order ``loader`` yields them.
+
+    Two masks from the same unshuffled loader (a test loader) pair up sample by sample, for
+    :func:`paired_accuracy_change`. Eval mode under ``torch.inference_mode``, as :func:`evaluate`.
+
+    Returns:
+        a 1-D bool tensor on the CPU; its mean is the accuracy :func:`evaluate` reports.
+
+    Raises:
+        DataError: the loader yielded no samples.
+    """
+    dev = torch.device(device) if device is not None else _model_device(model)
+    was_training = model.training
+    model.eval()
+    masks = []
+    try:
+        with torch.inference_mode():
+            for x, y in loader:
+                logits = model(x.to(dev, non_blocking=True))
+                masks.append((logits.argmax(1) == y.to(dev, non_blocking=True)).cpu())
+    finally:
+        model.train(was_training)
+    mask = torch.cat(masks) if masks else torch.zeros(0, dtype=torch.bool)
+    if mask.numel() == 0:
+        raise DataError("correct_mask(): the loader yielded no samples; check the dataset/subset size")
+    return mask
+
+
+def _mcnemar_p(lost: int, gained: int) -> float:
+    """Two-sided exact McNemar p-value: the binomial(lost + gained, 1/2) tail at min(lost, gained)."""
+    m, k = lost + gained, min(lost, gained)
+    if m == 0:
+        return 1.0
+    term, tail = 1, 1  # C(m, 0); exact integers, so no underflow for large m
+    for i in range(k):
+        term = term * (m - i) // (i + 1)
+        tail += term
+    return min(1.0, 2 * tail / 2**m)
+
+
+def paired_accuracy_change(reference: torch.Tensor, new: torch.Tensor, confidence: float = 0.95) -> dict[str, Any]:
+    """How the accuracy of a new model differs from a reference's on the same samples, with its uncertainty.
+
+    On one test set the two models' errors are paired: only the samples one model gets right and
+    the other wrong carry information about the difference, so a change of 0.1 points on 10,000
+    images is 10 images net and may be noise. The interval is the Wald interval for the difference
+    of paired proportions, the p-value the exact two-sided McNemar test (is the change real?).
+
+    Args:
+        reference: per-sample correctness of the reference model (:func:`correct_mask`).
+        new: the same for the new model, same samples in the same order.
+        confidence: of the interval, in (0, 1).
+
+    Returns:
+        ``{"n", "lost" (right before, wrong now), "gained" (wrong before, right now),
+        "change_pts" (new minus reference accuracy, in points; negative: a loss),
+        "ci_pts": [low, high], "confidence", "p_value"}``.
+
+    Raises:
+        ValueError: the masks differ in length or are empty, or ``confidence`` is outside (0, 1).
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}; e.g. 0.95")
+    ref, now = reference.reshape(-1).bool(), new.reshape(-1).bool()
+    if ref.numel() != now.numel() or ref.numel() == 0:
+        raise ValueError(f"the masks must cover the same, non-empty samples: {ref.numel()} vs {now.numel()}; "
+                         "compute both with correct_mask on the same unshuffled loader")
+    n = ref.numel()
+    lost, gained = int((ref & ~now).sum()), int((~ref & now).sum())
+    d = (gained - lost) / n
+    se = math.sqrt(max((lost + gained) / n - d * d, 0.0) / n)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    return {"n": n, "lost": lost, "gained": gained, "change_pts": 100 * d,
+            "ci_pts": [100 * (d - z * se), 100 * (d + z * se)], "confidence": confidence,
+            "p_value": _mcnemar_p(lost, gained)}
 
 
 class RunningStats:
