@@ -100,26 +100,31 @@ def test_tiny_recipe_end_to_end_and_rerun_is_noop(data_dir: Path, tmp_path: Path
     assert (out / "state.json").stat().st_mtime_ns == stamp
 
 
+def _interrupt_at_step(step: int, recipe, out: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``recipe`` into ``out`` until a KeyboardInterrupt at its ``step``-th optimiser step."""
+    from edgeslim.train.engine import Trainer
+
+    original, calls = Trainer._optimise, {"n": 0}
+
+    def crash(self, loss):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt
+        return original(self, loss)
+
+    monkeypatch.setattr(Trainer, "_optimise", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, out, data_dir=data_dir, progress=False)
+    monkeypatch.setattr(Trainer, "_optimise", original)
+
+
 def test_a_run_resumed_after_its_baseline_compares_with_the_saved_baseline(
         data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Interrupted in the prune stage, the resumed process gets the baseline's per-image
     correctness from the saved trained model: the same paired comparison as a straight run."""
-    from edgeslim.train.engine import Trainer
-
     recipe = parse_recipe(_tiny(STAGES))
     straight = run_recipe(recipe, tmp_path / "a", data_dir=data_dir, progress=False)
-    original, calls = Trainer._optimise, {"n": 0}
-
-    def crash_in_prune_finetune(self, loss):
-        calls["n"] += 1
-        if calls["n"] == 10:  # the train stage takes 8 steps; then the prune stage's fine-tuning
-            raise KeyboardInterrupt
-        return original(self, loss)
-
-    monkeypatch.setattr(Trainer, "_optimise", crash_in_prune_finetune)
-    with pytest.raises(KeyboardInterrupt):
-        run_recipe(recipe, tmp_path / "b", data_dir=data_dir, progress=False)
-    monkeypatch.setattr(Trainer, "_optimise", original)
+    _interrupt_at_step(10, recipe, tmp_path / "b", data_dir, monkeypatch)  # train: 8 steps; then prune
     assert [r["stage"] for r in json.loads((tmp_path / "b" / "state.json").read_text())["completed"]] == [
         "input", "train"]
     resumed = run_recipe(recipe, tmp_path / "b", data_dir=data_dir, resume=True, progress=False)
@@ -129,24 +134,9 @@ def test_a_run_resumed_after_its_baseline_compares_with_the_saved_baseline(
 
 def test_interrupted_run_resumes_to_the_same_result(data_dir: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgeslim.train.engine import Trainer
-
     recipe = parse_recipe(_tiny(STAGES))
     straight = run_recipe(recipe, tmp_path / "a", data_dir=data_dir, progress=False)
-
-    original = Trainer._optimise
-    calls = {"n": 0}
-
-    def crash_in_second_epoch(self, loss):
-        calls["n"] += 1
-        if calls["n"] == 6:  # 4 steps per epoch: the middle of epoch 2 of the train stage
-            raise KeyboardInterrupt
-        return original(self, loss)
-
-    monkeypatch.setattr(Trainer, "_optimise", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        run_recipe(recipe, tmp_path / "b", data_dir=data_dir, progress=False)
-    monkeypatch.setattr(Trainer, "_optimise", original)
+    _interrupt_at_step(6, recipe, tmp_path / "b", data_dir, monkeypatch)  # 4 steps an epoch: in epoch 2
     assert (tmp_path / "b" / "stages" / "00-train" / "train" / "last.pt").is_file()
     with pytest.raises(ConfigError, match="--resume"):
         run_recipe(recipe, tmp_path / "b", data_dir=data_dir, progress=False)
