@@ -139,12 +139,11 @@ def latency(models: dict[str, nn.Module], shape: tuple[int, ...], batches: list[
 
 
 def paired_change(run: Path, t: dict, f: dict, state: dict, data_dir: str | None) -> dict | None:
-    """The final model's accuracy change against the teacher on the same test images: the run's own
-    record (``vs_baseline``), else computed from the saved models (runs made before it was recorded;
-    needs the data), else None."""
+    """The final model's accuracy change against the teacher on the same test images, computed from
+    the saved models (their accuracies must be the run's); without the data, the run's own record
+    (``vs_baseline``, absent in runs from before it was recorded), else None."""
     paired = f["metrics"].get("vs_baseline")
-    if paired and paired.get("index") == t["index"]:
-        return paired
+    recorded = paired if paired and paired.get("index") == t["index"] else None
     import edgeslim
     from edgeslim.data import make_loaders
     from edgeslim.errors import DataError
@@ -155,8 +154,9 @@ def paired_change(run: Path, t: dict, f: dict, state: dict, data_dir: str | None
         _, test = make_loaders(d["name"], data_dir, batch_size=256, test_subset=d.get("test_subset"),
                                seed=state["recipe"]["seed"])
     except DataError as exc:
-        print(f"no paired accuracy comparison ({exc})", file=sys.stderr)
-        return None
+        print(f"paired accuracy comparison {'as the run recorded it' if recorded else 'not made'} ({exc})",
+              file=sys.stderr)
+        return recorded
     masks = [correct_mask(edgeslim.load(run / name), test) for name in ("teacher.safetensors", "model.safetensors")]
     for mask, row in zip(masks, (t, f)):
         if abs(float(mask.double().mean()) - row["metrics"]["accuracy"]) > 1e-9:

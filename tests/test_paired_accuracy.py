@@ -30,17 +30,42 @@ def test_correct_mask_mean_is_evaluate_accuracy_and_mode_is_restored() -> None:
     assert int(mask.sum()) / 70 == evaluate(model, batches)["accuracy"]
 
 
-def test_counts_change_and_interval_by_hand() -> None:
+def test_counts_and_change() -> None:
     ref, new = _masks(both=950, lost=30, gained=10, neither=10)
     res = paired_accuracy_change(ref, new)
     assert (res["n"], res["lost"], res["gained"]) == (1000, 30, 10)
-    d = (10 - 30) / 1000
-    assert res["change_pts"] == pytest.approx(100 * d)
+    assert res["change_pts"] == pytest.approx(-2.0)
     assert res["change_pts"] == pytest.approx(100 * (new.double().mean() - ref.double().mean()).item())
-    se = math.sqrt(((30 + 10) / 1000 - d * d) / 1000)
-    assert res["ci_pts"] == pytest.approx([100 * (d - 1.959964 * se), 100 * (d + 1.959964 * se)], rel=1e-5)
     wider = paired_accuracy_change(ref, new, confidence=0.99)["ci_pts"]
     assert wider[0] < res["ci_pts"][0] < res["change_pts"] < res["ci_pts"][1] < wider[1]
+
+
+def _tail_ge(x: int, m: int, p: float) -> float:
+    return sum(math.comb(m, i) * p**i * (1 - p) ** (m - i) for i in range(x, m + 1))
+
+
+def test_interval_is_the_exact_interval_of_the_share_of_disagreements_won() -> None:
+    """Of m disagreements the new model wins x; the bounds on that share solve the binomial tail
+    equations (Clopper-Pearson), and map to a change of m (2 share - 1) / n."""
+    n, m, x = 1000, 10, 3
+    res = paired_accuracy_change(*_masks(both=980, lost=m - x, gained=x, neither=n - 980 - m))
+    low, high = (((c * n / 100 / m) + 1) / 2 for c in res["ci_pts"])
+    assert _tail_ge(x, m, low) == pytest.approx(0.025, abs=1e-9)        # P(X >= 3 | low) = alpha / 2
+    assert 1 - _tail_ge(x + 1, m, high) == pytest.approx(0.025, abs=1e-9)  # P(X <= 3 | high) = alpha / 2
+    none_won = paired_accuracy_change(*_masks(both=980, lost=10, gained=0, neither=10))["ci_pts"]
+    assert none_won[0] == pytest.approx(-1.0)  # share 0: every disagreement lost, 10 of 1,000
+    assert none_won[1] == pytest.approx(100 * 10 * (2 * (1 - 0.025 ** (1 / 10)) - 1) / 1000)  # closed form
+    assert paired_accuracy_change(*_masks(both=990, lost=0, gained=0, neither=10))["ci_pts"] == [0.0, 0.0]
+
+
+def test_interval_and_mcnemar_agree_on_every_count() -> None:
+    """The interval holds 0 exactly when McNemar's p is at least 1 - confidence."""
+    for lost in range(0, 26):
+        for gained in range(0, 26):
+            res = paired_accuracy_change(*_masks(both=50, lost=lost, gained=gained, neither=5))
+            low, high = res["ci_pts"]
+            assert low <= res["change_pts"] <= high
+            assert (low <= 0 <= high) == (res["p_value"] >= 0.05), (lost, gained, res)
 
 
 @pytest.mark.parametrize("lost, gained, p", [

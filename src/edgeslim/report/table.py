@@ -129,9 +129,9 @@ def accuracy_change_cells(stages: Sequence[Row]) -> tuple[str, list[str], list[l
              f"{v['p_value']:.3g}"] for i, r in found for v in [r["vs_baseline"]]]
     note = (f"Each stage's model against the baseline ({first['stage']}) on the same {first['n']:,} test "
             "images: lost = right before and wrong now, gained = the reverse; the change in accuracy is "
-            f"(gained − lost) / n. The {level} interval (Wald, paired) and McNemar's exact p say whether "
-            "a change is larger than this test set can tell from noise: an interval that contains 0 "
-            "(p ≥ 0.05) does not show a loss, nor a gain.")
+            f"(gained − lost) / n. The {level} interval (exact, over the images where the two disagree) "
+            "and McNemar's exact p say whether a change is larger than this test set can tell from noise: "
+            f"an interval that contains 0 (then p ≥ {1 - first['confidence']:.2g}) shows neither a loss nor a gain.")
     return note, headers, rows
 
 

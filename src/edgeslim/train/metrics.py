@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -111,13 +111,44 @@ def _mcnemar_p(lost: int, gained: int) -> float:
     return min(1.0, 2 * tail / 2**m)
 
 
+def _binomial_cdf(k: int, m: int, p: float, log_comb: np.ndarray) -> float:
+    """P(X <= k), X ~ binomial(m, p), summed in log space (``log_comb[i]`` = log C(m, i))."""
+    if k < 0 or p >= 1:
+        return 0.0 if k < m else 1.0
+    if k >= m or p <= 0:
+        return 1.0
+    i = np.arange(k + 1)
+    terms = log_comb[: k + 1] + i * math.log(p) + (m - i) * math.log1p(-p)
+    top = terms.max()
+    return float(min(1.0, math.exp(top) * np.exp(terms - top).sum()))
+
+
+def _clopper_pearson(x: int, m: int, alpha: float) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) ``1 - alpha`` interval of a binomial proportion, ``x`` of ``m``."""
+    log_comb = np.array([math.lgamma(m + 1) - math.lgamma(i + 1) - math.lgamma(m - i + 1) for i in range(m + 1)])
+
+    def solve(f: Any) -> float:  # the root of f on [0, 1], f decreasing in p
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if f(mid) > 0 else (lo, mid)
+        return (lo + hi) / 2
+
+    low = 0.0 if x == 0 else solve(lambda p: _binomial_cdf(x - 1, m, p, log_comb) - (1 - alpha / 2))
+    high = 1.0 if x == m else solve(lambda p: _binomial_cdf(x, m, p, log_comb) - alpha / 2)
+    return low, high
+
+
 def paired_accuracy_change(reference: torch.Tensor, new: torch.Tensor, confidence: float = 0.95) -> dict[str, Any]:
     """How the accuracy of a new model differs from a reference's on the same samples, with its uncertainty.
 
     On one test set the two models' errors are paired: only the samples one model gets right and
     the other wrong carry information about the difference, so a change of 0.1 points on 10,000
-    images is 10 images net and may be noise. The interval is the Wald interval for the difference
-    of paired proportions, the p-value the exact two-sided McNemar test (is the change real?).
+    images is 10 images net and may be noise. Of the ``m = lost + gained`` samples where the two
+    disagree, the new model wins ``gained``; the interval is the exact (Clopper-Pearson) interval of
+    that share, as a change in accuracy (``m (2 share - 1) / n``), and the p-value the exact two-sided
+    McNemar test. The two agree: the interval contains 0 exactly when ``p_value >= 1 - confidence``.
+    With no disagreements the change is exactly 0 on these samples and the interval is ``[0, 0]``.
 
     Args:
         reference: per-sample correctness of the reference model (:func:`correct_mask`).
@@ -140,11 +171,10 @@ def paired_accuracy_change(reference: torch.Tensor, new: torch.Tensor, confidenc
                          "compute both with correct_mask on the same unshuffled loader")
     n = ref.numel()
     lost, gained = int((ref & ~now).sum()), int((~ref & now).sum())
-    d = (gained - lost) / n
-    se = math.sqrt(max((lost + gained) / n - d * d, 0.0) / n)
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    return {"n": n, "lost": lost, "gained": gained, "change_pts": 100 * d,
-            "ci_pts": [100 * (d - z * se), 100 * (d + z * se)], "confidence": confidence,
+    m = lost + gained
+    low, high = _clopper_pearson(gained, m, 1 - confidence) if m else (0.5, 0.5)
+    return {"n": n, "lost": lost, "gained": gained, "change_pts": 100 * (gained - lost) / n,
+            "ci_pts": [100 * m * (2 * low - 1) / n, 100 * m * (2 * high - 1) / n], "confidence": confidence,
             "p_value": _mcnemar_p(lost, gained)}
 
 
