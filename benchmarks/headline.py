@@ -26,9 +26,10 @@ rounds, each timing teacher, final model and an empty graph (the per-call floor 
 hits all three alike; the reported latency is the median over rounds and the speed-up is the ratio
 of the medians. The same for eager PyTorch, for reference.
 
-For runs that record it (``vs_baseline`` in ``state.json``), the accuracy loss comes with its 95%
-interval on the same test images (paired), the images lost and gained and McNemar's p: whether the
-loss is larger than the 10,000 test images can tell from noise.
+With the data (``--data-dir`` / ``$EDGESLIM_DATA``), the accuracy loss comes with its exact 95%
+interval on the same test images (paired), the images lost and gained and McNemar's p, computed from
+the saved teacher and final model (without it: as the run recorded them in ``vs_baseline``): whether
+the loss is larger than the 10,000 test images can tell from noise.
 
 Writes ``benchmarks/results/headline_<recipe>.json``.
 """

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeslim._core import eval_mode
 from edgeslim.errors import DataError
 
 SYNC_EVERY = 25  # steps between device->host reads in the Trainer (NaN check, progress bar)
@@ -83,16 +84,11 @@ def correct_mask(model: nn.Module, loader: Iterable[Any], device: str | torch.de
         DataError: the loader yielded no samples.
     """
     dev = torch.device(device) if device is not None else _model_device(model)
-    was_training = model.training
-    model.eval()
     masks = []
-    try:
-        with torch.inference_mode():
-            for x, y in loader:
-                logits = model(x.to(dev, non_blocking=True))
-                masks.append((logits.argmax(1) == y.to(dev, non_blocking=True)).cpu())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():  # every submodule's own train flag comes back
+        for x, y in loader:
+            logits = model(x.to(dev, non_blocking=True))
+            masks.append((logits.argmax(1) == y.to(dev, non_blocking=True)).cpu())
     mask = torch.cat(masks) if masks else torch.zeros(0, dtype=torch.bool)
     if mask.numel() == 0:
         raise DataError("correct_mask(): the loader yielded no samples; check the dataset/subset size")
