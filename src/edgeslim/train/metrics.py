@@ -95,20 +95,13 @@ def correct_mask(model: nn.Module, loader: Iterable[Any], device: str | torch.de
     return mask
 
 
-def _mcnemar_p(lost: int, gained: int) -> float:
-    """Two-sided exact McNemar p-value: the binomial(lost + gained, 1/2) tail at min(lost, gained)."""
-    m, k = lost + gained, min(lost, gained)
-    if m == 0:
-        return 1.0
-    term, tail = 1, 1  # C(m, 0); exact integers, so no underflow for large m
-    for i in range(k):
-        term = term * (m - i) // (i + 1)
-        tail += term
-    return min(1.0, 2 * tail / 2**m)
+def _log_comb(m: int) -> np.ndarray:
+    """``log C(m, i)`` for ``i = 0..m``."""
+    return np.array([math.lgamma(m + 1) - math.lgamma(i + 1) - math.lgamma(m - i + 1) for i in range(m + 1)])
 
 
 def _binomial_cdf(k: int, m: int, p: float, log_comb: np.ndarray) -> float:
-    """P(X <= k), X ~ binomial(m, p), summed in log space (``log_comb[i]`` = log C(m, i))."""
+    """P(X <= k), X ~ binomial(m, p), summed in log space (no underflow for large m)."""
     if k < 0 or p >= 1:
         return 0.0 if k < m else 1.0
     if k >= m or p <= 0:
@@ -119,9 +112,14 @@ def _binomial_cdf(k: int, m: int, p: float, log_comb: np.ndarray) -> float:
     return float(min(1.0, math.exp(top) * np.exp(terms - top).sum()))
 
 
-def _clopper_pearson(x: int, m: int, alpha: float) -> tuple[float, float]:
+def _mcnemar_p(lost: int, gained: int, log_comb: np.ndarray) -> float:
+    """Two-sided exact McNemar p-value: twice the binomial(lost + gained, 1/2) tail at min(lost, gained)."""
+    m = lost + gained
+    return 1.0 if m == 0 else min(1.0, 2 * _binomial_cdf(min(lost, gained), m, 0.5, log_comb))
+
+
+def _clopper_pearson(x: int, m: int, alpha: float, log_comb: np.ndarray) -> tuple[float, float]:
     """The exact (Clopper-Pearson) ``1 - alpha`` interval of a binomial proportion, ``x`` of ``m``."""
-    log_comb = np.array([math.lgamma(m + 1) - math.lgamma(i + 1) - math.lgamma(m - i + 1) for i in range(m + 1)])
 
     def solve(f: Any) -> float:  # the root of f on [0, 1], f decreasing in p
         lo, hi = 0.0, 1.0
@@ -168,10 +166,11 @@ def paired_accuracy_change(reference: torch.Tensor, new: torch.Tensor, confidenc
     n = ref.numel()
     lost, gained = int((ref & ~now).sum()), int((~ref & now).sum())
     m = lost + gained
-    low, high = _clopper_pearson(gained, m, 1 - confidence) if m else (0.5, 0.5)
+    log_comb = _log_comb(m)
+    low, high = _clopper_pearson(gained, m, 1 - confidence, log_comb) if m else (0.5, 0.5)
     return {"n": n, "lost": lost, "gained": gained, "change_pts": 100 * (gained - lost) / n,
             "ci_pts": [100 * m * (2 * low - 1) / n, 100 * m * (2 * high - 1) / n], "confidence": confidence,
-            "p_value": _mcnemar_p(lost, gained)}
+            "p_value": _mcnemar_p(lost, gained, log_comb)}
 
 
 class RunningStats:
