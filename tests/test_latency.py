@@ -297,7 +297,7 @@ def test_a_replan_out_of_reach_keeps_the_best_model_measured_so_far() -> None:
     from edgeslim.prune.latency_planner import LatencyPlan, LatencyTargetError
 
     class Lat:
-        scale = (1.0, 1.0)
+        scale, baseline_ms = (1.0, 1.0), 1.2  # the plan below changes nothing: it is timed at 1.2
 
         def observe(self, *a): pass
 
@@ -317,6 +317,30 @@ def test_a_replan_out_of_reach_keeps_the_best_model_measured_so_far() -> None:
     with pytest.raises(LatencyTargetError):  # the target itself out of reach: still an error
         lp._attempts(lambda plan: None, Lat(), lambda b: (_ for _ in ()).throw(LatencyTargetError("x")),
                      lambda m: 1.0, target=1.0)
+
+
+def test_a_plan_that_prunes_nothing_is_not_timed_again() -> None:
+    """The unpruned model measured at the start cannot meet a target below that measurement:
+    a plan that changes nothing takes the baseline's time, not a second (noisy) timing of it,
+    and a pruned plan is measured."""
+    import numpy as np
+
+    from edgeslim.prune import latency_prune as lp
+    from edgeslim.prune.latency_planner import LatencyPlan
+
+    class Lat:
+        scale, baseline_ms = (1.0, 1.0), 1.25
+
+        def observe(self, *a): pass
+
+        def predict(self, *plan): return 1.0
+
+    plans = iter([LatencyPlan(np.zeros(3, dtype=bool), {}, 1.0),
+                  LatencyPlan(np.array([True, False, False]), {}, 1.0)])
+    built = []
+    best, tried = lp._attempts(built.append, Lat(), lambda b: next(plans), lambda m: 0.99, target=1.0)
+    assert [t["measured_ms"] for t in tried] == [1.25, 0.99] and len(built) == 1  # one model timed
+    assert best[0].removed.any() and best[2] is True
 
 
 def test_a_target_predicted_out_of_reach_is_measured_before_it_is_refused() -> None:

@@ -104,7 +104,9 @@ def _attempts(build: Callable[[LatencyPlan], nn.Module], lat: LatencyModel,
     for _ in range(MAX_ATTEMPTS):
         try:
             plan = plan_for(budget)
-            ms = measure(build(plan))
+            # a plan that changes nothing is the model measured at the start: a second timing of it
+            # could only add noise (on a busy machine, a "met" target with nothing pruned)
+            ms = lat.baseline_ms if _changes_nothing(plan) else measure(build(plan))
         except LatencyTargetError as exc:
             if best is not None:
                 break  # a corrected budget beyond reach: keep the best model measured so far
@@ -121,6 +123,10 @@ def _attempts(build: Callable[[LatencyPlan], nn.Module], lat: LatencyModel,
         lat.observe(plan.removed, plan.dropped, ms, plan.merged)
         budget = target * lat.predict(plan.removed, plan.dropped, plan.merged) / ms
     return best, tried
+
+
+def _changes_nothing(plan: LatencyPlan) -> bool:
+    return not np.any(plan.removed) and not plan.blocks and not plan.merged
 
 
 def _fastest_if_fast_enough(exc: LatencyTargetError, build: Callable[[LatencyPlan], nn.Module], measure,
