@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from torch import nn
 from tinydata import tiny_recipe
 
 from edgeslim.cli import main
@@ -57,6 +58,7 @@ def _common(tiny_data: Path, out: Path) -> list[str]:
     ["train", "--epochs", "1", "--optimizer", "adamw", "--lr", "0.001", "--schedule", "constant"],
     ["prune", "--remove-channels", "0.3", "--finetune", "none", "--round-to", "2"],
     ["prune", "--method", "unstructured", "--sparsity", "0.5", "--finetune-epochs", "0"],
+    ["prune", "--method", "unstructured", "--target-nonzero", "3000", "--steps", "2", "--finetune-epochs", "0"],
     ["lighten", "--model", "lenet5", "--width-mult", "1.0", "--no-keep-first-conv"],
     ["distill", "--teacher", "TRAINED", "--losses", "kd:0.9,ce:0.1", "--epochs", "1"],
     ["merge", "--mode", "streamline", "--steps", "2"],
@@ -67,6 +69,21 @@ def test_stage_commands_run_on_tiny_data(argv: list, tiny_data: Path, trained: P
     argv = [str(trained) if a == "TRAINED" else a for a in argv]
     assert main(argv + _common(tiny_data, tmp_path / "run")) == 0
     assert (tmp_path / "run" / "model.safetensors").is_file() and "accuracy" in capsys.readouterr().out
+
+
+def test_weight_pruning_to_a_count_keeps_that_many_weights_through_the_run(
+        tiny_data: Path, trained: Path, tmp_path: Path) -> None:
+    from edgeslim import load
+
+    stages = [{"load": {"path": str(trained)}},
+              {"prune": {"method": "unstructured", "target_nonzero": 2500, "steps": 2, "finetune": "kd",
+                         "finetune_epochs": 1}}, "export"]
+    state = run_recipe(parse_recipe(tiny_recipe(tiny_data, stages)), tmp_path / "run", progress=False)
+    model = load(tmp_path / "run" / "model.safetensors")
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert sum(int((m.weight != 0).sum()) for m in layers) == 2500  # retraining revived none
+    nonzero = sum(int((p != 0).sum()) for p in model.parameters())
+    assert state["completed"][-1]["metrics"]["nonzero_params"] == nonzero < 2500 + 300  # weights + biases
 
 
 @pytest.mark.parametrize("old, new", [

@@ -28,6 +28,9 @@ def _tiny(stages: list, **data) -> dict:
     ([{"prune": {"ratio": 1.5}}], "ratio=1.5"),
     ([{"prune": {"ratio": 0.5, "target_flops": 0.5}}], "exactly one of"),
     ([{"prune": {"method": "unstructured"}}], "sparsity"),
+    ([{"prune": {"method": "unstructured", "sparsity": 0.5, "target_nonzero": 100}}], "exactly one of sparsity, "
+                                                                                      "target_nonzero"),
+    ([{"prune": {"method": "unstructured", "target_nonzero": 0.5}}], "target_nonzero: expected Optional[int]"),
     ([{"train": {"epochs": -1}}], "epochs=-1"),
     ([{"distill": {}}], "needs a teacher"),
     ([{"quantize": {}}, {"prune": {"ratio": 0.3}}], "cannot follow 'quantize'"),

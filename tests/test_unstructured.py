@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from edgeslim.errors import CheckpointError, ConfigError
+from edgeslim.modelinfo import info as edgeslim_info
 from edgeslim.prune.sparse_storage import load_sparse, save_sparse, stored_bytes
 from edgeslim.prune.unstructured import (
     MaskEnforcer,
@@ -122,6 +123,48 @@ def test_iterative_pruning_raises_sparsity_gradually_and_ends_exact() -> None:
     assert [sp for _, sp in seen] == pytest.approx(schedule, abs=1e-4)
     total = sum(m.weight.numel() for m in pruned_layers(final))
     assert sum(zeros(m.weight) for m in pruned_layers(final)) == round(0.9 * total)
+
+
+@pytest.mark.parametrize("kept", [1, 777, 6000, 61470])
+def test_target_nonzero_keeps_exactly_that_many_weights_globally(kept: int) -> None:
+    torch.manual_seed(0)
+    model = lenet_like()
+    layers = pruned_layers(model)
+    total = sum(m.weight.numel() for m in layers)
+    assert kept <= total
+    pruned = prune_weights(model, target_nonzero=kept)
+    assert sum(m.weight.numel() - zeros(m.weight) for m in pruned_layers(pruned)) == kept
+    same = prune_weights(model, (total - kept) / total)  # the fraction it stands for
+    assert all(torch.equal(a.weight_mask, b.weight_mask) for a, b in zip(pruned_layers(pruned), pruned_layers(same)))
+    assert edgeslim_info(pruned).sparsity.sparsity == pytest.approx(1 - kept / total)
+
+
+def test_target_nonzero_per_layer_is_within_one_weight_a_layer() -> None:
+    torch.manual_seed(0)
+    pruned = prune_weights(lenet_like(), scope="layer", target_nonzero=5000)
+    layers = pruned_layers(pruned)
+    assert abs(sum(m.weight.numel() - zeros(m.weight) for m in layers) - 5000) <= len(layers)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 61471, 5.5, "100", True])
+def test_target_nonzero_outside_the_model_is_a_config_error_naming_the_count(bad: object) -> None:
+    with pytest.raises(ConfigError, match=r"target_nonzero must be a whole number of weights in \[1, 61470\]"):
+        prune_weights(lenet_like(), target_nonzero=bad)  # type: ignore[arg-type]
+
+
+def test_iterative_pruning_to_a_count_ends_exact_and_needs_exactly_one_target() -> None:
+    torch.manual_seed(0)
+    seen: list[int] = []
+
+    def retrain(model: nn.Module, step: int) -> None:
+        seen.append(sum(m.weight.numel() - zeros(m.weight) for m in pruned_layers(model)))
+
+    final = iterative_prune_weights(lenet_like(), None, 3, retrain, target_nonzero=2000)
+    assert len(seen) == 3 and seen[0] > seen[1] > seen[2] == 2000
+    assert sum(m.weight.numel() - zeros(m.weight) for m in pruned_layers(final)) == 2000
+    for sparsity, kept in ((None, None), (0.9, 2000)):
+        with pytest.raises(ConfigError, match="exactly one of sparsity"):
+            iterative_prune_weights(lenet_like(), sparsity, 3, None, target_nonzero=kept)
 
 
 # --------------------------------------------------------------------------- storage

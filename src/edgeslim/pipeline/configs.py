@@ -6,7 +6,8 @@ Ordering rules are properties of the configs (``trains``, ``compresses``,
 ``needs_teacher``, ``final``), read by ``recipe.check_order``.
 
 Targets read one way: ``target_*`` is a fraction *kept*, ``remove_*`` a
-fraction *removed* (``sparsity``: the fraction of weights zeroed).
+fraction *removed* (``sparsity``: the fraction of weights zeroed; ``target_nonzero``, a
+count of weights kept, and ``target_latency``/``target_speedup`` say their units).
 """
 from __future__ import annotations
 
@@ -162,7 +163,7 @@ SPEEDUP = Check(lambda v: v >= 1 and v < float("inf"), "a finite speed-up >= 1 (
 _TARGETS = {"structured": ("remove_channels", "target_flops", "target_params", "target_latency",
                            "target_speedup"),
             "easiedge": ("remove_filters", "target_flops"),
-            "unstructured": ("sparsity",)}
+            "unstructured": ("sparsity", "target_nonzero")}
 
 
 @dataclass
@@ -189,6 +190,8 @@ class PruneStage(StageConfig):
     remove_filters: Optional[float] = opt(None, "easiedge: fraction of filters removed",
                                           check=FILTERS_REMOVED)
     sparsity: Optional[float] = opt(None, "unstructured: fraction of weights zeroed", check=FRACTION_REMOVED)
+    target_nonzero: Optional[int] = opt(None, "unstructured: how many weights stay non-zero (a count, "
+                                        "instead of sparsity)", check=INT_GE1)
     scope: Literal["global", "layer"] = opt("global", "unstructured: one global threshold or per layer")
     steps: int = opt(1, "reach the target in this many prune (+ fine-tune) steps", check=INT_GE1)
     round_to: int = opt(1, "keep channel counts multiples of this (e.g. 8)", check=INT_GE1)

@@ -193,7 +193,8 @@ def _prune_unstructured(state: RunState, cfg: R.PruneStage) -> None:
     from ..prune.unstructured import iterative_prune_weights
 
     retrain = _finetune_callback(state, cfg.finetune, cfg.finetune_epochs, cfg.finetune_lr)
-    state.model = iterative_prune_weights(state.model, cfg.sparsity, cfg.steps, retrain, scope=cfg.scope)
+    state.model = iterative_prune_weights(state.model, cfg.sparsity, cfg.steps, retrain, scope=cfg.scope,
+                                          target_nonzero=cfg.target_nonzero)
 
 
 @stage(R.PruneStage)

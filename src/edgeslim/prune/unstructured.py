@@ -51,6 +51,17 @@ def _check_sparsity(sparsity: float, where: str) -> None:
         )
 
 
+def _sparsity_for_count(model: nn.Module, target_nonzero: object, include: Sequence[type[nn.Module]],
+                        where: str) -> float:
+    """The sparsity that leaves ``target_nonzero`` of the included weights (a count) non-zero."""
+    total = sum(m.weight.numel() for _, m in _targets(model, include))
+    if isinstance(target_nonzero, bool) or not isinstance(target_nonzero, int) or not 1 <= target_nonzero <= total:
+        raise ConfigError(f"{where}: target_nonzero must be a whole number of weights in [1, {total}] (the "
+                          f"model's prunable weights), got {target_nonzero!r}; give a count, e.g. "
+                          f"{max(1, total // 70)} keeps 1/70 of them, or a fraction as sparsity")
+    return (total - target_nonzero) / total
+
+
 def _layers(model: nn.Module, include: Sequence[type[nn.Module]]) -> list[tuple[str, nn.Module]]:
     return [(p, m) for p, m in model.named_modules()
             if isinstance(m, tuple(include)) and isinstance(getattr(m, "weight", None), Tensor)]
@@ -117,6 +128,7 @@ def prune_weights(
     scope: Scope = "global",
     *,
     include: Sequence[type[nn.Module]] = DEFAULT_INCLUDE,
+    target_nonzero: int | None = None,
 ) -> nn.Module:
     """Return a copy of ``model`` with the smallest-magnitude weights set to zero.
 
@@ -131,15 +143,20 @@ def prune_weights(
         scope: ``"global"`` ranks all included weights together (layers end up
             with different sparsities); ``"layer"`` prunes each layer to ``sparsity``.
         include: layer types whose weights are pruned.
+        target_nonzero: instead of ``sparsity``, how many of the included weights stay
+            non-zero (a count: the same size whatever the layers' widths); exact with
+            ``scope="global"``, within one weight per layer with ``"layer"``.
 
     Returns:
         The pruned copy; each pruned module has a boolean ``weight_mask`` buffer
         (non-persistent) and ``edgeslim.info(result).sparsity`` records the settings.
 
     Raises:
-        ConfigError: sparsity outside ``[0, 1)``, an unknown scope, or no
-            layer of the included types.
+        ConfigError: sparsity outside ``[0, 1)``, target_nonzero not a count in
+            ``[1, prunable weights]``, an unknown scope, or no layer of the included types.
     """
+    if target_nonzero is not None:
+        sparsity = _sparsity_for_count(model, target_nonzero, include, "prune_weights")
     _check_sparsity(sparsity, "prune_weights")
     if scope not in SCOPES:
         raise ConfigError(f"prune_weights: unknown scope {scope!r}; valid: {', '.join(SCOPES)}")
@@ -229,13 +246,14 @@ def sparsity_schedule(sparsity: float, steps: int, schedule: str = "cubic") -> l
 
 def iterative_prune_weights(
     model: nn.Module,
-    sparsity: float,
+    sparsity: float | None,
     steps: int,
     retrain: Callable[[nn.Module, int], None] | None,
     *,
     scope: Scope = "global",
     include: Sequence[type[nn.Module]] = DEFAULT_INCLUDE,
     schedule: str = "cubic",
+    target_nonzero: int | None = None,
 ) -> nn.Module:
     """Prune and retrain in ``steps`` rounds with gradually increasing sparsity.
 
@@ -247,16 +265,23 @@ def iterative_prune_weights(
 
     Args:
         model: the network (not modified).
-        sparsity: final fraction of zero weights, in ``[0, 1)``.
+        sparsity: final fraction of zero weights, in ``[0, 1)``; None with ``target_nonzero``.
         steps: number of prune/retrain rounds (>= 1).
         retrain: ``retrain(model, step) -> None`` or None for one-shot rounds.
         scope: ``"global"`` or ``"layer"`` (see :func:`prune_weights`).
         include: layer types whose weights are pruned.
         schedule: ``"cubic"`` or ``"linear"``.
+        target_nonzero: instead of ``sparsity``, how many included weights stay non-zero
+            at the end (see :func:`prune_weights`); the rounds' sparsities follow from it.
 
     Returns:
         The pruned (and retrained) copy.
     """
+    if (sparsity is None) == (target_nonzero is None):
+        raise ConfigError("iterative_prune_weights: give exactly one of sparsity (a fraction zeroed) "
+                          "and target_nonzero (a count of weights kept)")
+    if target_nonzero is not None:
+        sparsity = _sparsity_for_count(model, target_nonzero, include, "iterative_prune_weights")
     current = model
     for step, target in enumerate(sparsity_schedule(sparsity, steps, schedule)):
         current = prune_weights(current, target, scope, include=include)
