@@ -101,6 +101,16 @@ def test_evaluate_matches_manual_and_restores_mode() -> None:
     assert res["loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
 
 
+def test_evaluate_leaves_a_frozen_submodule_in_eval_mode() -> None:
+    x, y = blobs(40)
+    model = mlp(dropout=0.5).train()
+    frozen = model[0]
+    frozen.eval()  # e.g. a BatchNorm a user froze for fine-tuning
+    evaluate(model, batches(x, y, 20))
+    assert model.training and not frozen.training
+    assert all(m.training for m in model.modules() if m is not frozen and m is not model)
+
+
 def test_zero_epochs_changes_nothing() -> None:
     model = mlp()
     before = {k: v.clone() for k, v in model.state_dict().items()}

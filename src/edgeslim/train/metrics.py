@@ -44,8 +44,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Top-1 accuracy and mean cross-entropy of ``model`` on ``loader``.
 
-    Runs in eval mode under ``torch.inference_mode`` and restores the model's
-    previous train/eval mode afterwards.
+    Runs in eval mode under ``torch.inference_mode`` and restores every
+    submodule's previous train/eval mode afterwards.
 
     Args:
         model: a classifier returning logits ``[B, classes]``.
@@ -59,13 +59,8 @@ def evaluate(
         DataError: the loader yielded no samples.
     """
     dev = torch.device(device) if device is not None else _model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            loss_sum, correct, n = eval_sums(model, loader, dev).tolist()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():  # each submodule's own flag comes back (frozen BN)
+        loss_sum, correct, n = eval_sums(model, loader, dev).tolist()
     if n == 0:
         raise DataError("evaluate(): the loader yielded no samples; check the dataset/subset size")
     return {"accuracy": correct / n, "loss": loss_sum / n, "n": int(n)}
