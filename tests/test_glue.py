@@ -86,6 +86,28 @@ def test_weight_pruning_to_a_count_keeps_that_many_weights_through_the_run(
     assert state["completed"][-1]["metrics"]["nonzero_params"] == nonzero < 2500 + 300  # weights + biases
 
 
+def test_merge_retrains_by_kd_when_asked_and_a_sparse_model_stays_sparse(
+        tiny_data: Path, trained: Path, tmp_path: Path) -> None:
+    import torch
+    from edgeslim import load
+
+    def merged(retrain: str, epochs: int) -> nn.Module:
+        stages = [{"load": {"path": str(trained)}},
+                  {"prune": {"method": "unstructured", "sparsity": 0.8, "finetune": "none"}},
+                  {"merge": {"mode": "streamline", "steps": 2, "retrain": retrain, "retrain_epochs": epochs}}]
+        out = tmp_path / f"{retrain}{epochs}"
+        run_recipe(parse_recipe(tiny_recipe(tiny_data, stages)), out, progress=False)
+        return load(out / "model.safetensors")
+
+    def nonzero(model: nn.Module) -> list[int]:
+        return [int((m.weight != 0).sum()) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+    untrained, plain, kd = merged("plain", 0), merged("plain", 1), merged("kd", 1)
+    assert nonzero(plain) == nonzero(kd) == nonzero(untrained)  # retraining revived no weight
+    a, b = plain.state_dict(), kd.state_dict()
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)  # kd is another objective
+
+
 @pytest.mark.parametrize("old, new", [
     (["lighten", "--model", "lenet5", "--student-width", "0.5", "--convert-first"],
      ["lighten", "--model", "lenet5", "--width-mult", "0.5", "--no-keep-first-conv"]),

@@ -242,6 +242,9 @@ class MergeStage(StageConfig):
     aliases: ClassVar[dict[str, str]] = {"rebirth_steps": "steps"}
     mode: Literal["exact", "streamline"] = opt("exact", "exact merges, or trained streamline merging")
     steps: int = opt(200, "streamline: optimisation steps per reborn layer", check=INT_GE0)
+    retrain: Literal["plain", "kd"] = opt("plain", "retraining after merging: on labels (plain), or "
+                                          "taught by the run's teacher (kd: the model before the "
+                                          "first compression stage)")
     retrain_epochs: int = opt(0, "retraining epochs after merging", check=INT_GE0)
     lr: float = opt(0.01, "retraining learning rate", check=LR)
 

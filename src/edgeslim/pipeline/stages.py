@@ -228,8 +228,9 @@ def _merge(state: RunState, cfg: R.MergeStage) -> None:
     if sparse:  # merged layers are dense: cut back to the same number of non-zero weights
         total = _nonzero_weights(state.model, count_all=True)
         state.model = prune_weights(state.model, sparsity=max(0.0, 1 - nonzero / total))
-    if cfg.retrain_epochs:
-        _masked_retrain(state, cfg.retrain_epochs, cfg.lr)(state.model, 0)
+    retrain = _finetune_callback(state, cfg.retrain, cfg.retrain_epochs, cfg.lr)
+    if retrain is not None:  # a weight-pruned model's masks hold through either mode
+        retrain(state.model, 0)
 
 
 def _nonzero_weights(model: nn.Module, count_all: bool = False) -> int:
