@@ -112,7 +112,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = synthetic_batches(args.samples, args.batch_size)
-    cfg = TrainConfig(epochs=1, lr=0.01, device="cpu", progress=False, schedule="cosine")
+    cfg = TrainConfig(epochs=1, lr=0.01, device="cpu", progress=False, schedule="cosine",
+                      channels_last=False)  # the minimal loop runs NCHW too
     n = args.samples
 
     def make() -> nn.Module:

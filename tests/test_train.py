@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
@@ -407,22 +408,73 @@ def test_callbacks_order_and_early_stop() -> None:
 
 
 class TinyCNN(nn.Sequential):
-    def __init__(self) -> None:
+    def __init__(self, in_channels: int = 1) -> None:
         torch.manual_seed(0)
         super().__init__(
-            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+            nn.Conv2d(in_channels, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
         )
 
 
 def test_channels_last_and_cpu_bf16_amp() -> None:
     g = torch.Generator().manual_seed(0)
-    data = [(torch.randn(8, 1, 6, 6, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(3)]
-    model = TinyCNN()
-    hist = Trainer(model, cfg(epochs=1, channels_last=True, amp=True)).fit(data, data)
-    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    data = [(torch.randn(8, 2, 6, 6, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(3)]
+    model = TinyCNN(in_channels=2)  # 2 input channels: a 1-channel weight is NHWC and NCHW at once
+    formats: list = []
+    record = SimpleNamespace(on_step_end=lambda t: formats.append(
+        t.model[0].weight.is_contiguous(memory_format=torch.channels_last)))
+    hist = Trainer(model, cfg(epochs=1, channels_last=True, amp=True), callbacks=[record]).fit(data, data)
+    assert formats == [True] * 3  # trained in NHWC ...
+    assert model[0].weight.is_contiguous()  # ... and handed back in NCHW
     assert math.isfinite(hist[0]["train_loss"]) and math.isfinite(hist[0]["val_loss"])
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast, not .half()
+
+
+class ViewCNN(nn.Module):
+    """Flattens with .view, which NHWC strides refuse: channels_last="auto" must keep NCHW."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc = nn.Conv2d(2, 4, 3, padding=1), nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv(x))
+        return self.fc(y.view(y.size(0), -1))
+
+
+def _fit_formats(model: nn.Module, channels_last: object, data: list) -> tuple[list, list]:
+    seen: list = []
+    first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    record = SimpleNamespace(on_step_end=lambda t: seen.append(
+        first.weight.dim() == 4 and first.weight.is_contiguous(memory_format=torch.channels_last)))
+    Trainer(model, cfg(epochs=2, channels_last=channels_last), callbacks=[record]).fit(data)
+    return seen, [p.detach().clone() for p in model.parameters()]
+
+
+def test_channels_last_auto_trains_a_cnn_in_nhwc_and_falls_back_where_a_model_needs_nchw() -> None:
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(8, 2, 6, 6, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(3)]
+    assert TrainConfig().channels_last == "auto"
+    # a CNN: NHWC at every step, the same weights as channels_last=True, handed back in NCHW
+    auto_cnn, forced_cnn = TinyCNN(in_channels=2), TinyCNN(in_channels=2)
+    seen, auto_w = _fit_formats(auto_cnn, "auto", data)
+    seen_forced, forced_w = _fit_formats(forced_cnn, True, data)
+    assert seen == seen_forced == [True] * 6
+    assert all(torch.equal(a, b) for a, b in zip(auto_w, forced_w))
+    assert all(p.is_contiguous() for p in auto_cnn.parameters())
+    # .view after a conv: the probe fails on NHWC, so it trains in NCHW exactly as channels_last=False
+    seen, auto_w = _fit_formats(ViewCNN(), "auto", data)
+    seen_off, off_w = _fit_formats(ViewCNN(), False, data)
+    assert seen == seen_off == [False] * 6
+    assert all(torch.equal(a, b) for a, b in zip(auto_w, off_w))
+    # no 4-D weights: nothing to convert
+    x, y = blobs(32)
+    seen, _ = _fit_formats(mlp(), "auto", batches(x, y))
+    assert not any(seen)
+    for bad in ("yes", 1, None):
+        with pytest.raises(ConfigError, match="channels_last"):
+            TrainConfig(channels_last=bad)
 
 
 def test_no_out_dir_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

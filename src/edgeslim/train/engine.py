@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import RandomSampler
 
+from edgeslim._core import eval_mode
 from edgeslim.config import to_dict
 from edgeslim.errors import CheckpointError, ConfigError, DataError, EdgeslimError
 from edgeslim.io import atomic_write_text
@@ -161,7 +162,9 @@ class Trainer:
         self.dist = ddp.env_info()
         self.device = resolve_device(self.cfg.device, self.dist)
         ddp.setup(self.dist, self.device)
-        fmt = torch.channels_last if self.cfg.channels_last else torch.preserve_format
+        # NHWC while training (True; "auto" decides on the first batch of each fit, None until then)
+        self._nhwc: bool | None = self._format_setting()
+        fmt = torch.channels_last if self._nhwc else torch.preserve_format
         self.model = model.to(self.device, memory_format=fmt)
         self.loss_hook = loss if loss is not None else CrossEntropyHook(self.cfg.label_smoothing)
         if isinstance(self.loss_hook, nn.Module):
@@ -228,6 +231,8 @@ class Trainer:
             CheckpointError: ``resume`` met a foreign or corrupt ``last.pt``.
         """
         steps = _num_batches(train_loader)
+        if self._nhwc:
+            self.model.to(memory_format=torch.channels_last)
         self.scheduler = build_scheduler(self.optimizer, self.cfg, steps)
         start = self._begin()
         was_training = self.model.training
@@ -245,7 +250,40 @@ class Trainer:
         finally:
             progress.close()
             self.model.train(was_training)
+            self._hand_back_format()
         return self.history
+
+    def _format_setting(self) -> bool | None:
+        """True / False from the config; None for "auto" (decided on the first batch; not under DDP)."""
+        if self.cfg.channels_last == "auto":
+            return None if not self.dist.enabled else False
+        return bool(self.cfg.channels_last)
+
+    def _choose_format(self, x: torch.Tensor) -> bool:
+        """``channels_last="auto"``: NHWC if the model has 4-D weights and runs an NHWC batch.
+
+        The probe is one eval-mode, no-grad forward of two samples, so it changes no running
+        statistics; a model whose forward needs NCHW strides (``.view`` after a conv) keeps NCHW.
+        """
+        use = x.dim() == 4 and any(p.dim() == 4 for p in self.model.parameters())
+        if use:
+            self.model.to(memory_format=torch.channels_last)
+            try:
+                with eval_mode(self.model, no_grad=True), self._autocast():
+                    self.model(x[:2].contiguous(memory_format=torch.channels_last))
+            except RuntimeError as exc:
+                self.model.to(memory_format=torch.contiguous_format)
+                use = False
+                log.info("channels_last='auto': training in NCHW, the model fails on NHWC input (%s)",
+                         str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        self._nhwc = use
+        return use
+
+    def _hand_back_format(self) -> None:
+        """The model leaves ``fit`` in NCHW if it trained in NHWC; the next fit decides anew."""
+        if self._nhwc:
+            self.model.to(memory_format=torch.contiguous_format)
+        self._nhwc = self._format_setting()
 
     def _begin(self) -> int:
         """Restore ``last.pt`` when resuming, else seed a fresh run; first epoch to run."""
@@ -285,13 +323,15 @@ class Trainer:
 
     def _train_epoch(self, batches: Iterable[Any], epoch: int, progress: Any) -> tuple[float, float, int]:
         """One pass; returns global ``(loss_sum, correct, n)`` summed over ranks."""
-        dev, cl = self.device, self.cfg.channels_last
+        dev, cl = self.device, self._nhwc
         step_cbs = [cb.on_step_end for cb in self.callbacks if hasattr(cb, "on_step_end")]
         stats = RunningStats(dev)
         synced, t0 = 0, time.perf_counter()
         total = _num_batches(batches)
         for i, (x, y) in enumerate(batches):
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            if cl is None:
+                cl = self._choose_format(x)
             if cl and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
