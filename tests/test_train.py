@@ -477,6 +477,39 @@ def test_channels_last_auto_trains_a_cnn_in_nhwc_and_falls_back_where_a_model_ne
             TrainConfig(channels_last=bad)
 
 
+class TrainViewCNN(nn.Module):
+    """Runs NHWC in eval mode, but its training-only auxiliary head .view()s a conv output (after
+    dropout and a BN have run), as auxiliary heads of some classic CNNs do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.drop, self.conv, self.bn = nn.Dropout(0.3), nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.fc, self.aux = nn.Linear(4, 3), nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.conv(self.drop(x))))
+        out = self.fc(y.mean((2, 3)))
+        if self.training:
+            out = out + self.aux(y.view(y.size(0), -1))
+        return out
+
+
+def test_channels_last_auto_falls_back_when_only_the_training_step_needs_nchw() -> None:
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(8, 2, 6, 6, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(3)]
+    with pytest.raises(RuntimeError, match="view"):  # the pattern: training mode refuses NHWC
+        TrainViewCNN().train()(data[0][0].contiguous(memory_format=torch.channels_last))
+    auto, off = TrainViewCNN(), TrainViewCNN()
+    seen, auto_w = _fit_formats(auto, "auto", data)
+    seen_off, off_w = _fit_formats(off, False, data)
+    assert seen == seen_off == [False] * 6
+    # the failed NHWC step left nothing behind: BN statistics and dropout masks as channels_last=False
+    assert all(torch.equal(a, b) for a, b in zip(auto_w, off_w))
+    assert all(torch.equal(a, b) for a, b in zip(auto.buffers(), off.buffers()))
+    assert auto.bn.num_batches_tracked.item() == 6
+
+
 def test_no_out_dir_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     x, y = blobs(64)

@@ -115,6 +115,12 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exception's first line for a log message (its type when it has no text)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _nonfinite_error(what: str, epoch: int, steps: str, lr: float, ckpt: Path | None) -> EdgeslimError:
     """``lr`` is the configured peak rate: the scheduled one may have decayed to 0 by now."""
     saved = ckpt is not None and ckpt.exists()
@@ -275,7 +281,7 @@ class Trainer:
                 self.model.to(memory_format=torch.contiguous_format)
                 use = False
                 log.info("channels_last='auto': training in NCHW, the model fails on NHWC input (%s)",
-                         str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                         _first_line(exc))
         self._nhwc = use
         return use
 
@@ -332,11 +338,10 @@ class Trainer:
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             if cl is None:
                 cl = self._choose_format(x)
-            if cl and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with self._autocast():
-                loss, logits = self.loss_hook(self.forward_model, x, y)
-            self._optimise(loss)
+                loss, logits = self._first_auto_step(x, y) if cl else self._step(x, y)
+                cl = self._nhwc
+            else:
+                loss, logits = self._step(x, y)
             for fn in step_cbs:
                 fn(self)
             stats.add(loss, logits, y)
@@ -352,6 +357,44 @@ class Trainer:
             raise self._diverged(f"training loss became {loss_total}", epoch, synced + 1, total, total)
         self._check_finite_weights(epoch, total)
         return loss_total, correct_total, int(n_total)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on a batch, in the format chosen for this fit; (loss, logits)."""
+        if self._nhwc and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            loss, logits = self.loss_hook(self.forward_model, x, y)
+        self._optimise(loss)
+        return loss, logits
+
+    def _first_auto_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first step after ``channels_last="auto"`` chose NHWC from its eval-mode probe.
+
+        A training forward or backward can still refuse NHWC strides (a branch that runs only in
+        training and calls ``.view`` on a conv output, as auxiliary heads do): then the step is
+        taken again in NCHW, from the buffers (BN statistics) and random state it started from, so
+        the fit is the one ``channels_last=False`` gives. An error that NCHW raises too is the
+        user's to see.
+        """
+        modules = [self.model] + ([self.loss_hook] if isinstance(self.loss_hook, nn.Module) else [])
+        buffers = [(b, b.detach().clone()) for m in modules for b in m.buffers()]
+        rng = torch.random.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
+        try:
+            return self._step(x, y)
+        except RuntimeError as exc:
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+            torch.random.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.model.to(memory_format=torch.contiguous_format)
+            self._nhwc = False
+            log.info("channels_last='auto': training in NCHW, the model's training step fails on NHWC input (%s)",
+                     _first_line(exc))
+            return self._step(x, y)
 
     def _diverged(self, what: str, epoch: int, first: int, last: int, total: int) -> EdgeslimError:
         steps = f"between steps {first} and {last} of {total}"
