@@ -262,6 +262,36 @@ def test_distill_trains_student_and_leaves_teacher_unchanged() -> None:
         distill(student, teacher, data, epochs=1, lrr=0.1)
 
 
+def _teacher_formats(teacher: nn.Module, channels_last: object) -> tuple[list[bool], nn.Module]:
+    """Distil a TinyNet student from ``teacher``; the teacher's stem format at every step."""
+    from types import SimpleNamespace
+
+    seen: list[bool] = []
+    record = SimpleNamespace(on_step_end=lambda t: seen.append(
+        t.loss_hook.teacher.down[0].weight.is_contiguous(memory_format=torch.channels_last)
+        and not t.loss_hook.teacher.down[0].weight.is_contiguous()))
+    torch.manual_seed(1)
+    student = TinyNet(4)
+    distill(student, teacher, _batch(32), losses="kd:0.9,ce:0.1", epochs=2, batch_size=16, lr=0.05,
+            device="cpu", progress=False, callbacks=[record], channels_last=channels_last)
+    return seen, student
+
+
+def test_distill_runs_the_teacher_in_the_students_memory_format() -> None:
+    torch.manual_seed(0)
+    teacher = TinyNet(8)
+    seen, nhwc_student = _teacher_formats(teacher, "auto")
+    assert seen == [True] * 4  # the teacher trained beside the student in NHWC ...
+    assert all(p.is_contiguous() for p in teacher.parameters())  # ... and is handed back in NCHW
+    seen, nchw_student = _teacher_formats(teacher, False)
+    assert seen == [False] * 4
+    for a, b in zip(nhwc_student.parameters(), nchw_student.parameters()):  # the same training, in
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)               # another kernel order
+    teacher.to(memory_format=torch.channels_last)  # a teacher that was NHWC already stays so
+    seen, _ = _teacher_formats(teacher, "auto")
+    assert seen == [True] * 4 and not teacher.down[0].weight.is_contiguous()
+
+
 def test_kd_finetune_distills_from_a_frozen_copy() -> None:
     torch.manual_seed(0)
     teacher = TinyNet(8)

@@ -107,6 +107,7 @@ class Distiller(nn.Module):
         self.terms = nn.ModuleDict({n: build_loss(n, setup, options.get(n)) for n in self.weights})
         self.needs_teacher = any(term.needs_teacher for term in self.terms.values())
         self._models = _Models(student, teacher)
+        self._teacher_nhwc = False  # converted to channels_last by set_memory_format, to hand back
         self._taps: tuple[FeatureTaps, FeatureTaps] | None = None
         self._components: dict[str, Tensor] = {}
         device = _device_of(student)
@@ -127,6 +128,21 @@ class Distiller(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{name}:{weight:g}" for name, weight in self.weights.items())
+
+    def set_memory_format(self, channels_last: bool) -> None:
+        """Follow the student's memory format (the Trainer calls this when it trains in NHWC and
+        when it hands the student back): a conv teacher left in NCHW under NHWC batches runs at
+        NCHW speed (``lenet5_caffe``, batch 128, 2 CPU threads: 10.7 ms a forward against 4.9 ms
+        in NHWC). The teacher goes back to NCHW only if this converted it."""
+        if channels_last == self._teacher_nhwc:
+            return
+        weights = [p for p in self.teacher.parameters() if p.dim() == 4]
+        if not weights or (channels_last and all(p.is_contiguous(memory_format=torch.channels_last)
+                                                 for p in weights)):
+            return  # nothing to convert, or NHWC already (the caller's, or the student itself)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.teacher.to(memory_format=fmt)
+        self._teacher_nhwc = channels_last
 
     # ---------------------------------------------------------------- taps
     def _open_taps(self) -> tuple[FeatureTaps, FeatureTaps] | None:

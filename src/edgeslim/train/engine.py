@@ -238,7 +238,7 @@ class Trainer:
         """
         steps = _num_batches(train_loader)
         if self._nhwc:
-            self.model.to(memory_format=torch.channels_last)
+            self._set_format(True)
         self.scheduler = build_scheduler(self.optimizer, self.cfg, steps)
         start = self._begin()
         was_training = self.model.training
@@ -282,13 +282,24 @@ class Trainer:
                 use = False
                 log.info("channels_last='auto': training in NCHW, the model fails on NHWC input (%s)",
                          _first_line(exc))
+            else:
+                self._set_format(True)
         self._nhwc = use
         return use
+
+    def _set_format(self, nhwc: bool) -> None:
+        """The model in NHWC (channels_last) or NCHW, and the loss hook told through its
+        ``set_memory_format(channels_last: bool)`` where it has one (a distiller's teacher
+        then runs in the student's format instead of converting every batch)."""
+        self.model.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+        follow = getattr(self.loss_hook, "set_memory_format", None)
+        if callable(follow):
+            follow(nhwc)
 
     def _hand_back_format(self) -> None:
         """The model leaves ``fit`` in NCHW if it trained in NHWC; the next fit decides anew."""
         if self._nhwc:
-            self.model.to(memory_format=torch.contiguous_format)
+            self._set_format(False)
         self._nhwc = self._format_setting()
 
     def _begin(self) -> int:
@@ -390,7 +401,7 @@ class Trainer:
             if cuda_rng is not None:
                 torch.cuda.set_rng_state_all(cuda_rng)
             self.optimizer.zero_grad(set_to_none=True)
-            self.model.to(memory_format=torch.contiguous_format)
+            self._set_format(False)
             self._nhwc = False
             log.info("channels_last='auto': training in NCHW, the model's training step fails on NHWC input (%s)",
                      _first_line(exc))
