@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -263,9 +264,7 @@ def test_distill_trains_student_and_leaves_teacher_unchanged() -> None:
 
 
 def _teacher_formats(teacher: nn.Module, channels_last: object) -> tuple[list[bool], nn.Module]:
-    """Distil a TinyNet student from ``teacher``; the teacher's stem format at every step."""
-    from types import SimpleNamespace
-
+    """Distil a TinyNet student from ``teacher``; the format of its second conv at every step."""
     seen: list[bool] = []
     record = SimpleNamespace(on_step_end=lambda t: seen.append(
         t.loss_hook.teacher.down[0].weight.is_contiguous(memory_format=torch.channels_last)

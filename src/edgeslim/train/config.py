@@ -82,8 +82,9 @@ class TrainConfig:
             batches are 4-D and one eval-mode, no-grad forward of the first batch
             runs in NHWC (a model that reshapes with ``.view`` keeps NCHW; one whose
             first training step fails in NHWC takes that step again in NCHW, from the
-            BN statistics and random state it began with); not under DDP. On a 2-core CPU, NHWC made training steps 1.07x (VGG-16 x0.25) to
-            1.71x (the dsnet student) faster (``benchmarks/channels_last.py``). ``True`` forces
+            BN statistics and random state it began with); not under DDP. On 2-core
+            CPUs, NHWC made training steps 1.07x (VGG-16 x0.25, AVX2) to 1.80x (the
+            dsnet student, AVX-512) faster (``benchmarks/channels_last.py``). ``True`` forces
             NHWC, ``False`` keeps the model's format. A model the Trainer converted
             is handed back in NCHW (contiguous) format when ``fit`` returns.
         compile: wrap the model in ``torch.compile``.

@@ -273,17 +273,15 @@ class Trainer:
         """
         use = x.dim() == 4 and any(p.dim() == 4 for p in self.model.parameters())
         if use:
-            self.model.to(memory_format=torch.channels_last)
+            self._set_format(True)
             try:
                 with eval_mode(self.model, no_grad=True), self._autocast():
                     self.model(x[:2].contiguous(memory_format=torch.channels_last))
             except RuntimeError as exc:
-                self.model.to(memory_format=torch.contiguous_format)
+                self._set_format(False)
                 use = False
                 log.info("channels_last='auto': training in NCHW, the model fails on NHWC input (%s)",
                          _first_line(exc))
-            else:
-                self._set_format(True)
         self._nhwc = use
         return use
 
