@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from torch import nn
 
 from edgeslim.distill import Distiller
@@ -51,6 +50,7 @@ def epoch_ms_per_step(name: str, channels_last: object, steps: int, seed: int = 
     t0 = time.perf_counter()
     Trainer(model, cfg, callbacks=[probe]).fit(data)
     return (time.perf_counter() - t0) / steps * 1e3, bool(seen and all(seen))
+
 
 KD_STUDENTS = ("pm_student", "lenet5")
 KD_ARMS = ("nchw", "auto_teacher_nchw", "auto")
@@ -125,7 +125,8 @@ def main() -> None:
               f"teacher's format, {med['nchw'] / med['auto']:.2f}x in all)")
     atomic_write_json(args.out, {
         "what": "Trainer.fit, one epoch of synthetic batches (batch 128, SGD), channels_last=False vs 'auto', "
-                "alternating rounds, median ms per step (fit set-up included)",
+                "alternating rounds, median ms per step (fit set-up included); kd_from_lenet5_caffe: the same with a "
+                "Distiller (kd:0.5,ce:0.5) from lenet5_caffe, arms nchw / auto with the teacher left NCHW / auto",
         "threads": args.threads, "rounds": args.rounds, "torch": torch.__version__,
         "cpu": cpu_model(), "machine": platform.machine(), "models": rows,
         "kd_from_lenet5_caffe": kd_rows}, indent=1)
