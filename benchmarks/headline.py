@@ -24,7 +24,10 @@ threads, 1 by default) on the exported teacher and final model, at each ``--batc
 rounds, each timing teacher, final model and an empty graph (the per-call floor of
 ``session.run``) one after the other with ``--runs`` passes, so a burst of load on a shared machine
 hits all three alike; the reported latency is the median over rounds and the speed-up is the ratio
-of the medians. The same for eager PyTorch, for reference.
+of the medians. The same for eager PyTorch, for reference. ``--c-api`` adds onnxruntime through its
+C API in the same rounds (``benchmarks/ort_capi.py``: what an application on the device calls,
+without Python's per-call cost, which is most of a few-microsecond model's time in
+``session.run``); its output is checked against Python onnxruntime's first.
 
 With the data (``--data-dir`` / ``$EDGESLIM_DATA``), the accuracy loss comes with its exact 95%
 interval on the same test images (paired), the images lost and gained and McNemar's p, computed from
@@ -105,8 +108,9 @@ class _Empty(nn.Module):
 
 
 def latency(models: dict[str, nn.Module], shape: tuple[int, ...], batches: list[int], threads: int,
-            rounds: int, runs: int, work: Path) -> dict[str, Any]:
-    """Interleaved medians (ms) per batch and runtime; see the module docstring."""
+            rounds: int, runs: int, work: Path, c_api: Path | None = None) -> dict[str, Any]:
+    """Interleaved medians (ms) per batch and runtime; see the module docstring. ``c_api``: the
+    built ``ort_capi`` harness, to time each model through onnxruntime's C API too (1 thread)."""
     from edgeslim.export import export_onnx
     from edgeslim.profile import measure_latency, ort_latency
 
@@ -120,11 +124,16 @@ def latency(models: dict[str, nn.Module], shape: tuple[int, ...], batches: list[
         n = runs if b == 1 else max(20, runs * 4 // b)
         ort = {k: [] for k in models}
         eager = {k: [] for k in models}
+        capi = {k: [] for k in models}
         for _ in range(rounds):
             for name, m in models.items():
                 ort[name].append(ort_latency(paths[name], x, threads=threads, runs=n, warmup=n // 5)[0])
                 eager[name].append(measure_latency(m, x, threads=threads, runs=max(10, n // 10),
                                                    warmup=5)[0])
+                if c_api:
+                    from ort_capi import c_latency
+
+                    capi[name].append(c_latency(c_api, paths[name], x.numpy(), runs=n, warmup=n // 5))
         out[f"batch{b}"] = {
             "runs_per_round": n,
             "onnxruntime_ms": {k: statistics.median(v) for k, v in ort.items()},
@@ -136,6 +145,12 @@ def latency(models: dict[str, nn.Module], shape: tuple[int, ...], batches: list[
         med["eager_speedup"] = med["eager_ms"]["teacher"] / med["eager_ms"]["final"]
         if "empty" in med["onnxruntime_ms"]:
             med["onnxruntime_ceiling"] = med["onnxruntime_ms"]["teacher"] / med["onnxruntime_ms"]["empty"]
+        if c_api:
+            med["onnxruntime_c_ms"] = {k: statistics.median(v) for k, v in capi.items()}
+            med["onnxruntime_c_rounds_ms"] = capi
+            med["onnxruntime_c_speedup"] = med["onnxruntime_c_ms"]["teacher"] / med["onnxruntime_c_ms"]["final"]
+            if "empty" in capi:
+                med["onnxruntime_c_ceiling"] = med["onnxruntime_c_ms"]["teacher"] / med["onnxruntime_c_ms"]["empty"]
     return out
 
 
@@ -176,6 +191,8 @@ def verdict(kind: str, t: dict, f: dict, lat: dict, wall: float | None,
         "params_x": tm["params"] / fm["params"], "nonzero_x": tm["nonzero_params"] / fm["nonzero_params"],
         "stored_x": tm["stored_bytes"] / fm["stored_bytes"],
         "ort_speedup": {b: v["onnxruntime_speedup"] for b, v in lat.items()},
+        "ort_c_api_speedup": {b: v["onnxruntime_c_speedup"] for b, v in lat.items() if "onnxruntime_c_speedup" in v}
+                             or None,
         "run_onnx_latency_x": (tm["onnx_latency_ms"] / fm["onnx_latency_ms"]
                                if tm.get("onnx_latency_ms") and fm.get("onnx_latency_ms") else None),
         "wall_s": wall, "accuracy_met": loss <= goals["max_accuracy_loss_pts"] + 1e-9,
@@ -187,6 +204,8 @@ def verdict(kind: str, t: dict, f: dict, lat: dict, wall: float | None,
     if kind == "kt":
         res["params_met"] = res["params_x"] >= goals["params_x"]
         res["speed_met"] = lat["batch1"]["onnxruntime_speedup"] >= goals["ort_speedup_b1"]
+        if "onnxruntime_c_speedup" in lat["batch1"]:
+            res["speed_met_c_api"] = lat["batch1"]["onnxruntime_c_speedup"] >= goals["ort_speedup_b1"]
         res["wall_met"] = None if wall is None else wall <= goals["max_wall_s"]
     else:
         best = max(lat, key=lambda b: lat[b]["onnxruntime_speedup"])
@@ -208,8 +227,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--runs", type=int, default=400, help="timed passes per round at batch 1")
+    p.add_argument("--c-api", action="store_true",
+                   help="also time through onnxruntime's C API (benchmarks/ort_capi.c, built with the "
+                        "system C compiler): the latency without Python's per-call cost; 1 thread only")
     p.add_argument("--out", default=None)
     a = p.parse_args()
+    if a.c_api and a.threads != 1:
+        p.error("--c-api times 1 intra-op thread; leave --threads at 1")
     spec = RECIPES[a.kind]
     recipe = Path(a.recipe or ROOT / spec["recipe"])
     run = Path(a.run)
@@ -222,8 +246,9 @@ def main() -> None:
     teacher, final = edgeslim.load(run / "teacher.safetensors"), edgeslim.load(run / "model.safetensors")
     shape = tuple(getattr(teacher, "default_input_size", (1, 28, 28)))
     with tempfile.TemporaryDirectory(prefix="edgeslim-headline-") as tmp:
+        c_api = build_c_api(Path(tmp)) if a.c_api else None
         lat = latency({"teacher": teacher, "final": final, "empty": _Empty()}, shape, a.batch or [1, 64],
-                      a.threads, a.rounds, a.runs, Path(tmp))
+                      a.threads, a.rounds, a.runs, Path(tmp), c_api)
     res = verdict(a.kind, t, f, lat, wall, paired_change(run, t, f, state, a.data_dir))
     settings = {"recipe": str(recipe.relative_to(ROOT) if recipe.is_relative_to(ROOT) else recipe),
                 "run": str(run), "threads": a.threads, "rounds": a.rounds, "runs": a.runs,
@@ -244,8 +269,19 @@ def main() -> None:
         print(f"{b}: onnxruntime teacher {v['onnxruntime_ms']['teacher'] * 1e3:.1f} us, final "
               f"{v['onnxruntime_ms']['final'] * 1e3:.1f} us, empty graph {v['onnxruntime_ms']['empty'] * 1e3:.1f} us"
               f" -> {v['onnxruntime_speedup']:.2f}x (eager {v['eager_speedup']:.2f}x)")
+        if "onnxruntime_c_ms" in v:
+            c = v["onnxruntime_c_ms"]
+            print(f"{b}: onnxruntime C API teacher {c['teacher'] * 1e3:.1f} us, final {c['final'] * 1e3:.1f} us, "
+                  f"empty graph {c['empty'] * 1e3:.1f} us -> {v['onnxruntime_c_speedup']:.2f}x")
     print(json.dumps(res, indent=1))
     print(f"-> {path}")
+
+
+def build_c_api(work: Path) -> Path:
+    """The ``ort_capi`` harness (benchmarks/ort_capi.py), built into ``work``."""
+    from ort_capi import build
+
+    return build(work)
 
 
 def _cpu() -> str:
