@@ -113,6 +113,7 @@ def latency(models: dict[str, nn.Module], shape: tuple[int, ...], batches: list[
     built ``ort_capi`` harness, to time each model through onnxruntime's C API too (1 thread)."""
     from edgeslim.export import export_onnx
     from edgeslim.profile import measure_latency, ort_latency
+    from ort_capi import c_latency
 
     out: dict[str, Any] = {}
     for b in batches:
@@ -131,8 +132,6 @@ def latency(models: dict[str, nn.Module], shape: tuple[int, ...], batches: list[
                 eager[name].append(measure_latency(m, x, threads=threads, runs=max(10, n // 10),
                                                    warmup=5)[0])
                 if c_api:
-                    from ort_capi import c_latency
-
                     capi[name].append(c_latency(c_api, paths[name], x.numpy(), runs=n, warmup=n // 5))
         out[f"batch{b}"] = {
             "runs_per_round": n,
