@@ -1,14 +1,15 @@
 /* Times one onnxruntime model through the C API: the latency an application on the device sees,
  * without the Python binding's per-call cost. Built and driven by benchmarks/ort_capi.py.
  *
- *   ort_capi LIB MODEL IN_NAME IN_SHAPE OUT_NAME OUT_SHAPE INPUT.bin RUNS WARMUP
+ *   ort_capi LIB MODEL IN_NAME IN_SHAPE OUT_NAME OUT_SHAPE INPUT.bin RUNS WARMUP CLOCK
  *
  * SHAPEs are dimensions joined by 'x' (1x1x28x28);
  * LIB: onnxruntime's shared library (the Python wheel's capi/libonnxruntime.so.*), loaded with
  * dlopen; INPUT.bin: the input as raw float32. The session matches edgeslim.profile.ort_session:
  * 1 intra-op and 1 inter-op thread, sequential execution, ORT_ENABLE_ALL. Input and output are
  * bound to caller-owned buffers once; each timed call is one OrtApi::Run.
- * Prints the median milliseconds, then the output values (a parity check for the caller).
+ * CLOCK: wall (CLOCK_MONOTONIC) or thread (the calling thread's CPU time, as EDGESLIM_LATENCY_CLOCK=thread
+ * makes edgeslim.profile time 1-thread inference). Prints the median milliseconds, then the output values (a parity check for the caller).
  *
  * Entries of OrtApi are taken by position: the struct is append-only across releases (its ABI
  * promise), and these positions are those of API version 1, which every release keeps. */
@@ -16,6 +17,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 typedef void* Status; /* OrtStatus*: NULL on success */
@@ -45,9 +47,11 @@ static int by_value(const void* a, const void* b) {
   return (x > y) - (x < y);
 }
 
+static clockid_t clock_id = CLOCK_MONOTONIC;
+
 static double now_ms(void) {
   struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
+  clock_gettime(clock_id, &t);
   return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
 }
 
@@ -69,8 +73,8 @@ static size_t parse_shape(const char* text, int64_t* dims, size_t* ndim) {
 }
 
 int main(int argc, char** argv) {
-  if (argc != 10) {
-    fprintf(stderr, "usage: ort_capi LIB MODEL IN_NAME IN_SHAPE OUT_NAME OUT_SHAPE INPUT.bin RUNS WARMUP\n");
+  if (argc != 11) {
+    fprintf(stderr, "usage: ort_capi LIB MODEL IN_NAME IN_SHAPE OUT_NAME OUT_SHAPE INPUT.bin RUNS WARMUP CLOCK\n");
     return 2;
   }
   const char *lib_path = argv[1], *model = argv[2], *in_name = argv[3], *out_name = argv[5];
@@ -78,10 +82,13 @@ int main(int argc, char** argv) {
   size_t ndim, out_ndim;
   size_t in_elems = parse_shape(argv[4], shape, &ndim), out_elems = parse_shape(argv[6], out_shape, &out_ndim);
   int runs = atoi(argv[8]), warmup = atoi(argv[9]);
-  if (!in_elems || !out_elems || runs < 1 || warmup < 0) {
-    fprintf(stderr, "ort_capi: bad arguments (shapes like 1x1x28x28 of at most 8 dims >= 1, runs >= 1, warmup >= 0)\n");
+  int thread_clock = !strcmp(argv[10], "thread");
+  if (!in_elems || !out_elems || runs < 1 || warmup < 0 || (!thread_clock && strcmp(argv[10], "wall"))) {
+    fprintf(stderr, "ort_capi: bad arguments (shapes like 1x1x28x28 of at most 8 dims >= 1, runs >= 1, "
+                    "warmup >= 0, CLOCK wall or thread)\n");
     return 2;
   }
+  if (thread_clock) clock_id = CLOCK_THREAD_CPUTIME_ID;
   void* lib = dlopen(lib_path, RTLD_NOW | RTLD_LOCAL);
   if (!lib) { fprintf(stderr, "ort_capi: %s\n", dlerror()); return 2; }
   const ApiBase* (*get_base)(void) = (const ApiBase* (*)(void))dlsym(lib, "OrtGetApiBase");

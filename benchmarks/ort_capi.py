@@ -59,8 +59,10 @@ def _shape(a: np.ndarray) -> str:
 def c_latency(exe: Path, onnx_path: str | os.PathLike[str], x: np.ndarray, runs: int, warmup: int,
               atol: float = 1e-4) -> float:
     """Median milliseconds of one ``OrtApi::Run`` of a single-input, single-output float model on
-    ``x``, after checking its output against Python onnxruntime's (``atol``)."""
+    ``x``, after checking its output against Python onnxruntime's (``atol``). The clock is
+    :func:`edgeslim.profile.latency.latency_clock`'s (``EDGESLIM_LATENCY_CLOCK``)."""
     from edgeslim.profile import ort_session
+    from edgeslim.profile.latency import latency_clock
 
     session = ort_session(onnx_path)
     ins, outs = session.get_inputs(), session.get_outputs()
@@ -73,7 +75,8 @@ def c_latency(exe: Path, onnx_path: str | os.PathLike[str], x: np.ndarray, runs:
         data = Path(tmp) / "input.bin"
         x.tofile(data)
         proc = subprocess.run([str(exe), str(ort_library()), str(onnx_path), ins[0].name, _shape(x),
-                               outs[0].name, _shape(expected), str(data), str(runs), str(warmup)],
+                               outs[0].name, _shape(expected), str(data), str(runs), str(warmup),
+                               latency_clock(1)],
                               capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{exe} failed on {onnx_path} (exit {proc.returncode}): {proc.stderr.strip()}")

@@ -57,3 +57,17 @@ def test_headline_latency_times_the_c_api_in_the_same_rounds(tmp_path):
     assert all(len(v) == 2 and min(v) > 0 for v in b1["onnxruntime_c_rounds_ms"].values())
     assert b1["onnxruntime_c_speedup"] == pytest.approx(b1["onnxruntime_c_ms"]["teacher"] / b1["onnxruntime_c_ms"]["final"])
     assert np.isfinite(b1["onnxruntime_c_ceiling"])
+
+
+def test_c_api_times_with_the_thread_clock_when_edgeslim_latency_clock_says_so(tmp_path, monkeypatch):
+    """The clock of ``EDGESLIM_LATENCY_CLOCK`` is handed to the harness: ``thread`` times, and a clock
+    name the harness does not know fails with its usage error instead of timing with another clock."""
+    x = torch.randn(1, 1, 28, 28)
+    export_onnx(_net(0), x, tmp_path / "m.onnx")
+    with benchmark_module("ort_capi") as capi:
+        exe = capi.build(tmp_path)
+        monkeypatch.setenv("EDGESLIM_LATENCY_CLOCK", "thread")
+        assert capi.c_latency(exe, tmp_path / "m.onnx", x.numpy(), runs=5, warmup=1) > 0
+        monkeypatch.setattr("edgeslim.profile.latency.latency_clock", lambda threads=1: "cpu")
+        with pytest.raises(SystemExit, match="CLOCK wall or thread"):
+            capi.c_latency(exe, tmp_path / "m.onnx", x.numpy(), runs=5, warmup=1)
