@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -468,8 +469,6 @@ def test_names_and_input_files_are_checked_before_the_run_dir_is_made(change: di
 
 def test_onnx_latency_is_none_with_a_warning_when_the_model_does_not_export(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    from types import SimpleNamespace
-
     from edgeslim.models import create_model
     from edgeslim.pipeline import runner
     from edgeslim.profile import runtimes
@@ -498,8 +497,6 @@ def test_onnx_latency_is_none_with_a_warning_when_the_model_does_not_export(
 ])
 def test_a_stage_that_takes_the_model_to_chance_accuracy_is_named_in_a_warning(
         kind: str, before: float, after: float, classes: int, warned: bool) -> None:
-    from types import SimpleNamespace
-
     from edgeslim.models import create_model
     from edgeslim.pipeline import runner
 
@@ -507,7 +504,27 @@ def test_a_stage_that_takes_the_model_to_chance_accuracy_is_named_in_a_warning(
     state = SimpleNamespace(model=model, example=torch.randn(1, 1, 28, 28), device="cpu")
     message = runner._collapse_warning(state, 2, kind, before, after)
     assert (message is not None and message.startswith(f"stage 3 ({kind}) left the model at chance")) is warned
+    assert message is None or ("by distillation" in message) is (kind == "distill")
     assert model.training  # the check ran the model in eval mode and put it back
+
+
+@pytest.mark.parametrize("kind, config, kd", [
+    ("prune", SimpleNamespace(finetune="kd"), True),
+    ("prune", SimpleNamespace(finetune="plain"), False),
+    ("finetune", SimpleNamespace(mode="kd"), True),
+    ("merge", SimpleNamespace(retrain="kd"), True),
+    ("merge", SimpleNamespace(retrain="plain"), False),
+    ("distill", SimpleNamespace(losses="noisy_kd:0.9,hint:1.0,ce:0.1"), True),
+    ("distill", SimpleNamespace(losses="ce:1.0"), False),
+    ("train", None, False),
+])
+def test_a_collapse_under_kd_training_says_kd_needs_a_lower_learning_rate(kind, config, kd) -> None:
+    from edgeslim.models import create_model
+    from edgeslim.pipeline import runner
+
+    state = SimpleNamespace(model=create_model("lenet5"), example=torch.randn(1, 1, 28, 28), device="cpu")
+    message = runner._collapse_warning(state, 2, kind, 0.995, 0.101, config)
+    assert message is not None and ("trained by distillation" in message) is kd
 
 
 def test_a_collapsed_stage_is_logged_recorded_and_shown_in_the_report(
