@@ -8,11 +8,13 @@
  * dlopen; INPUT.bin: the input as raw float32. The session matches edgeslim.profile.ort_session:
  * 1 intra-op and 1 inter-op thread, sequential execution, ORT_ENABLE_ALL. Input and output are
  * bound to caller-owned buffers once; each timed call is one OrtApi::Run.
- * CLOCK: wall (CLOCK_MONOTONIC) or thread (the calling thread's CPU time, as EDGESLIM_LATENCY_CLOCK=thread
- * makes edgeslim.profile time 1-thread inference). Prints the median milliseconds, then the output values (a parity check for the caller).
+ * CLOCK: wall (CLOCK_MONOTONIC) or thread (the calling thread's CPU time, as
+ * EDGESLIM_LATENCY_CLOCK=thread makes edgeslim.profile time 1-thread inference).
+ * Prints the median milliseconds, then the output values (a parity check for the caller).
  *
- * Entries of OrtApi are taken by position: the struct is append-only across releases (its ABI
- * promise), and these positions are those of API version 1, which every release keeps. */
+ * Entries of OrtApi are taken by position, as onnxruntime_c_api.h (API 13) lists them: the struct
+ * only grows at its end, so later releases keep these positions; ort_capi.py's output check
+ * against Python onnxruntime would catch a wrong one. */
 #include <dlfcn.h>
 #include <stdint.h>
 #include <stdio.h>
